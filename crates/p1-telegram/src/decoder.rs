@@ -1,0 +1,278 @@
+//! The streaming frame decoder: bytes in, frames out.
+
+use crate::Error;
+
+/// The default upper bound of one telegram (16 KiB). `0-0:96.13.0` alone may
+/// hold 2048 characters, so real telegrams reach a few KiB.
+pub const DEFAULT_MAX_TELEGRAM_BYTES: usize = 16 * 1024;
+
+/// A complete frame: the bytes from the line-initial `/` through the `!` line
+/// (CRC and line end included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The frame's bytes.
+    pub bytes: &'a [u8],
+    /// Stream offset of the `/`.
+    pub offset: u64,
+    /// `false` for a frame that [`Decoder::finish`] accepted at the end of the
+    /// input without a `!` line (it had a header and whole data lines).
+    pub terminated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between frames: skipping bytes until a `/` at the start of a line.
+    Hunt,
+    /// Inside a frame: collecting lines until the `!` line.
+    Frame,
+    /// After an oversize frame: skipping like `Hunt`, but the bytes count as
+    /// part of the rejected frame, not as garbage.
+    Discard,
+}
+
+/// Counters of what the decoder has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecoderStats {
+    /// Bytes consumed in all.
+    pub bytes: u64,
+    /// Bytes skipped between frames (garbage, noise, a gateway's extra lines).
+    pub skipped: u64,
+    /// Frames yielded.
+    pub frames: u64,
+}
+
+/// A streaming decoder of P1 telegram frames.
+///
+/// Feed it byte chunks of any size (one byte at a time works) and it yields
+/// complete frames; the result does not depend on how the input is chunked.
+/// A frame starts at a `/` that begins a line (a `/` inside a value, as in
+/// `m3/h`, does not) and ends with the line that starts with `!`. Bytes between
+/// frames are skipped. A line-initial `/` inside a frame abandons that frame
+/// as [`Error::Truncated`] and starts a new one. A frame that grows past the
+/// size limit is dropped as [`Error::Oversize`] as soon as it does, so memory
+/// stays bounded by the limit whatever the input.
+///
+/// ```
+/// let mut decoder = p1_telegram::Decoder::new(16 * 1024);
+/// let mut input: &[u8] = b"noise\r\n/ISk5\\2MIE5E-200\r\n\r\n1-0:1.8.0(000002.331*kWh)\r\n!\r\n";
+/// let frame = decoder.next_frame(&mut input).unwrap().unwrap();
+/// assert_eq!(frame.offset, 7);
+/// assert!(frame.bytes.ends_with(b"!\r\n"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    max: usize,
+    state: State,
+    /// Whether the next byte in `Hunt`/`Discard` begins a line.
+    line_start: bool,
+    /// `buf[line..]` is the current, incomplete line.
+    line: usize,
+    /// Stream offset of `buf[0]`.
+    frame_offset: u64,
+    /// Stream offset of the next byte; back to 0 after [`Decoder::finish`].
+    pos: u64,
+    /// A frame was returned and its bytes are still borrowed out; drop them
+    /// on the next call.
+    clear_pending: bool,
+    stats: DecoderStats,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_TELEGRAM_BYTES)
+    }
+}
+
+impl Decoder {
+    /// A decoder that rejects frames longer than `max_telegram_bytes`
+    /// (at least 64 bytes are always allowed).
+    pub fn new(max_telegram_bytes: usize) -> Decoder {
+        let max = max_telegram_bytes.max(64);
+        Decoder {
+            buf: Vec::with_capacity(max.min(4096)),
+            max,
+            state: State::Hunt,
+            line_start: true,
+            line: 0,
+            frame_offset: 0,
+            pos: 0,
+            clear_pending: false,
+            stats: DecoderStats::default(),
+        }
+    }
+
+    /// The size limit in force.
+    pub fn max_telegram_bytes(&self) -> usize {
+        self.max
+    }
+
+    /// What the decoder has seen so far.
+    pub fn stats(&self) -> DecoderStats {
+        self.stats
+    }
+
+    /// Consumes bytes from the front of `input` until a frame completes or
+    /// breaks, or `input` is empty. Call it again with the rest of the input
+    /// until it returns `None`, then feed the next chunk.
+    ///
+    /// ```
+    /// # fn handle(_: &[u8]) {}
+    /// let mut decoder = p1_telegram::Decoder::default();
+    /// let mut rest: &[u8] = b"/X5\r\n\r\n!\r\n";
+    /// while let Some(result) = decoder.next_frame(&mut rest) {
+    ///     match result {
+    ///         Ok(frame) => handle(frame.bytes),
+    ///         Err(error) => eprintln!("{error}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn next_frame<'s>(&'s mut self, input: &mut &[u8]) -> Option<Result<Frame<'s>, Error>> {
+        if self.clear_pending {
+            self.buf.clear();
+            self.line = 0;
+            self.clear_pending = false;
+        }
+        while !input.is_empty() {
+            match self.state {
+                State::Hunt | State::Discard => self.hunt(input),
+                State::Frame => {
+                    if let Some(done) = self.collect(input) {
+                        return Some(done.map(|terminated| Frame {
+                            bytes: &self.buf,
+                            offset: self.frame_offset,
+                            terminated,
+                        }));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends the input: returns the frame still being collected, if any. A
+    /// frame whose `!` line lacks only its line end is complete; one that
+    /// ended after whole data lines without a `!` line is accepted with
+    /// `terminated: false` (recordings cut after the last line; Veitur sends
+    /// no CRC, so nothing is lost); one cut inside a line is
+    /// [`Error::Truncated`]. The decoder is then ready for a new stream.
+    pub fn finish(&mut self) -> Option<Result<Frame<'_>, Error>> {
+        if self.clear_pending {
+            self.buf.clear();
+            self.line = 0;
+            self.clear_pending = false;
+        }
+        let state = std::mem::replace(&mut self.state, State::Hunt);
+        self.line_start = true;
+        self.pos = 0;
+        if state != State::Frame {
+            return None;
+        }
+        self.clear_pending = true;
+        let partial = &self.buf[self.line..];
+        if partial.first() == Some(&b'!') {
+            self.stats.frames += 1;
+            return Some(Ok(self.frame(true)));
+        }
+        let lines = memchr::memchr_iter(b'\n', &self.buf[..self.line]).count();
+        if partial.is_empty() && lines >= 2 {
+            self.stats.frames += 1;
+            return Some(Ok(self.frame(false)));
+        }
+        Some(Err(Error::Truncated {
+            offset: self.frame_offset,
+            len: self.buf.len(),
+        }))
+    }
+
+    fn frame(&self, terminated: bool) -> Frame<'_> {
+        Frame {
+            bytes: &self.buf,
+            offset: self.frame_offset,
+            terminated,
+        }
+    }
+
+    /// Skips to the next line-initial `/`; starts a frame there.
+    fn hunt(&mut self, input: &mut &[u8]) {
+        let skip = if self.line_start && input.first() == Some(&b'/') {
+            0
+        } else if let Some(i) = memchr::memmem::find(input, b"\n/") {
+            i + 1
+        } else {
+            // No frame start in this chunk; remember whether it ended a line.
+            let n = input.len();
+            self.line_start = input.last() == Some(&b'\n');
+            self.consume_skipped(input, n);
+            return;
+        };
+        self.consume_skipped(input, skip);
+        self.state = State::Frame;
+        self.buf.clear();
+        self.line = 0;
+        self.frame_offset = self.pos;
+    }
+
+    fn consume_skipped(&mut self, input: &mut &[u8], n: usize) {
+        if self.state == State::Hunt {
+            self.stats.skipped += n as u64;
+        }
+        self.stats.bytes += n as u64;
+        self.pos += n as u64;
+        *input = &input[n..];
+    }
+
+    /// Appends bytes up to the next line end. Returns `Some(Ok(true))` when
+    /// the `!` line completed a frame, `Some(Err)` when the frame broke.
+    fn collect(&mut self, input: &mut &[u8]) -> Option<Result<bool, Error>> {
+        let (take, line_done) = match memchr::memchr(b'\n', input) {
+            Some(i) => (i + 1, true),
+            None => (input.len(), false),
+        };
+        if self.buf.len() + take > self.max {
+            // Drop the frame now: never buffer more than the limit.
+            let error = Error::Oversize {
+                offset: self.frame_offset,
+                limit: self.max,
+            };
+            self.buf.clear();
+            self.line = 0;
+            self.state = State::Discard;
+            self.stats.bytes += take as u64;
+            self.pos += take as u64;
+            *input = &input[take..];
+            self.line_start = line_done;
+            return Some(Err(error));
+        }
+        self.buf.extend_from_slice(&input[..take]);
+        self.stats.bytes += take as u64;
+        self.pos += take as u64;
+        *input = &input[take..];
+        if !line_done {
+            return None;
+        }
+        let line_start = self.line;
+        self.line = self.buf.len();
+        match self.buf[line_start] {
+            b'!' if line_start > 0 => {
+                self.state = State::Hunt;
+                self.line_start = true;
+                self.clear_pending = true;
+                self.stats.frames += 1;
+                Some(Ok(true))
+            }
+            b'/' if line_start > 0 => {
+                // A new frame starts inside this one: the old one broke off.
+                let error = Error::Truncated {
+                    offset: self.frame_offset,
+                    len: line_start,
+                };
+                self.frame_offset += line_start as u64;
+                self.buf.drain(..line_start);
+                self.line = self.buf.len();
+                Some(Err(error))
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The JSON shape of a telegram (design.md §4), written by hand: it is on the
+//! hot path of `p1gw parse` and the daemon, and numbers must keep exactly the
+//! digits the meter sent, which a float-based serializer cannot do.
+
+use std::fmt::Write as _;
+
+use jiff::tz::TimeZone;
+
+use crate::telegram::{Object, Telegram, Value};
+use crate::value::{Quantity, Stamp};
+
+/// Writes `"text"` with JSON escaping.
+pub fn write_str(out: &mut String, text: &str) {
+    out.push('"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f | 0x7f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if escape.is_empty() {
+            write!(out, "\\u{b:04x}").unwrap_or(()); // a String never fails
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
+}
+
+/// Writes bytes as a JSON string, replacing invalid UTF-8 with U+FFFD.
+pub fn write_bytes(out: &mut String, bytes: &[u8]) {
+    write_str(out, &String::from_utf8_lossy(bytes));
+}
+
+/// Writes an RFC 3339 UTC time (`2024-02-12T22:21:14Z`), or `null`.
+pub fn write_time(out: &mut String, time: Option<jiff::Timestamp>) {
+    match time {
+        Some(t) => {
+            write!(out, "\"{t}\"").unwrap_or(()); // a String never fails
+        }
+        None => out.push_str("null"),
+    }
+}
+
+fn stamp_time(stamp: Option<Stamp>, tz: &TimeZone) -> Option<jiff::Timestamp> {
+    match stamp? {
+        Stamp::Valid(t) => t.to_timestamp(tz),
+        Stamp::Placeholder => None,
+    }
+}
+
+fn write_number(out: &mut String, q: &Quantity<'_>) {
+    let mut buf = [0u8; 24];
+    out.push_str(q.value.format(&mut buf));
+}
+
+/// Writes the §4 top-level object of one telegram, without a line end:
+/// `{"source":…,"header":…,"crc":…,"meter_time":…,"objects":[…]}`.
+pub fn write_telegram(out: &mut String, source: &str, telegram: &Telegram<'_>, tz: &TimeZone) {
+    out.push_str("{\"source\":");
+    write_str(out, source);
+    write_telegram_fields(out, telegram, tz);
+    out.push('}');
+}
+
+/// Writes `,"header":…,"crc":…,"meter_time":…,"objects":[…]`: the §4 fields
+/// after `source`, for callers that put their own fields first.
+pub fn write_telegram_fields(out: &mut String, telegram: &Telegram<'_>, tz: &TimeZone) {
+    out.push_str(",\"header\":");
+    write_bytes(out, telegram.header);
+    out.push_str(",\"crc\":\"");
+    out.push_str(telegram.crc.as_str());
+    out.push_str("\",\"meter_time\":");
+    write_time(out, telegram.meter_time(tz));
+    out.push_str(",\"objects\":[");
+    for (i, object) in telegram.objects.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_object(out, object, tz);
+    }
+    out.push(']');
+}
+
+/// Writes one data line as its §4 object.
+pub fn write_object(out: &mut String, object: &Object<'_>, tz: &TimeZone) {
+    out.push_str("{\"obis\":");
+    match object.code {
+        Some(code) => {
+            write!(out, "\"{code}\"").unwrap_or(()); // a String never fails
+        }
+        None => write_bytes(out, object.code_text),
+    }
+    if let Some(channel) = object.channel() {
+        write!(out, ",\"channel\":{channel}").unwrap_or(()); // a String never fails
+    }
+    if let Some(name) = object.name {
+        out.push_str(",\"name\":\"");
+        out.push_str(name);
+        out.push('"');
+    }
+    let unit = |out: &mut String, q: &Quantity<'_>| {
+        if let Some(u) = q.unit {
+            out.push_str(",\"unit\":");
+            write_str(out, u);
+        }
+    };
+    match &object.value {
+        Value::Empty => {}
+        Value::Number(q) => {
+            out.push_str(",\"value\":");
+            write_number(out, q);
+            unit(out, q);
+        }
+        Value::Text(_) => {
+            if let Some(text) = object.text() {
+                out.push_str(",\"value\":");
+                write_str(out, &text);
+            }
+        }
+        Value::Time(stamp) => {
+            if let Some(t) = stamp_time(Some(*stamp), tz) {
+                out.push_str(",\"value\":");
+                write_time(out, Some(t));
+            }
+        }
+        Value::TimeOfDay {
+            hour,
+            minute,
+            second,
+        } => {
+            write!(out, ",\"value\":\"{hour:02}:{minute:02}:{second:02}\"").unwrap_or(()); // a String never fails
+        }
+        Value::Date { year, month, day } => {
+            write!(out, ",\"value\":\"{year:04}-{month:02}-{day:02}\"").unwrap_or(()); // a String never fails
+        }
+        Value::Reading { time, quantity } => {
+            if time.is_some() {
+                out.push_str(",\"time\":");
+                write_time(out, stamp_time(*time, tz));
+            }
+            if let Some(q) = quantity {
+                out.push_str(",\"value\":");
+                write_number(out, q);
+                unit(out, q);
+            }
+        }
+        Value::FailureLog { count, events } => {
+            if let Some(n) = count {
+                write!(out, ",\"value\":{n}").unwrap_or(()); // a String never fails
+            }
+            if let Some(u) = events.iter().find_map(|e| e.duration.and_then(|d| d.unit)) {
+                out.push_str(",\"unit\":");
+                write_str(out, u);
+            }
+            out.push_str(",\"events\":[");
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"end\":");
+                write_time(out, stamp_time(e.end, tz));
+                if let Some(d) = &e.duration {
+                    out.push_str(",\"duration\":");
+                    write_number(out, d);
+                }
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::PeakHistory { count, peaks } => {
+            if let Some(n) = count {
+                write!(out, ",\"value\":{n}").unwrap_or(()); // a String never fails
+            }
+            if let Some(u) = peaks.iter().find_map(|p| p.quantity.and_then(|q| q.unit)) {
+                out.push_str(",\"unit\":");
+                write_str(out, u);
+            }
+            out.push_str(",\"events\":[");
+            for (i, p) in peaks.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"month\":");
+                write_time(out, stamp_time(p.month, tz));
+                out.push_str(",\"time\":");
+                write_time(out, stamp_time(p.time, tz));
+                if let Some(q) = &p.quantity {
+                    out.push_str(",\"value\":");
+                    write_number(out, q);
+                }
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Groups(values) => {
+            if let Some(Some(first)) = values.first() {
+                out.push_str(",\"value\":");
+                write_number(out, first);
+                unit(out, first);
+            }
+            out.push_str(",\"values\":[");
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match v {
+                    Some(q) => write_number(out, q),
+                    None => out.push_str("null"),
+                }
+            }
+            out.push(']');
+        }
+    }
+    out.push_str(",\"raw\":");
+    match object.continuation {
+        None => write_bytes(out, object.raw),
+        Some(next) => {
+            let mut joined = object.raw.to_vec();
+            joined.extend_from_slice(next);
+            write_bytes(out, &joined);
+        }
+    }
+    out.push('}');
+}

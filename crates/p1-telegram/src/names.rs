@@ -1,0 +1,172 @@
+//! Canonical names for the OBIS codes we know (field-notes §c) and the kind of
+//! each M-Bus submeter.
+
+use crate::ObisCode;
+
+/// What an M-Bus submeter measures.
+///
+/// Decided per channel from the device type (`0-n:24.1.0`, EN 13757-3) when
+/// the telegram carries one, otherwise from the set of codes, their units and
+/// their number of groups; never from a code alone (Belgium's `24.2.3` is gas,
+/// Veitur's is a temperature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubmeterKind {
+    /// Gas (device type 3, or `24.2.3` / `24.3.0` in m³).
+    Gas,
+    /// Cold water (device type 7).
+    Water,
+    /// Heat (device types 4 and 12, or GJ readings).
+    Heat,
+    /// Hot water: device type 6, or Veitur's heat/hot-water submeter (channel
+    /// without device type, one-group `24.2.x` lines in m3, m3/h, degC, Wh).
+    HotWater,
+    /// Cooling (device types 10, 11, 13).
+    Cooling,
+    /// Nothing tells: an empty channel or an unknown device type.
+    Unknown,
+}
+
+impl SubmeterKind {
+    /// The lower-case name used in JSON, topics and tags.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubmeterKind::Gas => "gas",
+            SubmeterKind::Water => "water",
+            SubmeterKind::Heat => "heat",
+            SubmeterKind::HotWater => "hot_water",
+            SubmeterKind::Cooling => "cooling",
+            SubmeterKind::Unknown => "unknown",
+        }
+    }
+
+    /// The kind for an EN 13757-3 device type number.
+    pub fn from_device_type(device_type: i64) -> SubmeterKind {
+        match device_type {
+            3 => SubmeterKind::Gas,
+            7 => SubmeterKind::Water,
+            4 | 12 => SubmeterKind::Heat,
+            6 => SubmeterKind::HotWater,
+            10 | 11 | 13 => SubmeterKind::Cooling,
+            _ => SubmeterKind::Unknown,
+        }
+    }
+}
+
+/// The canonical name of a code on the meter itself (channel 0, or A = 1).
+/// Channel codes go through [`channel_name`].
+pub(crate) fn meter_name(code: &ObisCode) -> Option<&'static str> {
+    let name = match (code.a, code.b, code.c, code.d, code.e) {
+        (1, 3, 0, 2, 8) => "p1_version",
+        (0, 0, 96, 1, 4) => "p1_version",
+        // The legacy date and time lines name the same clock; the telegram's
+        // meter_time joins them.
+        (0, 0, 1, 0, 0) | (0, 0, 1, 1, 0) | (1, 0, 0, 9, 1) | (1, 0, 0, 9, 2) => "meter_time",
+        (0, 0, 96, 1, 1) => "equipment_id",
+        (0, 0, 96, 1, 0) | (0, 0, 96, 1, 255) => "meter_serial",
+        (1, 0, 0, 0, 0) => "meter_id",
+        (0, 0, 42, 0, 0) => "logical_device_name",
+        (1, 0, 96, 5, 5) => "device_status",
+        (0, 0, 96, 13, 0) => "text_message",
+        (0, 0, 96, 13, 1) => "text_message_code",
+        (0, 0, 96, 13, 2) => "text_message_2",
+        (0, 0, 96, 13, 3) => "text_message_3",
+        (0, 0, 96, 13, 4) => "text_message_4",
+        (0, 0, 96, 13, 5) => "text_message_5",
+        (0, 0, 96, 14, 0) => "tariff_indicator",
+        (0, 0, 96, 3, 10) => "breaker_state",
+        (0, 0, 17, 0, 0) => "limiter_threshold",
+        (1, 0, 31, 4, 0) => "current_limit_l1",
+        (1, 1, 31, 4, 0) => "current_limit",
+        (1, 0, 1, 8, 0) => "energy_import_total",
+        (1, 0, 1, 8, 1) => "energy_import_tariff1",
+        (1, 0, 1, 8, 2) => "energy_import_tariff2",
+        (1, 0, 1, 8, 3) => "energy_import_tariff3",
+        (1, 0, 1, 8, 4) => "energy_import_tariff4",
+        (1, 0, 2, 8, 0) => "energy_export_total",
+        (1, 0, 2, 8, 1) => "energy_export_tariff1",
+        (1, 0, 2, 8, 2) => "energy_export_tariff2",
+        (1, 0, 3, 8, 0) => "reactive_energy_import_total",
+        (1, 0, 4, 8, 0) => "reactive_energy_export_total",
+        (1, 0, 1, 7, 0) => "power_import",
+        (1, 0, 2, 7, 0) => "power_export",
+        (1, 0, 21, 7, 0) => "power_import_l1",
+        (1, 0, 41, 7, 0) => "power_import_l2",
+        (1, 0, 61, 7, 0) => "power_import_l3",
+        (1, 0, 22, 7, 0) => "power_export_l1",
+        (1, 0, 42, 7, 0) => "power_export_l2",
+        (1, 0, 62, 7, 0) => "power_export_l3",
+        (1, 0, 3, 7, 0) => "reactive_power_import",
+        (1, 0, 4, 7, 0) => "reactive_power_export",
+        (1, 0, 23, 7, 0) => "reactive_power_import_l1",
+        (1, 0, 43, 7, 0) => "reactive_power_import_l2",
+        (1, 0, 63, 7, 0) => "reactive_power_import_l3",
+        (1, 0, 24, 7, 0) => "reactive_power_export_l1",
+        (1, 0, 44, 7, 0) => "reactive_power_export_l2",
+        (1, 0, 64, 7, 0) => "reactive_power_export_l3",
+        (1, 0, 9, 7, 0) => "apparent_power_import",
+        (1, 0, 10, 7, 0) => "apparent_power_export",
+        (1, 0, 32, 7, 0) => "voltage_l1",
+        (1, 0, 52, 7, 0) => "voltage_l2",
+        (1, 0, 72, 7, 0) => "voltage_l3",
+        (1, 0, 31, 7, 0) => "current_l1",
+        (1, 0, 51, 7, 0) => "current_l2",
+        (1, 0, 71, 7, 0) => "current_l3",
+        (1, 0, 14, 7, 0) => "frequency",
+        (1, 0, 13, 7, 0) => "power_factor",
+        (1, 0, 33, 7, 0) => "power_factor_l1",
+        (1, 0, 53, 7, 0) => "power_factor_l2",
+        (1, 0, 73, 7, 0) => "power_factor_l3",
+        (1, 0, 1, 4, 0) => "demand_import_current",
+        (1, 0, 1, 6, 0) => "demand_import_max_month",
+        (0, 0, 98, 1, 0) => "demand_import_max_history",
+        (0, 0, 96, 7, 21) => "power_failures",
+        (0, 0, 96, 7, 9) => "long_power_failures",
+        (1, 0, 99, 97, 0) => "power_failure_log",
+        (1, 0, 32, 32, 0) => "voltage_sags_l1",
+        (1, 0, 52, 32, 0) => "voltage_sags_l2",
+        (1, 0, 72, 32, 0) => "voltage_sags_l3",
+        (1, 0, 32, 36, 0) => "voltage_swells_l1",
+        (1, 0, 52, 36, 0) => "voltage_swells_l2",
+        (1, 0, 72, 36, 0) => "voltage_swells_l3",
+        _ => return None,
+    };
+    Some(name)
+}
+
+/// The canonical name of a `0-n:` line (n ≥ 1) on a channel of `kind`.
+/// `groups` is the number of value groups on the line (Veitur's readings have
+/// one, DSMR's `(capture time)(reading)` two).
+pub(crate) fn channel_name(
+    code: &ObisCode,
+    kind: SubmeterKind,
+    groups: usize,
+) -> Option<&'static str> {
+    use SubmeterKind as K;
+    let name = match (code.c, code.d, code.e, kind) {
+        (24, 1, 0, _) => "mbus_device_type",
+        (96, 1, 0, _) | (96, 1, 1, _) => "mbus_equipment_id",
+        (96, 3, 10, _) => "breaker_state",
+        (24, 4, 0, _) => "valve_state",
+        (24, 3, 0, K::Gas | K::Unknown) => "gas_volume",
+        (24, 2, 1, K::Gas) => "gas_volume",
+        (24, 2, 3, K::Gas) if groups >= 2 => "gas_volume",
+        (24, 2, 1, K::Water) => "water_volume",
+        (24, 2, 1, K::Heat) => "heat_energy",
+        (24, 2, 1, K::Cooling) => "cooling_energy",
+        (24, 2, 1, K::HotWater) => "hot_water_volume",
+        // Veitur's heat/hot-water submeter: one group per line, own meanings
+        // (field-notes §a). 24.2.5/.6 units are unverified: named, not scaled.
+        (24, 2, 2, K::HotWater) if groups == 1 => "heat_flow",
+        (24, 2, 3, K::HotWater) if groups == 1 => "heat_supply_temperature",
+        (24, 2, 4, K::HotWater) if groups == 1 => "heat_return_temperature",
+        (24, 2, 5, K::HotWater) if groups == 1 => "heat_energy",
+        (24, 2, 6, K::HotWater) if groups == 1 => "heat_energy_2",
+        _ => return None,
+    };
+    Some(name)
+}
+
+/// Unit spellings compared case-insensitively, as meters vary (`kvar`, `kVAr`).
+pub(crate) fn unit_is(unit: Option<&str>, expected: &str) -> bool {
+    unit.is_some_and(|u| u.eq_ignore_ascii_case(expected))
+}

@@ -1,0 +1,701 @@
+//! One telegram: header, CRC, data lines with typed values.
+
+use crate::crc::{crc16_arc, crc16_arc_crlf, parse_crc_text};
+use crate::names::{SubmeterKind, channel_name, meter_name, unit_is};
+use crate::obis::trim_ascii;
+use crate::value::{Decimal, Group, MeterTime, Quantity, Stamp, decode_hex_text};
+use crate::{Error, ObisCode};
+
+/// What the CRC check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrcStatus {
+    /// A CRC was present and matches.
+    Valid,
+    /// No CRC after `!` (Veitur, DSMR ≤ 3, IEC 62056-21), or no `!` line at all.
+    Absent,
+    /// A CRC was present and does not match; only with [`ParseOptions::check_crc`] off.
+    Mismatch {
+        /// The CRC printed by the meter.
+        expected: u16,
+        /// The CRC of the bytes received.
+        computed: u16,
+    },
+}
+
+impl CrcStatus {
+    /// `"valid"`, `"absent"` or `"mismatch"`, as in the JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CrcStatus::Valid => "valid",
+            CrcStatus::Absent => "absent",
+            CrcStatus::Mismatch { .. } => "mismatch",
+        }
+    }
+}
+
+/// How [`Telegram::parse`] treats a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Reject a telegram whose CRC does not match (default). Off, it is kept
+    /// with [`CrcStatus::Mismatch`].
+    pub check_crc: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions { check_crc: true }
+    }
+}
+
+/// A typed value of a data line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    /// `()`: no value (not zero), or a line with no group at all.
+    Empty,
+    /// A number, with its unit when one was sent.
+    Number(Quantity<'a>),
+    /// Text as sent. For known text codes (ids, messages) [`Object::text`]
+    /// decodes hex where it yields printable ASCII.
+    Text(&'a [u8]),
+    /// A timestamp (`0-0:1.0.0`).
+    Time(Stamp),
+    /// Veitur's legacy `1-0:0.9.1(hhmmss)` local time of day.
+    TimeOfDay {
+        /// 0..=23.
+        hour: i8,
+        /// 0..=59.
+        minute: i8,
+        /// 0..=59.
+        second: i8,
+    },
+    /// Veitur's legacy `1-0:0.9.2(YYMMDD)` local date.
+    Date {
+        /// Full year.
+        year: i16,
+        /// 1..=12.
+        month: i8,
+        /// 1..=31.
+        day: i8,
+    },
+    /// `(capture time)(reading)`: DSMR 4/5 M-Bus readings, Belgian `24.2.3`
+    /// gas and `1.6.0` monthly peak, DSMR ≤ 3 `24.3.0` gas with its value on
+    /// the next line. `time` is `None` when the line has no stamp;
+    /// `Some(Stamp::Placeholder)` when it has a "no time" stamp.
+    Reading {
+        /// When the submeter captured the value.
+        time: Option<Stamp>,
+        /// The value, `None` when empty.
+        quantity: Option<Quantity<'a>>,
+    },
+    /// The power-failure log `(n)(log code)` + n × `(end)(duration)`.
+    FailureLog {
+        /// The count the meter printed.
+        count: Option<i64>,
+        /// The entries, in the order sent.
+        events: Vec<FailureEvent<'a>>,
+    },
+    /// Belgian monthly peak history `0-0:98.1.0(n)(code)(code)` + n ×
+    /// `(month)(peak time)(value)`.
+    PeakHistory {
+        /// The count the meter printed.
+        count: Option<i64>,
+        /// The entries, in the order sent.
+        peaks: Vec<Peak<'a>>,
+    },
+    /// Several groups in no layout we know (Luxembourg's
+    /// `1-1:31.4.0(100*A)(-063*A)`): each group as a number when it is one.
+    Groups(Vec<Option<Quantity<'a>>>),
+}
+
+/// One entry of the power-failure log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailureEvent<'a> {
+    /// When the failure ended.
+    pub end: Option<Stamp>,
+    /// How long it lasted (64-bit: Kaifa sends more than 2³¹ s).
+    pub duration: Option<Quantity<'a>>,
+}
+
+/// One month of the Belgian peak history.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Peak<'a> {
+    /// The month (its first day).
+    pub month: Option<Stamp>,
+    /// When the peak happened.
+    pub time: Option<Stamp>,
+    /// The peak demand.
+    pub quantity: Option<Quantity<'a>>,
+}
+
+/// One data line of a telegram, kept whether or not its code is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<'a> {
+    /// The parsed code; `None` when the code part is not a valid OBIS code
+    /// (`1,0:2.7.0` line noise) or missing (a bare `(…)` line).
+    pub code: Option<ObisCode>,
+    /// The code part as written, trimmed.
+    pub code_text: &'a [u8],
+    /// The value part as sent: everything after the code on the line,
+    /// junk after the last group included.
+    pub raw: &'a [u8],
+    /// DSMR ≤ 3 gas: the `(value)` line that followed this line.
+    pub continuation: Option<&'a [u8]>,
+    /// The typed value.
+    pub value: Value<'a>,
+    /// The canonical name (field-notes §c), `None` for codes we do not know.
+    pub name: Option<&'static str>,
+    /// Number of `(…)` groups on the line.
+    pub groups: u16,
+}
+
+impl Object<'_> {
+    /// The M-Bus channel (B ≥ 1 on a `0-n:` line).
+    pub fn channel(&self) -> Option<u8> {
+        self.code.and_then(|c| c.channel())
+    }
+
+    /// The value as text: hex-decoded for known text codes where that gives
+    /// printable ASCII, otherwise the bytes as sent (lossily as UTF-8).
+    /// `None` for values that are not text.
+    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let Value::Text(bytes) = self.value else {
+            return None;
+        };
+        if self.code.is_some_and(|c| is_text_code(&c))
+            && let Some(decoded) = decode_hex_text(bytes)
+        {
+            return Some(std::borrow::Cow::Owned(decoded));
+        }
+        Some(String::from_utf8_lossy(bytes))
+    }
+
+    /// The number of a [`Value::Number`] or [`Value::Reading`].
+    pub fn quantity(&self) -> Option<Quantity<'_>> {
+        match &self.value {
+            Value::Number(q) => Some(*q),
+            Value::Reading { quantity, .. } => *quantity,
+            _ => None,
+        }
+    }
+}
+
+/// An M-Bus submeter found on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submeter<'a> {
+    /// The channel number (B of `0-n:`).
+    pub channel: u8,
+    /// What it measures.
+    pub kind: SubmeterKind,
+    /// EN 13757-3 device type from `0-n:24.1.0`, when sent and numeric.
+    pub device_type: Option<i64>,
+    /// `0-n:96.1.0` / `0-n:96.1.1` as sent (hex), when sent and not empty.
+    pub equipment_id: Option<&'a [u8]>,
+}
+
+/// A parsed telegram borrowing the frame's bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telegram<'a> {
+    /// The identification line without `/` and line end (`ISk5\2MIE5E-200`).
+    pub header: &'a [u8],
+    /// What the CRC check found.
+    pub crc: CrcStatus,
+    /// Every data line, in order.
+    pub objects: Vec<Object<'a>>,
+    /// The M-Bus submeters, by channel number.
+    pub submeters: Vec<Submeter<'a>>,
+}
+
+impl<'a> Telegram<'a> {
+    /// Parses one frame (from `/` through the `!` line, as the
+    /// [`crate::Decoder`] yields it, or without a `!` line when
+    /// `terminated` is false).
+    ///
+    /// # Errors
+    /// [`Error::CrcMismatch`] / [`Error::InvalidCrc`] for a bad CRC (unless
+    /// `check_crc` is off), [`Error::NoHeader`] when `frame` does not start
+    /// with `/`. Odd data lines are never errors: they are kept.
+    pub fn parse(frame: &'a [u8], options: ParseOptions) -> Result<Telegram<'a>, Error> {
+        if frame.first() != Some(&b'/') {
+            return Err(Error::NoHeader);
+        }
+        let header_end = memchr::memchr(b'\n', frame).unwrap_or(frame.len());
+        let header = trim_line_end(&frame[1..header_end]);
+
+        // The '!' line: the last line of the frame when it starts with '!'.
+        let body_end_guess = frame.len();
+        let without_final_lf = match frame.last() {
+            Some(b'\n') => &frame[..frame.len() - 1],
+            _ => frame,
+        };
+        let last_line_start = memchr::memrchr(b'\n', without_final_lf).map_or(0, |i| i + 1);
+        let (body, crc) = if last_line_start > 0 && frame.get(last_line_start) == Some(&b'!') {
+            let bang = last_line_start;
+            let text = trim_ascii(&frame[bang + 1..]);
+            let crc = match parse_crc_text(text) {
+                Ok(None) => CrcStatus::Absent,
+                Ok(Some(expected)) => check(&frame[..=bang], expected),
+                Err(()) => {
+                    if options.check_crc {
+                        return Err(Error::InvalidCrc {
+                            text: String::from_utf8_lossy(text).into_owned(),
+                        });
+                    }
+                    CrcStatus::Absent
+                }
+            };
+            if let CrcStatus::Mismatch { expected, computed } = crc
+                && options.check_crc
+            {
+                return Err(Error::CrcMismatch { expected, computed });
+            }
+            (&frame[header_end.min(bang)..bang], crc)
+        } else {
+            (&frame[header_end.min(body_end_guess)..], CrcStatus::Absent)
+        };
+
+        let mut objects = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count());
+        for line in body.split(|&b| b == b'\n') {
+            let line = trim_line_end(line);
+            if trim_ascii(line).is_empty() {
+                continue;
+            }
+            if line[0] == b'(' {
+                // A bare group: DSMR ≤ 3 puts the gas value on the line after
+                // `0-n:24.3.0(…)(m3)`. Attach it there; otherwise keep it as a
+                // line without a code.
+                if let Some(prev) = objects.last_mut()
+                    && attach_continuation(prev, line)
+                {
+                    continue;
+                }
+            }
+            objects.push(parse_line(line));
+        }
+
+        let submeters = find_submeters(&objects);
+        for object in &mut objects {
+            object.name = object.code.as_ref().and_then(|code| match code.channel() {
+                Some(channel) => {
+                    let kind = submeters
+                        .iter()
+                        .find(|s| s.channel == channel)
+                        .map_or(SubmeterKind::Unknown, |s| s.kind);
+                    channel_name(code, kind, usize::from(object.groups))
+                }
+                None => meter_name(code),
+            });
+        }
+        Ok(Telegram {
+            header,
+            crc,
+            objects,
+            submeters,
+        })
+    }
+
+    /// The first object with this code (channel included).
+    pub fn get(&self, code: ObisCode) -> Option<&Object<'a>> {
+        self.objects.iter().find(|o| o.code == Some(code))
+    }
+
+    /// The first object with this canonical name.
+    pub fn by_name(&self, name: &str) -> Option<&Object<'a>> {
+        self.objects.iter().find(|o| o.name == Some(name))
+    }
+
+    /// The header as text (lossy for non-UTF-8 bytes).
+    pub fn header_str(&self) -> std::borrow::Cow<'a, str> {
+        String::from_utf8_lossy(self.header)
+    }
+
+    /// The meter's own clock: `0-0:1.0.0` (or the heat meters' `0-0:1.1.0`),
+    /// else Veitur's legacy `1-0:0.9.2` date + `1-0:0.9.1` time. Placeholder
+    /// stamps give `None`.
+    pub fn meter_local_time(&self) -> Option<MeterTime> {
+        for code in [ObisCode::new(0, 0, 1, 0, 0), ObisCode::new(0, 0, 1, 1, 0)] {
+            if let Some(Object {
+                value: Value::Time(stamp),
+                ..
+            }) = self.get(code)
+            {
+                return match stamp {
+                    Stamp::Valid(t) => Some(*t),
+                    Stamp::Placeholder => None,
+                };
+            }
+        }
+        let date = self.get(ObisCode::new(1, 0, 0, 9, 2))?;
+        let time = self.get(ObisCode::new(1, 0, 0, 9, 1))?;
+        match (&date.value, &time.value) {
+            (
+                Value::Date { year, month, day },
+                Value::TimeOfDay {
+                    hour,
+                    minute,
+                    second,
+                },
+            ) => Some(MeterTime {
+                year: *year,
+                month: *month,
+                day: *day,
+                hour: *hour,
+                minute: *minute,
+                second: *second,
+                dst: None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// [`Telegram::meter_local_time`] as an instant, reading the local time in `tz`.
+    pub fn meter_time(&self, tz: &jiff::tz::TimeZone) -> Option<jiff::Timestamp> {
+        self.meter_local_time()?.to_timestamp(tz)
+    }
+
+    /// The IANA zone of the country this meter most likely stands in, for
+    /// reading its local timestamps when the user configured none. From the
+    /// header's maker code and the codes present:
+    ///
+    /// * Veitur (legacy `1-0:0.9.x` clock, no `0-0:1.0.0`): `Atlantic/Reykjavik`
+    ///   (UTC all year);
+    /// * Fluvius / e-MUCS (`FLU`, `0-0:96.1.4`) or an Iskra IE.5 with a
+    ///   `0-0:1.0.0` clock: `Europe/Brussels`;
+    /// * `Lux`: `Europe/Luxembourg`; `ESO`: `Europe/Vilnius`;
+    ///   Aidon, Landis+Gyr Swedish H1 (`ADN`, `ELL`, `AIDON`): `Europe/Stockholm`;
+    ///   EasyMeter and other German gateways (`ESY`, `EBZ`, `EMH`): `Europe/Berlin`;
+    /// * everything else (DSMR): `Europe/Amsterdam`.
+    pub fn default_zone(&self) -> &'static str {
+        let maker: Vec<u8> = self
+            .header
+            .iter()
+            .take(3)
+            .map(u8::to_ascii_uppercase)
+            .collect();
+        let has = |code| self.get(code).is_some();
+        let legacy_clock = has(ObisCode::new(1, 0, 0, 9, 1)) || has(ObisCode::new(1, 0, 0, 9, 2));
+        let modern_clock = has(ObisCode::new(0, 0, 1, 0, 0));
+        match maker.as_slice() {
+            _ if legacy_clock && !modern_clock => "Atlantic/Reykjavik",
+            b"FLU" => "Europe/Brussels",
+            _ if has(ObisCode::new(0, 0, 96, 1, 4)) => "Europe/Brussels",
+            b"ISK"
+                if self
+                    .header
+                    .windows(3)
+                    .any(|w| w.eq_ignore_ascii_case(b"IE5")) =>
+            {
+                "Europe/Brussels"
+            }
+            b"LUX" => "Europe/Luxembourg",
+            b"ESO" => "Europe/Vilnius",
+            b"ADN" | b"AID" | b"ELL" => "Europe/Stockholm",
+            b"ESY" | b"EBZ" | b"EMH" => "Europe/Berlin",
+            _ => "Europe/Amsterdam",
+        }
+    }
+
+    /// The meter's identity: `0-0:96.1.1` decoded, else `0-0:96.1.0`, else
+    /// `1-0:0.0.0`, else `0-0:42.0.0`.
+    pub fn meter_id(&self) -> Option<String> {
+        [
+            ObisCode::new(0, 0, 96, 1, 1),
+            ObisCode::new(0, 0, 96, 1, 0),
+            ObisCode::new(1, 0, 0, 0, 0),
+            ObisCode::new(0, 0, 42, 0, 0),
+        ]
+        .into_iter()
+        .find_map(|code| {
+            let text = self.get(code)?.text()?;
+            let text = text.trim();
+            (!text.is_empty() && !text.bytes().all(|b| b == b'0')).then(|| text.to_owned())
+        })
+    }
+}
+
+fn check(covered: &[u8], expected: u16) -> CrcStatus {
+    let computed = crc16_arc(covered);
+    if computed == expected {
+        return CrcStatus::Valid;
+    }
+    // Bare LF input: the meter computed its CRC over CR LF.
+    let has_bare_lf =
+        memchr::memchr_iter(b'\n', covered).any(|i| i == 0 || covered[i - 1] != b'\r');
+    if has_bare_lf && crc16_arc_crlf(covered) == expected {
+        return CrcStatus::Valid;
+    }
+    CrcStatus::Mismatch { expected, computed }
+}
+
+fn trim_line_end(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\r' | b'\n'] = line {
+        line = rest;
+    }
+    line
+}
+
+/// Codes whose value is text (often hex-encoded), never a number.
+pub(crate) fn is_text_code(code: &ObisCode) -> bool {
+    matches!(
+        (code.a, code.b, code.c, code.d, code.e),
+        (0, _, 96, 1, 0)
+            | (0, _, 96, 1, 1)
+            | (0, 0, 96, 1, 255)
+            | (0, 0, 42, 0, 0)
+            | (1, 0, 0, 0, 0)
+            | (0, 0, 96, 13, _)
+            | (1, 0, 96, 5, 5)
+    )
+}
+
+/// Iterates the `(…)` groups of a value part; stops at the first byte that
+/// does not open a group (junk) or at an unclosed group.
+struct Groups<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Groups<'a> {
+    type Item = Group<'a>;
+
+    fn next(&mut self) -> Option<Group<'a>> {
+        if self.rest.first() != Some(&b'(') {
+            return None;
+        }
+        let close = memchr::memchr(b')', self.rest)?;
+        let inner = &self.rest[1..close];
+        self.rest = &self.rest[close + 1..];
+        Some(Group::split(inner))
+    }
+}
+
+fn groups(raw: &[u8]) -> Groups<'_> {
+    Groups { rest: raw }
+}
+
+fn parse_line(line: &[u8]) -> Object<'_> {
+    let open = memchr::memchr(b'(', line).unwrap_or(line.len());
+    let code_text = trim_ascii(&line[..open]);
+    let raw = &line[open..];
+    let code = ObisCode::parse(code_text);
+    let count = groups(raw).count();
+    let value = match code {
+        Some(code) => typed_value(&code, raw, count),
+        None => untyped_value(raw, count),
+    };
+    Object {
+        code,
+        code_text,
+        raw,
+        continuation: None,
+        value,
+        name: None,
+        groups: u16::try_from(count).unwrap_or(u16::MAX),
+    }
+}
+
+fn untyped_value(raw: &[u8], count: usize) -> Value<'_> {
+    match count {
+        0 => Value::Empty,
+        1 => groups(raw).next().map_or(Value::Empty, |g| single(g)),
+        _ => Value::Groups(groups(raw).map(|g| g.quantity()).collect()),
+    }
+}
+
+fn single(g: Group<'_>) -> Value<'_> {
+    if g.is_empty() {
+        return Value::Empty;
+    }
+    match g.quantity() {
+        Some(q) => Value::Number(q),
+        None => Value::Text(g.value),
+    }
+}
+
+fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
+    let mut it = groups(raw);
+    let Some(first) = it.next() else {
+        return Value::Empty;
+    };
+    let cde = code.cde();
+    if count == 1 {
+        if first.is_empty() {
+            return Value::Empty;
+        }
+        if is_text_code(code) {
+            return Value::Text(first.value);
+        }
+        match (code.a, code.b, cde) {
+            (0, 0, (1, 0, 0) | (1, 1, 0)) => {
+                if let Some(stamp) = first.stamp() {
+                    return Value::Time(stamp);
+                }
+            }
+            (1, 0, (0, 9, 1)) => {
+                if let Some([h, m, s]) = six_digits(first.value) {
+                    return Value::TimeOfDay {
+                        hour: h,
+                        minute: m,
+                        second: s,
+                    };
+                }
+            }
+            (1, 0, (0, 9, 2)) => {
+                if let Some([y, m, d]) = six_digits(first.value) {
+                    return Value::Date {
+                        year: 2000 + i16::from(y),
+                        month: m,
+                        day: d,
+                    };
+                }
+            }
+            _ => {}
+        }
+        return single(first);
+    }
+    match (code.a, code.b, cde) {
+        (1, 0, (99, 97, 0)) => {
+            let count = first.quantity().and_then(|q| q.value.as_integer());
+            // (n)(log code) then pairs of (end)(duration).
+            let rest: Vec<Group<'a>> = it.skip(1).collect();
+            let events = rest
+                .chunks(2)
+                .map(|pair| FailureEvent {
+                    end: pair.first().and_then(Group::stamp),
+                    duration: pair.get(1).and_then(Group::quantity),
+                })
+                .collect();
+            Value::FailureLog { count, events }
+        }
+        (0, 0, (98, 1, 0)) => {
+            let count = first.quantity().and_then(|q| q.value.as_integer());
+            // (n)(code)(code) then triples of (month)(peak time)(value).
+            let rest: Vec<Group<'a>> = it.skip(2).collect();
+            let peaks = rest
+                .chunks(3)
+                .map(|t| Peak {
+                    month: t.first().and_then(Group::stamp),
+                    time: t.get(1).and_then(Group::stamp),
+                    quantity: t.get(2).and_then(Group::quantity),
+                })
+                .collect();
+            Value::PeakHistory { count, peaks }
+        }
+        (0, _, (24, 3, 0)) => {
+            // DSMR ≤ 3 gas: (time)(status)(period)(count)(code)(unit); the
+            // value follows on its own line (see attach_continuation).
+            Value::Reading {
+                time: first.stamp(),
+                quantity: None,
+            }
+        }
+        _ => {
+            if count == 2
+                && let Some(stamp) = first.stamp()
+            {
+                let second = it.next();
+                return Value::Reading {
+                    time: Some(stamp),
+                    quantity: second.and_then(|g| g.quantity()),
+                };
+            }
+            Value::Groups(groups(raw).map(|g| g.quantity()).collect())
+        }
+    }
+}
+
+fn six_digits(text: &[u8]) -> Option<[i8; 3]> {
+    if text.len() != 6 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let two = |i: usize| ((text[i] - b'0') * 10 + (text[i + 1] - b'0')) as i8;
+    Some([two(0), two(2), two(4)])
+}
+
+/// DSMR ≤ 3: `0-n:24.3.0(…)(m3)` is followed by `(00001.001)`. Returns whether
+/// `line` was taken as that value.
+fn attach_continuation<'a>(prev: &mut Object<'a>, line: &'a [u8]) -> bool {
+    let is_gas_profile = prev.code.is_some_and(|c| c.a == 0 && c.cde() == (24, 3, 0));
+    if !is_gas_profile || prev.continuation.is_some() {
+        return false;
+    }
+    prev.continuation = Some(line);
+    // The unit is the last group of the profile line.
+    let unit = groups(prev.raw)
+        .last()
+        .and_then(|g| std::str::from_utf8(g.value).ok())
+        .filter(|u| !u.is_empty() && Decimal::parse(u.as_bytes()).is_none());
+    let quantity = groups(line)
+        .next()
+        .and_then(|g| g.quantity())
+        .map(|q| Quantity {
+            value: q.value,
+            unit: q.unit.or(unit),
+        });
+    if let Value::Reading { quantity: slot, .. } = &mut prev.value {
+        *slot = quantity;
+    }
+    true
+}
+
+fn find_submeters<'a>(objects: &[Object<'a>]) -> Vec<Submeter<'a>> {
+    let mut found: Vec<Submeter<'a>> = Vec::new();
+    for object in objects {
+        let Some(channel) = object.channel() else {
+            continue;
+        };
+        let index = match found.iter().position(|s| s.channel == channel) {
+            Some(i) => i,
+            None => {
+                found.push(Submeter {
+                    channel,
+                    kind: SubmeterKind::Unknown,
+                    device_type: None,
+                    equipment_id: None,
+                });
+                found.len() - 1
+            }
+        };
+        let entry = &mut found[index];
+        let Some(code) = object.code else { continue };
+        match (code.c, code.d, code.e, &object.value) {
+            (24, 1, 0, Value::Number(q)) => entry.device_type = q.value.as_integer(),
+            (96, 1, 0 | 1, Value::Text(id)) if !id.is_empty() => entry.equipment_id = Some(id),
+            _ => {}
+        }
+    }
+    for entry in &mut found {
+        entry.kind = match entry.device_type {
+            Some(t) => SubmeterKind::from_device_type(t),
+            None => infer_kind(objects, entry.channel),
+        };
+    }
+    found.sort_by_key(|s| s.channel);
+    found
+}
+
+/// A channel without a device type: decide from its codes, units and groups.
+fn infer_kind(objects: &[Object<'_>], channel: u8) -> SubmeterKind {
+    let lines = || objects.iter().filter(move |o| o.channel() == Some(channel));
+    let mut veitur_like = 0;
+    let mut kind = SubmeterKind::Unknown;
+    for o in lines() {
+        let Some(code) = o.code else { continue };
+        let unit = o.quantity().and_then(|q| q.unit);
+        match (code.c, code.d, code.e) {
+            (24, 3, 0) => return SubmeterKind::Gas,
+            // Veitur: one numeric group per line (m3, m3/h, degC, Wh).
+            (24, 2, _) if o.groups == 1 && o.quantity().is_some() => veitur_like += 1,
+            (24, 2, 1 | 3) if o.groups >= 2 => {
+                if unit_is(unit, "GJ") || unit_is(unit, "kWh") || unit_is(unit, "MWh") {
+                    kind = SubmeterKind::Heat;
+                } else if unit_is(unit, "m3") {
+                    kind = SubmeterKind::Gas;
+                }
+            }
+            _ => {}
+        }
+    }
+    if veitur_like > 0 && kind == SubmeterKind::Unknown {
+        return SubmeterKind::HotWater;
+    }
+    kind
+}

@@ -1,0 +1,337 @@
+//! Typed values: exact decimals, meter timestamps, quantities.
+
+use std::fmt;
+
+/// A decimal number exactly as the meter sent it: `mantissa × 10^-scale`.
+///
+/// `(001988.284*kWh)` is `{ mantissa: 1988284, scale: 3 }` and prints as
+/// `1988.284`; `(00.000*kW)` prints as `0.000`. No float rounding happens in this
+/// crate: convert with [`Decimal::to_f64`] at the edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Decimal {
+    mantissa: i64,
+    scale: u8,
+}
+
+const POW10: [i64; 19] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+    1_000_000_000_000,
+    10_000_000_000_000,
+    100_000_000_000_000,
+    1_000_000_000_000_000,
+    10_000_000_000_000_000,
+    100_000_000_000_000_000,
+    1_000_000_000_000_000_000,
+];
+
+impl Decimal {
+    /// `mantissa × 10^-scale`; `None` when `scale > 18`.
+    pub fn new(mantissa: i64, scale: u8) -> Option<Decimal> {
+        (scale <= 18).then_some(Decimal { mantissa, scale })
+    }
+
+    /// The digits as an integer, sign included.
+    pub fn mantissa(&self) -> i64 {
+        self.mantissa
+    }
+
+    /// How many digits follow the decimal point.
+    pub fn scale(&self) -> u8 {
+        self.scale
+    }
+
+    /// Parses `[+-]digits[.digits]` (at least one digit, 18 significant digits
+    /// at most). Leading zeros do not count towards the limit.
+    pub fn parse(text: &[u8]) -> Option<Decimal> {
+        let (negative, digits) = match text.first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let mut mantissa: i64 = 0;
+        let mut scale: u8 = 0;
+        let mut seen_point = false;
+        let mut seen_digit = false;
+        for &c in digits {
+            match c {
+                b'0'..=b'9' => {
+                    seen_digit = true;
+                    mantissa = mantissa.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+                    if seen_point {
+                        scale += 1;
+                        if scale > 18 {
+                            return None;
+                        }
+                    }
+                }
+                b'.' if !seen_point => seen_point = true,
+                _ => return None,
+            }
+        }
+        if !seen_digit {
+            return None;
+        }
+        Some(Decimal {
+            mantissa: if negative { -mantissa } else { mantissa },
+            scale,
+        })
+    }
+
+    /// The nearest `f64`.
+    pub fn to_f64(&self) -> f64 {
+        // Both conversions are exact for every mantissa below 2^53; beyond that
+        // the division rounds once, which is the best f64 can do.
+        self.mantissa as f64 / POW10[usize::from(self.scale)] as f64
+    }
+
+    /// The value as an integer when it has no fractional digits.
+    pub fn as_integer(&self) -> Option<i64> {
+        (self.scale == 0).then_some(self.mantissa)
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 24];
+        f.write_str(self.format(&mut buf))
+    }
+}
+
+impl Decimal {
+    /// Writes the canonical text (`-12.340`) into `buf` and returns it; no
+    /// allocation. Used by the JSON writer on the hot path.
+    pub fn format<'b>(&self, buf: &'b mut [u8; 24]) -> &'b str {
+        let mut magnitude = self.mantissa.unsigned_abs();
+        let scale = usize::from(self.scale);
+        // Fill from the right: fraction digits, point, integer digits, sign.
+        let mut at = buf.len();
+        for _ in 0..scale {
+            at -= 1;
+            buf[at] = b'0' + (magnitude % 10) as u8;
+            magnitude /= 10;
+        }
+        if scale > 0 {
+            at -= 1;
+            buf[at] = b'.';
+        }
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (magnitude % 10) as u8;
+            magnitude /= 10;
+            if magnitude == 0 {
+                break;
+            }
+        }
+        if self.mantissa < 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        // Only ASCII digits, '.' and '-' were written.
+        std::str::from_utf8(&buf[at..]).unwrap_or("0")
+    }
+}
+
+/// A meter timestamp (`TST`): `YYMMDDhhmmss` in the meter's local time, with
+/// the DST flag when the meter sends one (`S` summer, `W` winter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MeterTime {
+    /// Full year (2000 + YY).
+    pub year: i16,
+    /// 1..=12.
+    pub month: i8,
+    /// 1..=31, checked against the month.
+    pub day: i8,
+    /// 0..=23.
+    pub hour: i8,
+    /// 0..=59.
+    pub minute: i8,
+    /// 0..=59.
+    pub second: i8,
+    /// `Some(true)` for `S`, `Some(false)` for `W`, `None` when absent.
+    pub dst: Option<bool>,
+}
+
+/// What a `TST` group held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// A real date and time.
+    Valid(MeterTime),
+    /// A placeholder (`000101000000W`, `700101010000W`, `632525252525S`, all
+    /// zeros) or an impossible date: "no time", never an error.
+    Placeholder,
+}
+
+impl MeterTime {
+    /// Parses `YYMMDDhhmmss[S|W]`. Returns `None` if the text does not have that
+    /// shape at all, `Some(Stamp::Placeholder)` if it has the shape but no real
+    /// time.
+    pub fn parse(text: &[u8]) -> Option<Stamp> {
+        let (digits, dst) = match text.len() {
+            12 => (text, None),
+            13 => match text[12] {
+                b'S' | b's' => (&text[..12], Some(true)),
+                b'W' | b'w' => (&text[..12], Some(false)),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let two = |i: usize| ((digits[i] - b'0') * 10 + (digits[i + 1] - b'0')) as i8;
+        let t = MeterTime {
+            year: 2000 + i16::from(two(0)),
+            month: two(2),
+            day: two(4),
+            hour: two(6),
+            minute: two(8),
+            second: two(10),
+            dst,
+        };
+        // Known placeholders: the DSMR "no value" stamps. 700101010000 is the
+        // Unix epoch in CET; 000101000000 is the start of the century.
+        if digits == b"000101000000" || digits == b"700101010000" || !t.is_possible() {
+            return Some(Stamp::Placeholder);
+        }
+        Some(Stamp::Valid(t))
+    }
+
+    fn is_possible(&self) -> bool {
+        (1..=12).contains(&self.month)
+            && self.day >= 1
+            && self.day <= days_in_month(self.year, self.month)
+            && (0..24).contains(&self.hour)
+            && (0..60).contains(&self.minute)
+            && (0..60).contains(&self.second)
+    }
+
+    /// The civil date and time, without a zone.
+    pub fn to_civil(&self) -> Option<jiff::civil::DateTime> {
+        jiff::civil::DateTime::new(
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            0,
+        )
+        .ok()
+    }
+
+    /// The instant this local time names in `tz`. An hour that occurs twice
+    /// (autumn) is resolved by the DST flag: `S` is the first, `W` the second;
+    /// without a flag the earlier one is taken. A local time skipped by a
+    /// spring-forward gap is shifted forward (jiff's "compatible" rule).
+    pub fn to_timestamp(&self, tz: &jiff::tz::TimeZone) -> Option<jiff::Timestamp> {
+        let civil = self.to_civil()?;
+        let ambiguous = tz.to_ambiguous_timestamp(civil);
+        let resolved = match self.dst {
+            Some(true) if ambiguous.is_ambiguous() => ambiguous.earlier(),
+            Some(false) if ambiguous.is_ambiguous() => ambiguous.later(),
+            _ => ambiguous.compatible(),
+        };
+        resolved.ok()
+    }
+}
+
+fn days_in_month(year: i16, month: i8) -> i8 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+/// A number with its unit as sent (`(0366.475*m3)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantity<'a> {
+    /// The number, exactly.
+    pub value: Decimal,
+    /// The unit as sent (`kWh`, `m3`, `degC`, `kvar`, …), `None` when absent.
+    pub unit: Option<&'a str>,
+}
+
+/// One parsed `(…)` group: `value` and `unit` split at the first `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Group<'a> {
+    pub(crate) value: &'a [u8],
+    pub(crate) unit: Option<&'a [u8]>,
+}
+
+impl<'a> Group<'a> {
+    pub(crate) fn split(inner: &'a [u8]) -> Group<'a> {
+        match memchr::memchr(b'*', inner) {
+            Some(star) => Group {
+                value: &inner[..star],
+                unit: Some(&inner[star + 1..]),
+            },
+            None => Group {
+                value: inner,
+                unit: None,
+            },
+        }
+    }
+
+    pub(crate) fn quantity(&self) -> Option<Quantity<'a>> {
+        let value = Decimal::parse(self.value)?;
+        let unit = match self.unit {
+            None => None,
+            Some([]) => None,
+            Some(u) => Some(std::str::from_utf8(u).ok()?),
+        };
+        Some(Quantity { value, unit })
+    }
+
+    pub(crate) fn stamp(&self) -> Option<Stamp> {
+        if self.unit.is_some() {
+            return None;
+        }
+        MeterTime::parse(self.value)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.value.is_empty() && self.unit.is_none_or(<[u8]>::is_empty)
+    }
+}
+
+/// Decodes hex-encoded text the way P1 meters use it (`96.1.1`, `96.13.0`, …):
+/// only even-length hex that decodes to printable ASCII counts as text.
+/// Returns `None` otherwise (Kaifa ids, plain digits of the IE.5 serial, odd
+/// lengths): the caller keeps the value as sent.
+pub fn decode_hex_text(text: &[u8]) -> Option<String> {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() / 2);
+    for pair in text.chunks_exact(2) {
+        let byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        if !(0x20..0x7f).contains(&byte) {
+            return None;
+        }
+        out.push(char::from(byte));
+    }
+    Some(out)
+}
+
+pub(crate) fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
