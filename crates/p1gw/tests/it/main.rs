@@ -1,0 +1,3 @@
+//! End-to-end tests of the `p1gw` binary.
+
+mod parse;
