@@ -347,19 +347,34 @@ async fn sleep_or_hard(wait: Duration, hard: &CancellationToken) -> bool {
 /// Runs a sink under supervision: when it returns an error or panics, it is
 /// marked failed (so /readyz shows it), and after a backoff a new instance
 /// from `make` runs on a fresh subscription. Returns when the sink ends
-/// cleanly or the hard-stop token fires.
+/// cleanly, the readers are gone, or the hard-stop token fires.
+///
+/// `first` is subscribed before the reader starts, so the first run misses
+/// nothing; restarts subscribe through `readings`, a weak sender, so the
+/// supervisor never keeps the channel open after the readers have stopped.
+/// Readings broadcast while a failed sink waits to restart are not in its
+/// spool: they are counted as `lagged` drops by the next run's intake only if
+/// the channel still holds them, otherwise lost to that sink (logged).
 pub async fn supervise<F>(
     make: F,
-    subscribe: impl Fn() -> broadcast::Receiver<Arc<Reading>>,
+    first: broadcast::Receiver<Arc<Reading>>,
+    readings: broadcast::WeakSender<Arc<Reading>>,
     cx: SinkContext,
 ) where
     F: Fn() -> Box<dyn Sink>,
 {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut input = Some(first);
     loop {
+        let Some(receiver) = input
+            .take()
+            .or_else(|| readings.upgrade().map(|tx| tx.subscribe()))
+        else {
+            cx.health.stopped();
+            return;
+        };
         let sink = make();
-        let run = tokio::spawn(sink.run(subscribe(), cx.clone()));
-        let outcome = run.await;
+        let outcome = tokio::spawn(sink.run(receiver, cx.clone())).await;
         let reason = match outcome {
             Ok(Ok(())) => {
                 cx.health.stopped();
@@ -399,3 +414,6 @@ pub fn describe_metrics() {
         "Times the sink was restarted after an error or panic."
     );
 }
+
+#[cfg(test)]
+mod tests;

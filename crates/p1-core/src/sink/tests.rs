@@ -1,0 +1,255 @@
+//! The generic worker against a scripted backend: what is acknowledged is
+//! deleted, what is not stays spooled, in order, across failures and restarts.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::{ComponentKind, Registry, SpoolConfig};
+
+fn reading(i: u64) -> Arc<Reading> {
+    let text = format!("/X5\r\n\r\n1-0:1.8.0({i:010}.000*kWh)\r\n!\r\n");
+    let t = p1_telegram::Telegram::parse(text.as_bytes(), p1_telegram::ParseOptions::default())
+        .expect("telegram");
+    Arc::new(Reading::from_telegram(
+        Arc::from("m"),
+        Arc::from("test"),
+        &t,
+        &jiff::tz::TimeZone::UTC,
+        jiff::Timestamp::UNIX_EPOCH,
+    ))
+}
+
+/// Encodes the import total as the record.
+struct Total;
+impl Encode for Total {
+    fn encode(&mut self, reading: &Reading) -> Option<Vec<u8>> {
+        Some(format!("{}", reading.number("energy_import_total")? as u64).into_bytes())
+    }
+}
+
+/// A backend that answers from a script, then accepts everything.
+#[derive(Clone, Default)]
+struct Backend {
+    script: Arc<Mutex<VecDeque<Result<usize, DeliveryError>>>>,
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl Deliver for Backend {
+    fn max_batch(&self) -> usize {
+        4
+    }
+    fn deliver<'a>(
+        &'a mut self,
+        records: &'a [(u64, Vec<u8>)],
+    ) -> BoxFuture<'a, Result<usize, DeliveryError>> {
+        Box::pin(async move {
+            let answer = self
+                .script
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or(Ok(records.len()));
+            if let Ok(n) = answer {
+                let mut got = self.got.lock().expect("lock");
+                for (_, r) in records.iter().take(n) {
+                    got.push(String::from_utf8_lossy(r).into_owned());
+                }
+            }
+            answer
+        })
+    }
+}
+
+async fn cx(dir: &std::path::Path, registry: &Registry) -> SinkContext {
+    SinkContext {
+        name: "test".into(),
+        health: registry
+            .register("sink:test", ComponentKind::Sink)
+            .expect("register"),
+        spool: AsyncSpool::open(dir.join("s.redb"), "test", SpoolConfig::new(1 << 20))
+            .await
+            .expect("spool"),
+        stop: CancellationToken::new(),
+        hard: CancellationToken::new(),
+    }
+}
+
+fn numbers(got: &Mutex<Vec<String>>) -> Vec<u64> {
+    got.lock()
+        .expect("lock")
+        .iter()
+        .map(|s| s.parse().expect("number"))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_partial_acks_and_rejections_keep_order_and_lose_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::new();
+    let cx = cx(dir.path(), &registry).await;
+    let spool = cx.spool.clone();
+    let backend = Backend::default();
+    {
+        let mut s = backend.script.lock().expect("lock");
+        s.push_back(Err(DeliveryError::Transient {
+            message: "down".into(),
+            retry_after: None,
+        }));
+        s.push_back(Err(DeliveryError::Transient {
+            message: "still down".into(),
+            retry_after: Some(Duration::from_secs(5)),
+        }));
+        s.push_back(Ok(1)); // a partial ack
+        s.push_back(Err(DeliveryError::Permanent {
+            message: "bad point".into(),
+            records: 1,
+        }));
+    }
+    let (tx, rx) = broadcast::channel(64);
+    let sink = Box::new(Spooled::new("test", Total, backend.clone()));
+    let run = tokio::spawn(sink.run(rx, cx));
+    for i in 1..=10 {
+        tx.send(reading(i)).expect("receiver");
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("ends")
+        .expect("task")
+        .expect("ok");
+    // 1 acked alone, 2 rejected (dropped, counted), the rest delivered in order.
+    assert_eq!(numbers(&backend.got), [1, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert!(spool.is_empty());
+    let status = registry.statuses().into_iter().next().expect("sink");
+    assert_eq!(
+        status.last_error.map(|e| e.message),
+        Some("bad point".to_owned())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hard_stop_leaves_the_undelivered_in_the_spool_for_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::new();
+    let context = cx(dir.path(), &registry).await;
+    let spool = context.spool.clone();
+    let hard = context.hard.clone();
+    let backend = Backend::default();
+    {
+        let mut s = backend.script.lock().expect("lock");
+        for _ in 0..1000 {
+            s.push_back(Err(DeliveryError::Transient {
+                message: "down".into(),
+                retry_after: None,
+            }));
+        }
+    }
+    let (tx, rx) = broadcast::channel(64);
+    let run = tokio::spawn(Box::new(Spooled::new("test", Total, backend.clone())).run(rx, context));
+    for i in 1..=3 {
+        tx.send(reading(i)).expect("receiver");
+    }
+    drop(tx);
+    // The backend stays down; the grace period ends.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    hard.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("ends on hard stop")
+        .expect("task")
+        .expect("ok");
+    assert_eq!(spool.len(), 3);
+    assert!(numbers(&backend.got).is_empty());
+
+    // Next start: the backend is back and takes the backlog first, in order.
+    backend.script.lock().expect("lock").clear();
+    let registry = Registry::new();
+    let context = SinkContext {
+        name: "test".into(),
+        health: registry
+            .register("sink:test", ComponentKind::Sink)
+            .expect("register"),
+        spool,
+        stop: CancellationToken::new(),
+        hard: CancellationToken::new(),
+    };
+    let (tx, rx) = broadcast::channel(64);
+    let run = tokio::spawn(Box::new(Spooled::new("test", Total, backend.clone())).run(rx, context));
+    tx.send(reading(4)).expect("receiver");
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("ends")
+        .expect("task")
+        .expect("ok");
+    assert_eq!(numbers(&backend.got), [1, 2, 3, 4]);
+}
+
+/// A sink that panics on its first run and works on the second.
+struct Flaky {
+    runs: Arc<Mutex<u32>>,
+}
+
+impl Sink for Flaky {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    fn run(
+        self: Box<Self>,
+        mut input: broadcast::Receiver<Arc<Reading>>,
+        _cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), SinkError>> {
+        Box::pin(async move {
+            let n = {
+                let mut runs = self.runs.lock().expect("lock");
+                *runs += 1;
+                *runs
+            };
+            assert!(n > 1, "first run panics");
+            while input.recv().await.is_ok() {}
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn supervisor_restarts_a_panicking_sink_and_shows_it_failed_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::new();
+    let context = cx(dir.path(), &registry).await;
+    let runs = Arc::new(Mutex::new(0));
+    let (tx, first) = broadcast::channel::<Arc<Reading>>(8);
+    let make = {
+        let runs = runs.clone();
+        move || -> Box<dyn Sink> { Box::new(Flaky { runs: runs.clone() }) }
+    };
+    let task = tokio::spawn(supervise(make, first, tx.downgrade(), context));
+    // Wait for the failure to show, then for the second run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let failed = registry
+            .statuses()
+            .iter()
+            .any(|s| matches!(s.state, crate::State::Failed(_)));
+        if failed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never shown failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while *runs.lock().expect("lock") < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never restarted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("supervisor ends with the sink")
+        .expect("task");
+    assert_eq!(registry.statuses()[0].state, crate::State::Stopped);
+}
