@@ -261,6 +261,7 @@ async fn intake<E: Encode>(
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 metrics::counter!("p1gw_sink_dropped_total", "sink" => cx.name.clone(), "reason" => "lagged")
                     .increment(missed);
+                cx.health.add_counter("dropped", missed);
                 tracing::warn!(sink = %cx.name, missed, "Sink fell behind the reader; readings were dropped.");
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
@@ -315,6 +316,7 @@ async fn delivery<D: Deliver>(
                 retry_after,
             }) => {
                 metrics::counter!("p1gw_sink_failed_total", "sink" => name.to_owned()).increment(1);
+                cx.health.add_counter("failed", 1);
                 let wait = retry_after.unwrap_or_else(|| backoff.next_delay());
                 tracing::warn!(sink = name, error = %message, backlog = cx.spool.len(), retry_in = ?wait, "Delivery failed; readings stay spooled.");
                 cx.health.error(message.clone());
@@ -328,6 +330,7 @@ async fn delivery<D: Deliver>(
                 tracing::error!(sink = name, error = %message, dropped = n, "Backend rejected readings; dropped.");
                 metrics::counter!("p1gw_sink_dropped_total", "sink" => name.to_owned(), "reason" => "rejected")
                     .increment(n as u64);
+                cx.health.add_counter("dropped", n as u64);
                 cx.health.error(message);
                 cx.spool.ack_up_to(batch[n - 1].0).await?;
             }
