@@ -33,7 +33,8 @@ pub enum SourceConfig {
         /// Time between telegrams.
         interval: Duration,
     },
-    /// A recording: a file, or every file of a directory (sorted), or `-` for stdin.
+    /// A recording: a file, or every file of a directory (sorted), or `-` for
+    /// standard input (read to its end, then replayed once).
     Replay {
         /// The file or directory.
         path: PathBuf,
@@ -181,6 +182,18 @@ async fn replay(
     health: &HealthHandle,
     stop: &CancellationToken,
 ) {
+    if path.as_os_str() == "-" {
+        // Standard input: one pass, however `repeat` is set.
+        let mut bytes = Vec::new();
+        if let Err(e) = tokio::io::stdin().read_to_end(&mut bytes).await {
+            health.failed(format!("cannot read standard input: {e}"));
+            return;
+        }
+        if replay_bytes(pipeline, &bytes, pace, latest, stop).await {
+            pipeline.finish();
+        }
+        return;
+    }
     loop {
         let files = match recording_files(path).await {
             Ok(files) => files,

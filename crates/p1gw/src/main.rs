@@ -1,18 +1,26 @@
 //! `p1gw`: the smart-meter P1 gateway binary. See README.md and
 //! ARCHITECTURE.md; the CLI contract is design.md §3.
 
+mod config;
+mod daemon;
 mod exit;
+mod logging;
 mod parse;
+mod plan;
+mod signals;
+mod systemd;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::exit::Exit;
+use crate::exit::{Coded, Exit};
 
-/// Smart-meter P1 gateway.
+/// Smart-meter P1 gateway: reads telegrams from a meter and delivers every
+/// reading to MQTT, InfluxDB, files and more.
 #[derive(Debug, Parser)]
-#[command(name = "p1gw", version, about, propagate_version = true)]
+#[command(name = "p1gw", version = version(), about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,8 +28,52 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway. Without --config: the built-in demo (a simulated
+    /// Veitur meter, live page on http://127.0.0.1:9600/).
+    Run(RunArgs),
     /// Decode recorded telegrams: one result per telegram, in input order.
     Parse(parse::ParseArgs),
+    /// Validate a configuration file: exit 0, or 78 with every error located.
+    CheckConfig(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Telegram interval of simulated meters and paced replays, e.g. "1s".
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    interval: Option<std::time::Duration>,
+    /// Listen here instead of the configured HTTP address.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Log format (default: the config's, else journald under systemd, else human).
+    #[arg(long, value_enum)]
+    log_format: Option<logging::LogFormat>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The configuration file (TOML).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+/// `0.1.0 (git abc1234, x86_64-unknown-linux-gnu)`.
+pub(crate) fn version() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("P1GW_GIT_HASH"),
+        ", ",
+        env!("P1GW_TARGET"),
+        ")"
+    )
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    config::value::parse_duration(text)
 }
 
 fn main() -> ExitCode {
@@ -41,6 +93,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Parse(args) => parse::run(&args),
+        Command::CheckConfig(args) => Ok(check_config(&args)),
+        Command::Run(args) => run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -49,4 +103,101 @@ fn main() -> ExitCode {
             ExitCode::from(exit::code_of(&error))
         }
     }
+}
+
+fn check_config(args: &CheckArgs) -> u8 {
+    match config::load(&args.file).and_then(|c| c.validate()) {
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("p1gw: {e}");
+            }
+            config::error::exit_code(&errors)
+        }
+        Ok(valid) => {
+            let problems = config::check(&valid);
+            for e in &problems {
+                eprintln!("p1gw: {e}");
+            }
+            if problems.is_empty() {
+                println!("{}: ok", args.file.display());
+                Exit::OK
+            } else {
+                Exit::CONFIG
+            }
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<config::ValidConfig> {
+    match path {
+        None => Ok(config::demo()),
+        Some(path) => config::load_valid(path).map_err(|errors| {
+            Coded::error(
+                config::error::exit_code(&errors),
+                config::error::report(&errors),
+            )
+        }),
+    }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<u8> {
+    // Config is checked before anything binds or logs (linkerd2-proxy's order).
+    let config = load(args.config.as_deref())?;
+    logging::init(
+        args.log_format.unwrap_or(match config.log.format {
+            config::daemon::LogFormat::Auto => logging::LogFormat::Auto,
+            config::daemon::LogFormat::Human => logging::LogFormat::Human,
+            config::daemon::LogFormat::Json => logging::LogFormat::Json,
+            config::daemon::LogFormat::Journald => logging::LogFormat::Journald,
+        }),
+        &config.log.level,
+    );
+    let overrides = plan::Overrides {
+        interval: args.interval,
+        listen: args.listen,
+    };
+    let mut current = plan::plan(&config, &overrides)?;
+    tracing::info!(
+        version = version(),
+        config = config.origin_name(),
+        meters = current.meters.len(),
+        sinks = current.sinks.len(),
+        "p1gw starting."
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+        p1_core::spool::describe_metrics();
+        p1_core::sink::describe_metrics();
+        p1_reader::describe_metrics();
+        p1_http::describe_metrics();
+        let upkeep = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    metrics.run_upkeep();
+                }
+            })
+        };
+        let reload_path = args.config.clone();
+        let reload = move || -> anyhow::Result<daemon::Plan> {
+            let path = reload_path.as_deref();
+            plan::plan(&load(path)?, &overrides)
+        };
+        let reload: Option<daemon::Reload<'_>> =
+            args.config.as_ref().map(|_| &reload as daemon::Reload<'_>);
+        // Each SIGHUP with a valid config returns the next plan.
+        while let Some(next) = daemon::run(current, &metrics, reload).await? {
+            current = next;
+        }
+        upkeep.abort();
+        Ok(Exit::OK)
+    })
 }

@@ -1,3 +1,13 @@
-//! End-to-end tests of the `p1gw` binary.
+//! End-to-end tests of the `p1gw` binary: it runs as a child process, as
+//! under systemd, and is checked from outside (HTTP, files, exit codes).
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "these blocking tests run no tokio runtime: deadlines use std::time::Instant"
+)]
+
+mod check_config;
+mod daemon;
+mod live_page;
 mod parse;
+mod support;

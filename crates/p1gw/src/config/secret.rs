@@ -1,0 +1,181 @@
+//! Secrets: passwords, tokens and connection strings.
+//!
+//! A secret never sits in the configuration file itself. It comes from a file named by a
+//! `*_file` key (read when the sink is built, and by `check-config` to see that it can be), or
+//! from an environment variable:
+//!
+//! | variable | used for |
+//! |---|---|
+//! | `P1GW_MQTT_PASSWORD` | `password` of every `mqtt` sink |
+//! | `P1GW_INFLUX_PASSWORD` | `password` of every `influx` sink with `api = "v1"` |
+//! | `P1GW_INFLUX_TOKEN` | `token` of every `influx` sink with `api = "v2"` |
+//! | `P1GW_AZURE_CONNECTION_STRING` | the device connection string of every `azure-iot` sink |
+//! | `P1GW_HTTP_TOKEN` | the bearer token `[http]` requires |
+//!
+//! A variable that is set (and not empty) wins over the `*_file` key, so a container can
+//! override the packaged configuration. The value is held in a [`Secret`], which prints as
+//! `***` in `Debug` and `Display`, so neither logs nor error messages can show it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Environment variable for the MQTT password.
+pub(crate) const ENV_MQTT_PASSWORD: &str = "P1GW_MQTT_PASSWORD";
+/// Environment variable for the InfluxDB v1 password.
+pub(crate) const ENV_INFLUX_PASSWORD: &str = "P1GW_INFLUX_PASSWORD";
+/// Environment variable for the InfluxDB v2 token.
+pub(crate) const ENV_INFLUX_TOKEN: &str = "P1GW_INFLUX_TOKEN";
+/// Environment variable for the Azure IoT Hub device connection string.
+pub(crate) const ENV_AZURE_CONNECTION_STRING: &str = "P1GW_AZURE_CONNECTION_STRING";
+/// Environment variable for the HTTP bearer token.
+pub(crate) const ENV_HTTP_TOKEN: &str = "P1GW_HTTP_TOKEN";
+
+/// A secret value; `Debug` and `Display` print `***`. Use [`Secret::expose`] only where the
+/// value is handed to the server it is for.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub(crate) fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The value itself: for the server it is for, never for a log or a message.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SecretSource {
+    /// A file named by a `*_file` key; read by [`SecretSource::read`].
+    File(PathBuf),
+    /// An environment variable, read when the configuration was loaded.
+    Env {
+        /// The variable's name, e.g. `P1GW_MQTT_PASSWORD`.
+        var: &'static str,
+        /// Its value.
+        value: Secret,
+    },
+}
+
+impl SecretSource {
+    /// The secret from `var` if it was set, else from `file` if one is named.
+    pub(crate) fn pick(
+        var: &'static str,
+        env: Option<&Secret>,
+        file: Option<&Path>,
+    ) -> Option<SecretSource> {
+        match (env, file) {
+            (Some(value), _) => Some(SecretSource::Env {
+                var,
+                value: value.clone(),
+            }),
+            (None, Some(file)) => Some(SecretSource::File(file.to_owned())),
+            (None, None) => None,
+        }
+    }
+
+    /// The secret: the variable's value, or the file's content without its trailing line end.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, is not UTF-8, or holds nothing but a line end
+    /// (`InvalidData`). The error names the file, never its content.
+    pub(crate) fn read(&self) -> std::io::Result<Secret> {
+        match self {
+            SecretSource::Env { value, .. } => Ok(value.clone()),
+            SecretSource::File(path) => {
+                let mut text = std::fs::read_to_string(path)?;
+                let len = text.trim_end_matches(['\r', '\n']).len();
+                text.truncate(len);
+                if text.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is empty",
+                    ));
+                }
+                Ok(Secret(text))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SecretSource {
+    /// Where the secret comes from (`file /etc/p1gw/mqtt.pass`, `environment variable
+    /// P1GW_MQTT_PASSWORD`), never the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Env { var, .. } => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// The secrets and defaults taken from the environment when a configuration is loaded. Read
+/// through a closure (see `load_with_env`), so tests never set process variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct EnvInputs {
+    /// `P1GW_MQTT_PASSWORD`.
+    pub(crate) mqtt_password: Option<Secret>,
+    /// `P1GW_INFLUX_PASSWORD`.
+    pub(crate) influx_password: Option<Secret>,
+    /// `P1GW_INFLUX_TOKEN`.
+    pub(crate) influx_token: Option<Secret>,
+    /// `P1GW_AZURE_CONNECTION_STRING`.
+    pub(crate) azure_connection_string: Option<Secret>,
+    /// `P1GW_HTTP_TOKEN`.
+    pub(crate) http_token: Option<Secret>,
+    /// The spool directory to use when `[spool] dir` is not set.
+    pub(crate) default_spool_dir: PathBuf,
+}
+
+impl EnvInputs {
+    /// Reads what the configuration takes from the environment through `env`. Variables that
+    /// are set but empty count as unset.
+    pub(crate) fn read(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| env(name).filter(|value| !value.is_empty());
+        let secret = |name: &str| get(name).map(Secret::new);
+        EnvInputs {
+            mqtt_password: secret(ENV_MQTT_PASSWORD),
+            influx_password: secret(ENV_INFLUX_PASSWORD),
+            influx_token: secret(ENV_INFLUX_TOKEN),
+            azure_connection_string: secret(ENV_AZURE_CONNECTION_STRING),
+            http_token: secret(ENV_HTTP_TOKEN),
+            default_spool_dir: default_spool_dir(&get),
+        }
+    }
+}
+
+/// The spool directory when the configuration names none, somewhere a user can write without
+/// setup: systemd's `$STATE_DIRECTORY` (`StateDirectory=p1gw` in the unit), else
+/// `$XDG_STATE_HOME/p1gw`, else `$HOME/.local/state/p1gw`, else `./p1gw-state`.
+fn default_spool_dir(get: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(dirs) = get("STATE_DIRECTORY") {
+        // systemd lists one directory per StateDirectory= entry, separated by ':'.
+        if let Some(first) = dirs.split(':').find(|d| !d.is_empty()) {
+            return PathBuf::from(first);
+        }
+    }
+    if let Some(state) = get("XDG_STATE_HOME") {
+        return Path::new(&state).join("p1gw");
+    }
+    if let Some(home) = get("HOME") {
+        return Path::new(&home).join(".local/state/p1gw");
+    }
+    PathBuf::from("p1gw-state")
+}

@@ -1,0 +1,828 @@
+//! `[[sink]]`: where readings go, each entry chosen by `kind`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::locate::{KeyPath, Problems};
+use super::secret::{
+    ENV_AZURE_CONNECTION_STRING, ENV_INFLUX_PASSWORD, ENV_INFLUX_TOKEN, ENV_MQTT_PASSWORD,
+    EnvInputs, SecretSource,
+};
+use super::source::{non_empty_path, positive};
+use super::value::{
+    Endpoint, RawDuration, check_name, check_topic_prefix, format_duration, parse_duration,
+};
+
+/// The `kind`s of sink, as spelled in the file (and in the metrics' `sink` label).
+pub(crate) const SINK_KINDS: [&str; 5] = ["mqtt", "influx", "azure-iot", "jsonl", "stdout"];
+
+/// Keys that would hold a secret inline, per sink kind: the key, the `*_file` key to use
+/// instead, and the environment variable.
+pub(crate) fn inline_secret_keys(
+    kind: &str,
+) -> &'static [(&'static str, &'static str, &'static str)] {
+    match kind {
+        "mqtt" => &[("password", "password_file", ENV_MQTT_PASSWORD)],
+        "influx" => &[
+            ("password", "password_file", ENV_INFLUX_PASSWORD),
+            ("token", "token_file", ENV_INFLUX_TOKEN),
+        ],
+        "azure-iot" => &[(
+            "connection_string",
+            "connection_string_file",
+            ENV_AZURE_CONNECTION_STRING,
+        )],
+        _ => &[],
+    }
+}
+
+/// One `[[sink]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind")]
+pub(crate) enum SinkConfig {
+    /// `kind = "mqtt"`: publish to an MQTT broker, with Home Assistant discovery.
+    #[serde(rename = "mqtt")]
+    Mqtt(MqttConfig),
+    /// `kind = "influx"`: write to InfluxDB, v1 or v2 API.
+    #[serde(rename = "influx")]
+    Influx(InfluxConfig),
+    /// `kind = "azure-iot"`: send to Azure IoT Hub as a device.
+    #[serde(rename = "azure-iot")]
+    AzureIot(AzureIotConfig),
+    /// `kind = "jsonl"`: append one JSON reading per line to a file.
+    #[serde(rename = "jsonl")]
+    Jsonl(JsonlConfig),
+    /// `kind = "stdout"`: print one JSON reading per line on standard output.
+    #[serde(rename = "stdout")]
+    Stdout(StdoutConfig),
+}
+
+impl SinkConfig {
+    /// The `kind` as spelled in the file.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Mqtt(_) => "mqtt",
+            SinkConfig::Influx(_) => "influx",
+            SinkConfig::AzureIot(_) => "azure-iot",
+            SinkConfig::Jsonl(_) => "jsonl",
+            SinkConfig::Stdout(_) => "stdout",
+        }
+    }
+
+    fn name(&self) -> Option<&String> {
+        match self {
+            SinkConfig::Mqtt(c) => c.name.as_ref(),
+            SinkConfig::Influx(c) => c.name.as_ref(),
+            SinkConfig::AzureIot(c) => c.name.as_ref(),
+            SinkConfig::Jsonl(c) => c.name.as_ref(),
+            SinkConfig::Stdout(c) => c.name.as_ref(),
+        }
+    }
+}
+
+/// `kind = "mqtt"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MqttConfig {
+    /// A name for this sink, for logs, metrics and its spool file. Default: the kind, so two
+    /// sinks of one kind need names of their own.
+    pub(crate) name: Option<String>,
+    /// The broker: `mqtt://host:1883` or `tcp://…` in the clear, `mqtts://host:8883` or
+    /// `ssl://…` with TLS. No credentials in the URL.
+    pub(crate) url: String,
+    /// The user name to log in with.
+    pub(crate) username: Option<String>,
+    /// A file holding the password (one line), readable by p1gw only. `P1GW_MQTT_PASSWORD`
+    /// overrides it. Needs `username`.
+    pub(crate) password_file: Option<PathBuf>,
+    /// The MQTT client id. Default: `p1gw-` and the first meter's name.
+    pub(crate) client_id: Option<String>,
+    /// Publish Home Assistant MQTT discovery messages, so the meter's sensors appear in Home
+    /// Assistant by themselves. Default `true`.
+    #[serde(default = "default_true")]
+    pub(crate) discovery: bool,
+    /// The topic prefix Home Assistant listens on for discovery. Default `"homeassistant"`.
+    #[serde(default = "default_discovery_prefix")]
+    pub(crate) discovery_prefix: String,
+    /// The shortest time between two publications on one topic; readings in between are not
+    /// published to this broker (they are kept by the other sinks). Default `"0s"`: every
+    /// reading.
+    #[serde(default = "default_min_interval")]
+    pub(crate) min_interval: RawDuration,
+    /// The first level of every topic p1gw publishes: `<topic_prefix>/<meter>/…`. Default
+    /// `"p1gw"`.
+    #[serde(default = "default_topic_prefix")]
+    pub(crate) topic_prefix: String,
+    /// MQTT quality of service, 0, 1 or 2. Default 1: the broker acknowledges each message,
+    /// and only then is it removed from the spool.
+    #[serde(default = "default_qos")]
+    pub(crate) qos: u8,
+    /// Publish readings as retained messages. Default `false` (discovery messages are always
+    /// retained).
+    #[serde(default)]
+    pub(crate) retain: bool,
+    /// A PEM file of CA certificates to trust instead of the system's, for `mqtts://`.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// A PEM client certificate, for brokers that authenticate clients by certificate; needs
+    /// `client_key_file`.
+    pub(crate) client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    pub(crate) client_key_file: Option<PathBuf>,
+}
+
+/// InfluxDB API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum InfluxApi {
+    /// InfluxDB 1.x: `/write` with `database` (and `retention_policy`, `username`, password).
+    V1,
+    /// InfluxDB 2.x and later: `/api/v2/write` with `org`, `bucket` and a token.
+    V2,
+}
+
+/// Timestamp precision of the line protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Precision {
+    /// Seconds.
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds.
+    Us,
+    /// Nanoseconds.
+    Ns,
+}
+
+/// `kind = "influx"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InfluxConfig {
+    /// A name for this sink, as for MQTT.
+    pub(crate) name: Option<String>,
+    /// The server: `http://localhost:8086` or `https://…`. No credentials or query in the URL.
+    pub(crate) url: String,
+    /// `"v1"` (InfluxDB 1.x: `database`, optional `retention_policy`, `username`,
+    /// `password_file`) or `"v2"` (InfluxDB 2.x/3.x: `org`, `bucket`, `token_file`).
+    pub(crate) api: InfluxApi,
+    /// v1: the database to write to.
+    pub(crate) database: Option<String>,
+    /// v1: the retention policy; default: the database's default.
+    pub(crate) retention_policy: Option<String>,
+    /// v1: the user name, when authentication is on.
+    pub(crate) username: Option<String>,
+    /// v1: a file holding the password; `P1GW_INFLUX_PASSWORD` overrides it. Needs `username`.
+    pub(crate) password_file: Option<PathBuf>,
+    /// v2: the organisation.
+    pub(crate) org: Option<String>,
+    /// v2: the bucket.
+    pub(crate) bucket: Option<String>,
+    /// v2: a file holding the API token; `P1GW_INFLUX_TOKEN` overrides it. One of the two is
+    /// required.
+    pub(crate) token_file: Option<PathBuf>,
+    /// Timestamp precision written: `"s"`, `"ms"`, `"us"` or `"ns"`. Default `"s"`.
+    #[serde(default = "default_precision")]
+    pub(crate) precision: Precision,
+    /// The most readings in one write. Default 100.
+    #[serde(default = "default_batch_size")]
+    pub(crate) batch_size: u32,
+    /// The longest a reading waits for a batch to fill before it is written. Default `"10s"`.
+    #[serde(default = "default_batch_interval")]
+    pub(crate) batch_interval: RawDuration,
+}
+
+/// `kind = "azure-iot"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AzureIotConfig {
+    /// A name for this sink, as for MQTT.
+    pub(crate) name: Option<String>,
+    /// A file holding the device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`,
+    /// or `…;x509=true` with a client certificate). `P1GW_AZURE_CONNECTION_STRING` overrides
+    /// it; one of the two is required.
+    pub(crate) connection_string_file: Option<PathBuf>,
+    /// X.509 authentication: the device's PEM certificate; needs `client_key_file`.
+    pub(crate) client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    pub(crate) client_key_file: Option<PathBuf>,
+    /// Readings are batched into one message this often. Default `"60s"`. With the free tier's
+    /// 8000 messages a day, 11 s is the shortest that fits.
+    #[serde(default = "default_azure_interval")]
+    pub(crate) interval: RawDuration,
+    /// The most messages sent in a day (UTC); `interval` must fit in it. Default 8000, the free
+    /// tier's limit.
+    #[serde(default = "default_daily_message_budget")]
+    pub(crate) daily_message_budget: u32,
+}
+
+/// `kind = "jsonl"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JsonlConfig {
+    /// A name for this sink, as for MQTT.
+    pub(crate) name: Option<String>,
+    /// The file readings are appended to, one JSON object per line; created if missing.
+    pub(crate) path: PathBuf,
+}
+
+/// `kind = "stdout"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StdoutConfig {
+    /// A name for this sink, as for MQTT.
+    pub(crate) name: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".to_owned()
+}
+fn default_min_interval() -> RawDuration {
+    RawDuration::new("0s")
+}
+fn default_topic_prefix() -> String {
+    "p1gw".to_owned()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_precision() -> Precision {
+    Precision::S
+}
+fn default_batch_size() -> u32 {
+    100
+}
+fn default_batch_interval() -> RawDuration {
+    RawDuration::new("10s")
+}
+fn default_azure_interval() -> RawDuration {
+    RawDuration::new("60s")
+}
+fn default_daily_message_budget() -> u32 {
+    8000
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// A validated sink.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidSink {
+    /// Its name: as configured, or the kind. Unique among the sinks.
+    pub(crate) name: String,
+    /// What it is.
+    pub(crate) kind: ValidSinkKind,
+    /// Its index in `[[sink]]`, to locate `check` errors.
+    pub(crate) index: usize,
+}
+
+/// A validated sink of each kind.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ValidSinkKind {
+    /// MQTT.
+    Mqtt(ValidMqtt),
+    /// InfluxDB.
+    Influx(ValidInflux),
+    /// Azure IoT Hub.
+    AzureIot(ValidAzureIot),
+    /// A JSON-lines file.
+    Jsonl(ValidJsonl),
+    /// Standard output.
+    Stdout,
+}
+
+impl ValidSinkKind {
+    /// The kind as spelled in the file, which is also the metrics' `sink` label.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ValidSinkKind::Mqtt(_) => "mqtt",
+            ValidSinkKind::Influx(_) => "influx",
+            ValidSinkKind::AzureIot(_) => "azure-iot",
+            ValidSinkKind::Jsonl(_) => "jsonl",
+            ValidSinkKind::Stdout => "stdout",
+        }
+    }
+}
+
+/// A client certificate and its key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    /// The certificate.
+    pub(crate) cert_file: PathBuf,
+    /// Its private key.
+    pub(crate) key_file: PathBuf,
+}
+
+/// TLS settings of an MQTT sink whose URL asks for TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tls {
+    /// CA certificates to trust instead of the system's.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate authentication.
+    pub(crate) client_cert: Option<ClientCert>,
+}
+
+/// MQTT quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names, reason = "MQTT's own names for the levels")]
+pub(crate) enum Qos {
+    /// At most once.
+    AtMostOnce,
+    /// At least once.
+    AtLeastOnce,
+    /// Exactly once.
+    ExactlyOnce,
+}
+
+/// A validated MQTT sink.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidMqtt {
+    /// The broker.
+    pub(crate) url: Endpoint,
+    /// User name.
+    pub(crate) username: Option<String>,
+    /// Password (only with a user name).
+    pub(crate) password: Option<SecretSource>,
+    /// Client id, if configured.
+    pub(crate) client_id: Option<String>,
+    /// Home Assistant discovery on.
+    pub(crate) discovery: bool,
+    /// Discovery topic prefix.
+    pub(crate) discovery_prefix: String,
+    /// Per-topic rate limit; zero: none.
+    pub(crate) min_interval: Duration,
+    /// Topic prefix.
+    pub(crate) topic_prefix: String,
+    /// Quality of service.
+    pub(crate) qos: Qos,
+    /// Retain readings.
+    pub(crate) retain: bool,
+    /// TLS, present exactly when the URL's scheme is `mqtts` or `ssl`.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// InfluxDB target and credentials per API version.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum InfluxTarget {
+    /// `/write?db=…&rp=…`.
+    V1 {
+        /// Database.
+        database: String,
+        /// Retention policy.
+        retention_policy: Option<String>,
+        /// User name.
+        username: Option<String>,
+        /// Password.
+        password: Option<SecretSource>,
+    },
+    /// `/api/v2/write?org=…&bucket=…`.
+    V2 {
+        /// Organisation.
+        org: String,
+        /// Bucket.
+        bucket: String,
+        /// API token.
+        token: SecretSource,
+    },
+}
+
+/// A validated InfluxDB sink.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidInflux {
+    /// The server.
+    pub(crate) url: Endpoint,
+    /// What to write to, and as whom.
+    pub(crate) target: InfluxTarget,
+    /// Timestamp precision.
+    pub(crate) precision: Precision,
+    /// Readings per write, 1–10000.
+    pub(crate) batch_size: u32,
+    /// Longest wait for a batch, positive.
+    pub(crate) batch_interval: Duration,
+}
+
+/// A validated Azure IoT Hub sink.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidAzureIot {
+    /// The device connection string.
+    pub(crate) connection_string: SecretSource,
+    /// X.509 client certificate, if used.
+    pub(crate) client_cert: Option<ClientCert>,
+    /// Batch interval; fits `daily_message_budget`.
+    pub(crate) interval: Duration,
+    /// Messages per day at most.
+    pub(crate) daily_message_budget: u32,
+}
+
+/// A validated JSON-lines sink.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidJsonl {
+    /// The file appended to.
+    pub(crate) path: PathBuf,
+}
+
+impl SinkConfig {
+    /// Validates entry `index` of `[[sink]]`, noting problems; `None` if there were any.
+    pub(crate) fn validate(
+        &self,
+        index: usize,
+        env: &EnvInputs,
+        problems: &mut Problems,
+    ) -> Option<ValidSink> {
+        let at = KeyPath::root().key("sink").index(index);
+        let name = match self.name() {
+            Some(name) => problems
+                .ok(&at.key("name"), check_name(name))
+                .map(|()| name.clone()),
+            None => Some(self.kind().to_owned()),
+        };
+        let kind = match self {
+            SinkConfig::Mqtt(c) => c.validate(&at, env, problems).map(ValidSinkKind::Mqtt),
+            SinkConfig::Influx(c) => c.validate(&at, env, problems).map(ValidSinkKind::Influx),
+            SinkConfig::AzureIot(c) => c.validate(&at, env, problems).map(ValidSinkKind::AzureIot),
+            SinkConfig::Jsonl(c) => non_empty_path(&c.path, &at.key("path"), problems).map(|()| {
+                ValidSinkKind::Jsonl(ValidJsonl {
+                    path: c.path.clone(),
+                })
+            }),
+            SinkConfig::Stdout(_) => Some(ValidSinkKind::Stdout),
+        };
+        Some(ValidSink {
+            name: name?,
+            kind: kind?,
+            index,
+        })
+    }
+
+    /// The key path of entry `index`'s name, or of the entry when it has none.
+    pub(crate) fn name_path(&self, index: usize) -> KeyPath {
+        let at = KeyPath::root().key("sink").index(index);
+        match self.name() {
+            Some(_) => at.key("name"),
+            None => at,
+        }
+    }
+}
+
+/// An optional path that, when given, must not be empty.
+fn optional_path(path: Option<&PathBuf>, at: &KeyPath, problems: &mut Problems) -> Option<()> {
+    match path {
+        Some(path) => non_empty_path(path, at, problems),
+        None => Some(()),
+    }
+}
+
+/// An optional string that, when given, must not be empty.
+fn optional_text(text: Option<&String>, at: &KeyPath, problems: &mut Problems) -> Option<()> {
+    match text {
+        Some(text) if text.trim().is_empty() => {
+            problems.value(at.clone(), "empty value; leave the key out instead");
+            None
+        }
+        _ => Some(()),
+    }
+}
+
+/// `client_cert_file` and `client_key_file`: both or neither.
+fn client_cert(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    at: &KeyPath,
+    problems: &mut Problems,
+) -> Option<Option<ClientCert>> {
+    optional_path(cert, &at.key("client_cert_file"), problems)?;
+    optional_path(key, &at.key("client_key_file"), problems)?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(Some(ClientCert {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        })),
+        (None, None) => Some(None),
+        (Some(_), None) => {
+            problems.value(
+                at.key("client_key_file"),
+                "missing required key: client_cert_file needs client_key_file",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.value(
+                at.key("client_cert_file"),
+                "missing required key: client_key_file needs client_cert_file",
+            );
+            None
+        }
+    }
+}
+
+/// A password needs a user name to go with it.
+fn password(
+    var: &'static str,
+    env: Option<&super::secret::Secret>,
+    file: Option<&PathBuf>,
+    username: Option<&String>,
+    at: &KeyPath,
+    problems: &mut Problems,
+) -> Option<Option<SecretSource>> {
+    optional_path(file, &at.key("password_file"), problems)?;
+    let password = SecretSource::pick(var, env, file.map(PathBuf::as_path));
+    if password.is_some() && username.is_none() {
+        let message = match file {
+            Some(_) => {
+                "a password needs a username: add username, or remove password_file".to_owned()
+            }
+            None => format!("missing required key: {var} is set, and a password needs a username"),
+        };
+        let path = match file {
+            Some(_) => at.key("password_file"),
+            None => at.key("username"),
+        };
+        problems.value(path, message);
+        return None;
+    }
+    Some(password)
+}
+
+impl MqttConfig {
+    fn validate(
+        &self,
+        at: &KeyPath,
+        env: &EnvInputs,
+        problems: &mut Problems,
+    ) -> Option<ValidMqtt> {
+        let url = problems.ok(
+            &at.key("url"),
+            Endpoint::parse(&self.url, &["mqtt", "mqtts", "tcp", "ssl"]),
+        );
+        let username = optional_text(self.username.as_ref(), &at.key("username"), problems);
+        let password = password(
+            ENV_MQTT_PASSWORD,
+            env.mqtt_password.as_ref(),
+            self.password_file.as_ref(),
+            self.username.as_ref(),
+            at,
+            problems,
+        );
+        let client_id = optional_text(self.client_id.as_ref(), &at.key("client_id"), problems);
+        let discovery_prefix = problems.ok(
+            &at.key("discovery_prefix"),
+            check_topic_prefix(&self.discovery_prefix),
+        );
+        let topic_prefix = problems.ok(
+            &at.key("topic_prefix"),
+            check_topic_prefix(&self.topic_prefix),
+        );
+        let min_interval = problems.ok(
+            &at.key("min_interval"),
+            parse_duration(&self.min_interval.0),
+        );
+        let qos = match self.qos {
+            0 => Some(Qos::AtMostOnce),
+            1 => Some(Qos::AtLeastOnce),
+            2 => Some(Qos::ExactlyOnce),
+            n => {
+                problems.value(at.key("qos"), format!("{n}: qos is 0, 1 or 2"));
+                None
+            }
+        };
+        let ca = optional_path(self.ca_file.as_ref(), &at.key("ca_file"), problems);
+        let cert = client_cert(
+            self.client_cert_file.as_ref(),
+            self.client_key_file.as_ref(),
+            at,
+            problems,
+        );
+        let url = url?;
+        let client_cert = cert?;
+        ca?;
+        if !url.is_tls() {
+            let stray = [
+                ("ca_file", self.ca_file.is_some()),
+                ("client_cert_file", client_cert.is_some()),
+            ];
+            for (key, _) in stray.iter().filter(|(_, present)| *present) {
+                problems.key(
+                    at.key(key),
+                    format!("{key} is only used with TLS; use an mqtts:// or ssl:// url"),
+                );
+            }
+            if stray.iter().any(|(_, present)| *present) {
+                return None;
+            }
+        }
+        let tls = url.is_tls().then(|| Tls {
+            ca_file: self.ca_file.clone(),
+            client_cert,
+        });
+        username?;
+        client_id?;
+        Some(ValidMqtt {
+            url,
+            username: self.username.clone(),
+            password: password?,
+            client_id: self.client_id.clone(),
+            discovery: self.discovery,
+            discovery_prefix: discovery_prefix.map(|()| self.discovery_prefix.clone())?,
+            min_interval: min_interval?,
+            topic_prefix: topic_prefix.map(|()| self.topic_prefix.clone())?,
+            qos: qos?,
+            retain: self.retain,
+            tls,
+        })
+    }
+}
+
+impl InfluxConfig {
+    fn validate(
+        &self,
+        at: &KeyPath,
+        env: &EnvInputs,
+        problems: &mut Problems,
+    ) -> Option<ValidInflux> {
+        let url = problems.ok(
+            &at.key("url"),
+            Endpoint::parse(&self.url, &["http", "https"]),
+        );
+        let batch_size = if (1..=10_000).contains(&self.batch_size) {
+            Some(self.batch_size)
+        } else {
+            problems.value(
+                at.key("batch_size"),
+                format!("{}: batch_size is from 1 to 10000", self.batch_size),
+            );
+            None
+        };
+        let batch_interval = positive(&self.batch_interval, &at.key("batch_interval"), problems);
+        let target = self.target(at, env, problems);
+        Some(ValidInflux {
+            url: url?,
+            target: target?,
+            precision: self.precision,
+            batch_size: batch_size?,
+            batch_interval: batch_interval?,
+        })
+    }
+
+    fn target(
+        &self,
+        at: &KeyPath,
+        env: &EnvInputs,
+        problems: &mut Problems,
+    ) -> Option<InfluxTarget> {
+        let v1_keys = [
+            ("database", self.database.is_some()),
+            ("retention_policy", self.retention_policy.is_some()),
+            ("username", self.username.is_some()),
+            ("password_file", self.password_file.is_some()),
+        ];
+        let v2_keys = [
+            ("org", self.org.is_some()),
+            ("bucket", self.bucket.is_some()),
+            ("token_file", self.token_file.is_some()),
+        ];
+        let (other, this) = match self.api {
+            InfluxApi::V1 => (v2_keys.as_slice(), "\"v2\""),
+            InfluxApi::V2 => (v1_keys.as_slice(), "\"v1\""),
+        };
+        let mut stray = false;
+        for (key, present) in other {
+            if *present {
+                problems.key(at.key(key), format!("{key} is only used with api = {this}"));
+                stray = true;
+            }
+        }
+        let required = |value: Option<&String>, key: &str, problems: &mut Problems| match value {
+            None => {
+                problems.value(
+                    at.key(key),
+                    format!(
+                        "missing required key for api = {:?}",
+                        match self.api {
+                            InfluxApi::V1 => "v1",
+                            InfluxApi::V2 => "v2",
+                        }
+                    ),
+                );
+                None
+            }
+            Some(value) if value.trim().is_empty() => {
+                problems.value(at.key(key), "empty value");
+                None
+            }
+            Some(value) => Some(value.clone()),
+        };
+        match self.api {
+            InfluxApi::V1 => {
+                let database = required(self.database.as_ref(), "database", problems);
+                let rp = optional_text(
+                    self.retention_policy.as_ref(),
+                    &at.key("retention_policy"),
+                    problems,
+                );
+                let user = optional_text(self.username.as_ref(), &at.key("username"), problems);
+                let password = password(
+                    ENV_INFLUX_PASSWORD,
+                    env.influx_password.as_ref(),
+                    self.password_file.as_ref(),
+                    self.username.as_ref(),
+                    at,
+                    problems,
+                );
+                let (database, password) = (database?, password?);
+                rp?;
+                user?;
+                (!stray).then(|| InfluxTarget::V1 {
+                    database,
+                    retention_policy: self.retention_policy.clone(),
+                    username: self.username.clone(),
+                    password,
+                })
+            }
+            InfluxApi::V2 => {
+                let org = required(self.org.as_ref(), "org", problems);
+                let bucket = required(self.bucket.as_ref(), "bucket", problems);
+                optional_path(self.token_file.as_ref(), &at.key("token_file"), problems)?;
+                let token = SecretSource::pick(
+                    ENV_INFLUX_TOKEN,
+                    env.influx_token.as_ref(),
+                    self.token_file.as_deref(),
+                );
+                if token.is_none() {
+                    problems.value(
+                        at.key("token_file"),
+                        format!("missing required key: api = \"v2\" needs a token; set token_file, or {ENV_INFLUX_TOKEN}"),
+                    );
+                }
+                let (org, bucket, token) = (org?, bucket?, token?);
+                (!stray).then_some(InfluxTarget::V2 { org, bucket, token })
+            }
+        }
+    }
+}
+
+impl AzureIotConfig {
+    fn validate(
+        &self,
+        at: &KeyPath,
+        env: &EnvInputs,
+        problems: &mut Problems,
+    ) -> Option<ValidAzureIot> {
+        let file = optional_path(
+            self.connection_string_file.as_ref(),
+            &at.key("connection_string_file"),
+            problems,
+        );
+        let connection_string = SecretSource::pick(
+            ENV_AZURE_CONNECTION_STRING,
+            env.azure_connection_string.as_ref(),
+            self.connection_string_file.as_deref(),
+        );
+        if connection_string.is_none() {
+            problems.value(
+                at.key("connection_string_file"),
+                format!("missing required key: set connection_string_file, or {ENV_AZURE_CONNECTION_STRING}"),
+            );
+        }
+        let cert = client_cert(
+            self.client_cert_file.as_ref(),
+            self.client_key_file.as_ref(),
+            at,
+            problems,
+        );
+        let interval = positive(&self.interval, &at.key("interval"), problems);
+        let budget = if self.daily_message_budget == 0 {
+            problems.value(at.key("daily_message_budget"), "must be at least 1");
+            None
+        } else {
+            Some(self.daily_message_budget)
+        };
+        if let (Some(interval), Some(budget)) = (interval, budget) {
+            let per_day = Duration::from_secs(86_400)
+                .as_millis()
+                .div_ceil(interval.as_millis());
+            if per_day > u128::from(budget) {
+                let shortest = Duration::from_secs(86_400_u64.div_ceil(u64::from(budget)));
+                problems.value(
+                    at.key("interval"),
+                    format!(
+                        "an interval of {} sends {per_day} messages a day, more than daily_message_budget = {budget}; use \"{}\" or more",
+                        format_duration(interval),
+                        format_duration(shortest)
+                    ),
+                );
+                return None;
+            }
+        }
+        file?;
+        Some(ValidAzureIot {
+            connection_string: connection_string?,
+            client_cert: cert?,
+            interval: interval?,
+            daily_message_budget: budget?,
+        })
+    }
+}

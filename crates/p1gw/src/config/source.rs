@@ -1,0 +1,818 @@
+//! `[meter]` + `[source]`, or `[[meters]]`: which meters to read and how.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::locate::{KeyPath, Problems};
+use super::value::{
+    RawDuration, RawSize, check_name, format_duration, parse_duration, parse_host_port, parse_size,
+    parse_time_zone,
+};
+
+/// The smallest `max_telegram_bytes`: a DSMR 5 telegram with a text message is about 1.5 KiB.
+pub(crate) const MIN_TELEGRAM_BYTES: u64 = 1024;
+/// The largest `max_telegram_bytes`.
+pub(crate) const MAX_TELEGRAM_BYTES: u64 = 1 << 20;
+/// The shortest request interval for a Veitur meter (field-notes.md §a: default and minimum
+/// 10 s; faster is unverified).
+pub(crate) const VEITUR_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `[meter]` (or one entry of `[[meters]]` without its `source`): what the meter is called and
+/// which clock it keeps.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MeterTable {
+    /// The meter's name, used in MQTT topics, InfluxDB tags and Home Assistant device names:
+    /// ASCII letters, digits, `-` and `_`. Each meter needs its own.
+    pub(crate) name: String,
+    /// The IANA time zone the meter's clock shows, used to read its timestamps:
+    /// `"Atlantic/Reykjavik"` for Veitur (UTC all year), `"Europe/Amsterdam"` for DSMR,
+    /// `"Europe/Brussels"` for Fluvius.
+    pub(crate) tz: String,
+}
+
+/// Where in the file a meter was written: `[meter]` + `[source]`, or `[[meters]]` entry `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MeterForm {
+    /// `[meter]` with a top-level `[source]`.
+    Single,
+    /// `[[meters]]` entry number `i`, with its own `source` table.
+    Array(usize),
+}
+
+impl MeterForm {
+    /// The key path of the meter's table: `meter` or `meters[i]`.
+    pub(crate) fn meter_path(self) -> KeyPath {
+        match self {
+            MeterForm::Single => KeyPath::root().key("meter"),
+            MeterForm::Array(i) => KeyPath::root().key("meters").index(i),
+        }
+    }
+
+    /// The key path of the meter's source table: `source` or `meters[i].source`.
+    pub(crate) fn source_path(self) -> KeyPath {
+        match self {
+            MeterForm::Single => KeyPath::root().key("source"),
+            MeterForm::Array(_) => self.meter_path().key("source"),
+        }
+    }
+}
+
+/// One meter, as written; both forms of the file normalise to a list of these.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MeterConfig {
+    /// Name and time zone.
+    pub(crate) meter: MeterTable,
+    /// How to read it.
+    pub(crate) source: SourceConfig,
+    /// Where it was written, to locate errors.
+    pub(crate) form: MeterForm,
+}
+
+/// `[source]`: how telegrams reach p1gw, chosen by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub(crate) enum SourceConfig {
+    /// `kind = "serial"`: a P1 cable on a serial port.
+    Serial(SerialConfig),
+    /// `kind = "tcp"`: a serial-to-network bridge (ser2net, an ESP P1 reader) sending the raw
+    /// telegrams over TCP.
+    Tcp(TcpConfig),
+    /// `kind = "replay"`: telegrams recorded to a file (`p1gw record`), replayed.
+    Replay(ReplayConfig),
+    /// `kind = "simulate"`: a made-up meter, for trying p1gw without hardware.
+    Simulate(SimulateConfig),
+}
+
+/// The `kind`s of source, as spelled in the file.
+pub(crate) const SOURCE_KINDS: [&str; 4] = ["serial", "tcp", "replay", "simulate"];
+
+/// Line settings presets (field-notes.md §a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub(crate) enum Preset {
+    /// Veitur (Iceland), Iskra IE.5: 9600 baud, 7 data bits, no parity, 1 stop bit.
+    #[serde(rename = "veitur")]
+    Veitur,
+    /// Veitur with even parity, 9600 7E1, should 7N1 give garbage.
+    #[serde(rename = "veitur-7e1")]
+    Veitur7e1,
+    /// DSMR 2.2 and 3 (and IEC 62056-21): 9600 7E1.
+    #[serde(rename = "dsmr22")]
+    Dsmr22,
+    /// DSMR 4 and 5, and most meters since: 115200 8N1.
+    #[serde(rename = "dsmr4")]
+    Dsmr4,
+}
+
+impl Preset {
+    /// The preset's line settings.
+    pub(crate) fn settings(self) -> LineSettings {
+        let (baud, data_bits, parity) = match self {
+            Preset::Veitur => (9600, 7, Parity::None),
+            Preset::Veitur7e1 | Preset::Dsmr22 => (9600, 7, Parity::Even),
+            Preset::Dsmr4 => (115_200, 8, Parity::None),
+        };
+        LineSettings {
+            baud,
+            data_bits,
+            parity,
+            stop_bits: 1,
+        }
+    }
+
+    /// Whether this is one of the Veitur presets, whose meters answer at most every 10 s.
+    pub(crate) fn is_veitur(self) -> bool {
+        matches!(self, Preset::Veitur | Preset::Veitur7e1)
+    }
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Parity {
+    /// No parity bit.
+    None,
+    /// Even parity.
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// How the request line is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RequestMode {
+    /// Keep the line raised; the meter sends on its own schedule (DSMR practice).
+    Hold,
+    /// Raise the line for `pulse` every `interval`.
+    Pulse,
+    /// Every `interval`, raise the line, read until a whole telegram arrived (or `interval`
+    /// passed), then drop it.
+    Poll,
+}
+
+/// `kind = "serial"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SerialConfig {
+    /// The serial device the P1 cable is on, e.g. `"/dev/ttyUSB0"`. Prefer a name that survives
+    /// replugging, from `/dev/serial/by-id/`, or a udev symlink such as `/dev/p1`.
+    pub(crate) port: PathBuf,
+    /// Line settings preset: `"veitur"` (9600 7N1), `"veitur-7e1"` (9600 7E1), `"dsmr22"`
+    /// (9600 7E1) or `"dsmr4"` (115200 8N1, also DSMR 5). `p1gw probe` finds the right one.
+    /// Without a preset, all of `baud`, `data_bits`, `parity` and `stop_bits` must be set.
+    pub(crate) preset: Option<Preset>,
+    /// Overrides the preset's baud rate.
+    pub(crate) baud: Option<u32>,
+    /// Overrides the preset's data bits: 7 or 8 (5 and 6 are accepted, but no meter uses them).
+    pub(crate) data_bits: Option<u8>,
+    /// Overrides the preset's parity: `"none"`, `"even"` or `"odd"`.
+    pub(crate) parity: Option<Parity>,
+    /// Overrides the preset's stop bits: 1 or 2.
+    pub(crate) stop_bits: Option<u8>,
+    /// The data request line (P1 pin 2), e.g. `{ line = "rts", mode = "poll" }`. Without it no
+    /// line is driven, for cables that hold the request pin high themselves.
+    #[serde(default)]
+    pub(crate) request: RequestConfig,
+    /// How long to wait before reopening the port after it failed or vanished.
+    #[serde(default)]
+    pub(crate) reconnect: ReconnectConfig,
+    /// The longest telegram accepted, in bytes or with a unit (`16384`, `"16KiB"`); longer
+    /// ones are dropped and counted. From 1 KiB to 1 MiB.
+    #[serde(default = "default_max_telegram_bytes")]
+    pub(crate) max_telegram_bytes: RawSize,
+}
+
+/// `request = { … }` of a serial source.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestConfig {
+    /// Which line asks the meter for data: `"none"`, `"rts"`, `"dtr"`, or a GPIO line of the
+    /// computer as `"gpio:<chip>:<offset>"` (`"gpio:gpiochip0:17"`).
+    #[serde(default = "default_request_line")]
+    pub(crate) line: String,
+    /// How the line is driven: `"hold"` (raise it and keep it raised), `"pulse"` (raise it for
+    /// `pulse` every `interval`) or `"poll"` (raise it every `interval` until a telegram has
+    /// arrived). Default `"poll"`, the safest with a Veitur meter; needs a `line`.
+    pub(crate) mode: Option<RequestMode>,
+    /// How long the line stays raised in `"pulse"` mode. Default `"50ms"`.
+    pub(crate) pulse: Option<RawDuration>,
+    /// How often a telegram is requested in `"pulse"` and `"poll"` modes. Default `"10s"`,
+    /// also the minimum with the Veitur presets (their meters answer at most every 10 s).
+    #[serde(default = "default_request_interval")]
+    pub(crate) interval: RawDuration,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        RequestConfig {
+            line: default_request_line(),
+            mode: None,
+            pulse: None,
+            interval: default_request_interval(),
+        }
+    }
+}
+
+/// `reconnect = { min, max }`: the backoff between attempts to reopen a source.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReconnectConfig {
+    /// The first wait after a failure. Default `"1s"`.
+    #[serde(default = "default_reconnect_min")]
+    pub(crate) min: RawDuration,
+    /// The longest wait; each failure doubles the wait up to this. Default `"60s"`.
+    #[serde(default = "default_reconnect_max")]
+    pub(crate) max: RawDuration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            min: default_reconnect_min(),
+            max: default_reconnect_max(),
+        }
+    }
+}
+
+/// `kind = "tcp"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TcpConfig {
+    /// The bridge's `host:port`, e.g. `"192.168.1.20:8088"` or `"p1reader.local:23"`.
+    pub(crate) address: String,
+    /// How long to wait before connecting again after the connection failed or closed.
+    #[serde(default)]
+    pub(crate) reconnect: ReconnectConfig,
+    /// The longest telegram accepted, as for a serial source.
+    #[serde(default = "default_max_telegram_bytes")]
+    pub(crate) max_telegram_bytes: RawSize,
+}
+
+/// `kind = "replay"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayConfig {
+    /// The recording: raw bytes as `p1gw record` writes them or telegrams in a text file, a
+    /// directory of such files (replayed in name order), or `"-"` for standard input.
+    pub(crate) path: PathBuf,
+    /// The pace: a duration between telegrams (`"10s"`), `"recorded"` to keep the recording's
+    /// own timing, or `"0s"` for as fast as possible. Default `"10s"`.
+    #[serde(default = "default_interval")]
+    pub(crate) interval: RawDuration,
+    /// Start again from the beginning at the end of the recording. Default `false`: the source
+    /// ends, the sinks drain, and the daemon keeps serving HTTP (/readyz then answers 503) until
+    /// it is stopped.
+    #[serde(default, rename = "loop")]
+    pub(crate) repeat: bool,
+}
+
+/// A simulated meter's kind of telegrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SimProfile {
+    /// Veitur's Iskra IE.5 with a hot-water submeter, no CRC.
+    Veitur,
+    /// DSMR 5.0.2 with gas, CRC.
+    Dsmr5,
+    /// Fluvius e-MUCS (Belgium) with gas and water.
+    Belgium,
+}
+
+/// `kind = "simulate"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimulateConfig {
+    /// Which meter to imitate: `"veitur"`, `"dsmr5"` or `"belgium"`. Default `"veitur"`.
+    #[serde(default = "default_profile")]
+    pub(crate) profile: SimProfile,
+    /// Time between telegrams. Default `"10s"`; any positive duration is allowed, since nothing
+    /// real is asked.
+    #[serde(default = "default_interval")]
+    pub(crate) interval: RawDuration,
+}
+
+fn default_max_telegram_bytes() -> RawSize {
+    RawSize::Bytes(16_384)
+}
+fn default_request_line() -> String {
+    "none".to_owned()
+}
+fn default_request_interval() -> RawDuration {
+    RawDuration::new("10s")
+}
+fn default_pulse() -> RawDuration {
+    RawDuration::new("50ms")
+}
+fn default_reconnect_min() -> RawDuration {
+    RawDuration::new("1s")
+}
+fn default_reconnect_max() -> RawDuration {
+    RawDuration::new("60s")
+}
+fn default_interval() -> RawDuration {
+    RawDuration::new("10s")
+}
+fn default_profile() -> SimProfile {
+    SimProfile::Veitur
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// A validated meter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidMeter {
+    /// Its name (unique among the meters).
+    pub(crate) name: String,
+    /// The zone its clock keeps.
+    pub(crate) tz: jiff::tz::TimeZone,
+    /// How to read it.
+    pub(crate) source: ValidSource,
+    /// Where it was written, to locate `check` errors.
+    pub(crate) form: MeterForm,
+}
+
+/// A validated source.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ValidSource {
+    /// A serial port.
+    Serial(ValidSerial),
+    /// A TCP bridge.
+    Tcp(ValidTcp),
+    /// A recording.
+    Replay(ValidReplay),
+    /// A simulated meter.
+    Simulate(ValidSimulate),
+}
+
+impl ValidSource {
+    /// How often a telegram is expected, for readiness (`/readyz` allows three times this):
+    /// the interval of a simulated meter, of a paced replay, or of a serial request line in
+    /// `poll` or `pulse` mode; otherwise 10 s, the slowest interval meters send at by
+    /// themselves (Veitur, DSMR 4; DSMR 5 sends every second).
+    pub(crate) fn expected_interval(&self) -> Duration {
+        const SLOWEST: Duration = Duration::from_secs(10);
+        match self {
+            ValidSource::Simulate(simulate) => simulate.interval,
+            ValidSource::Replay(ValidReplay {
+                pace: ReplayPace::Every(interval),
+                ..
+            }) => *interval,
+            ValidSource::Serial(serial)
+                if serial.request.line != RequestLine::None
+                    && serial.request.mode != RequestMode::Hold =>
+            {
+                serial.request.interval
+            }
+            ValidSource::Serial(_) | ValidSource::Tcp(_) | ValidSource::Replay(_) => SLOWEST,
+        }
+    }
+
+    /// The `kind` as spelled in the file.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ValidSource::Serial(_) => "serial",
+            ValidSource::Tcp(_) => "tcp",
+            ValidSource::Replay(_) => "replay",
+            ValidSource::Simulate(_) => "simulate",
+        }
+    }
+}
+
+/// Serial line settings: the preset with the overrides applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LineSettings {
+    /// Baud rate.
+    pub(crate) baud: u32,
+    /// Data bits, 5–8.
+    pub(crate) data_bits: u8,
+    /// Parity.
+    pub(crate) parity: Parity,
+    /// Stop bits, 1 or 2.
+    pub(crate) stop_bits: u8,
+}
+
+/// The request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RequestLine {
+    /// None driven.
+    None,
+    /// The serial port's RTS.
+    Rts,
+    /// The serial port's DTR.
+    Dtr,
+    /// A GPIO line: the chip (`gpiochip0`, or a path) and the line offset on it.
+    Gpio {
+        /// The chip, as written: `gpiochip0` (meaning `/dev/gpiochip0`) or a path.
+        chip: String,
+        /// The line's offset on the chip.
+        offset: u32,
+    },
+}
+
+/// How the request line is driven, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    /// The line; `RequestLine::None` means nothing is driven and the rest is unused.
+    pub(crate) line: RequestLine,
+    /// The mode.
+    pub(crate) mode: RequestMode,
+    /// How long a pulse lasts (`RequestMode::Pulse`); shorter than `interval`.
+    pub(crate) pulse: Duration,
+    /// How often to request (`Pulse`, `Poll`); positive, ≥ 10 s with a Veitur preset.
+    pub(crate) interval: Duration,
+}
+
+/// Reconnect backoff, validated: `0 < min <= max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reconnect {
+    /// The first wait.
+    pub(crate) min: Duration,
+    /// The longest wait.
+    pub(crate) max: Duration,
+}
+
+/// A validated serial source.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidSerial {
+    /// The device.
+    pub(crate) port: PathBuf,
+    /// The preset named, if any.
+    pub(crate) preset: Option<Preset>,
+    /// The line settings to open the port with.
+    pub(crate) settings: LineSettings,
+    /// The request line.
+    pub(crate) request: Request,
+    /// Reopen backoff.
+    pub(crate) reconnect: Reconnect,
+    /// Longest telegram, bytes.
+    pub(crate) max_telegram_bytes: usize,
+}
+
+/// A validated TCP source.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidTcp {
+    /// Host name or address (not resolved: validation does no network I/O).
+    pub(crate) host: String,
+    /// Port.
+    pub(crate) port: u16,
+    /// Reconnect backoff.
+    pub(crate) reconnect: Reconnect,
+    /// Longest telegram, bytes.
+    pub(crate) max_telegram_bytes: usize,
+}
+
+impl ValidTcp {
+    /// `host:port`, IPv6 hosts in brackets, for connecting.
+    pub(crate) fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The pace of a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayPace {
+    /// This long between telegrams (more than zero).
+    Every(Duration),
+    /// The recording's own timing (`"recorded"`).
+    Recorded,
+    /// As fast as possible (`"0s"`).
+    Fast,
+}
+
+/// A validated replay source.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidReplay {
+    /// The recording.
+    pub(crate) path: PathBuf,
+    /// The pace.
+    pub(crate) pace: ReplayPace,
+    /// Start over at the end.
+    pub(crate) repeat: bool,
+}
+
+/// A validated simulated meter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidSimulate {
+    /// What to imitate.
+    pub(crate) profile: SimProfile,
+    /// Time between telegrams, positive.
+    pub(crate) interval: Duration,
+}
+
+impl MeterConfig {
+    /// Validates one meter, noting problems; `None` if there were any.
+    pub(crate) fn validate(&self, problems: &mut Problems) -> Option<ValidMeter> {
+        let at = self.form.meter_path();
+        let name = problems
+            .ok(&at.key("name"), check_name(&self.meter.name))
+            .map(|()| self.meter.name.clone());
+        let tz = problems.ok(&at.key("tz"), parse_time_zone(&self.meter.tz));
+        let source = self.source.validate(&self.form.source_path(), problems);
+        Some(ValidMeter {
+            name: name?,
+            tz: tz?,
+            source: source?,
+            form: self.form,
+        })
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<ValidSource> {
+        match self {
+            SourceConfig::Serial(serial) => serial.validate(at, problems).map(ValidSource::Serial),
+            SourceConfig::Tcp(tcp) => {
+                let address = problems.ok(&at.key("address"), parse_host_port(&tcp.address));
+                let reconnect = tcp.reconnect.validate(&at.key("reconnect"), problems);
+                let max = telegram_bytes(&tcp.max_telegram_bytes, at, problems);
+                let (host, port) = address?;
+                Some(ValidSource::Tcp(ValidTcp {
+                    host,
+                    port,
+                    reconnect: reconnect?,
+                    max_telegram_bytes: max?,
+                }))
+            }
+            SourceConfig::Replay(replay) => {
+                let path = non_empty_path(&replay.path, &at.key("path"), problems);
+                let pace = if replay.interval.0 == "recorded" {
+                    Some(ReplayPace::Recorded)
+                } else {
+                    problems
+                        .ok(
+                            &at.key("interval"),
+                            parse_duration(&replay.interval.0).map_err(|e| {
+                                format!("{e}; or \"recorded\" for the recording's own timing")
+                            }),
+                        )
+                        .map(|interval| {
+                            if interval.is_zero() {
+                                ReplayPace::Fast
+                            } else {
+                                ReplayPace::Every(interval)
+                            }
+                        })
+                };
+                path?;
+                Some(ValidSource::Replay(ValidReplay {
+                    path: replay.path.clone(),
+                    pace: pace?,
+                    repeat: replay.repeat,
+                }))
+            }
+            SourceConfig::Simulate(simulate) => {
+                let interval = positive(&simulate.interval, &at.key("interval"), problems)?;
+                Some(ValidSource::Simulate(ValidSimulate {
+                    profile: simulate.profile,
+                    interval,
+                }))
+            }
+        }
+    }
+}
+
+impl SerialConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<ValidSerial> {
+        let port = non_empty_path(&self.port, &at.key("port"), problems);
+        let settings = self.line_settings(at, problems);
+        let request = self.request(at, problems);
+        let reconnect = self.reconnect.validate(&at.key("reconnect"), problems);
+        let max = telegram_bytes(&self.max_telegram_bytes, at, problems);
+        port?;
+        Some(ValidSerial {
+            port: self.port.clone(),
+            preset: self.preset,
+            settings: settings?,
+            request: request?,
+            reconnect: reconnect?,
+            max_telegram_bytes: max?,
+        })
+    }
+
+    fn line_settings(&self, at: &KeyPath, problems: &mut Problems) -> Option<LineSettings> {
+        let mut ok = true;
+        if let Some(baud) = self.baud
+            && !(50..=4_000_000).contains(&baud)
+        {
+            problems.value(
+                at.key("baud"),
+                format!("{baud} is not a baud rate; P1 meters use 9600 or 115200"),
+            );
+            ok = false;
+        }
+        if let Some(bits) = self.data_bits
+            && !(5..=8).contains(&bits)
+        {
+            problems.value(
+                at.key("data_bits"),
+                format!("{bits} data bits: use 7 or 8 (5 to 8 are possible)"),
+            );
+            ok = false;
+        }
+        if let Some(bits) = self.stop_bits
+            && !(1..=2).contains(&bits)
+        {
+            problems.value(at.key("stop_bits"), format!("{bits} stop bits: use 1 or 2"));
+            ok = false;
+        }
+        let base = match self.preset {
+            Some(preset) => preset.settings(),
+            None => match (self.baud, self.data_bits, self.parity, self.stop_bits) {
+                (Some(baud), Some(data_bits), Some(parity), Some(stop_bits)) => LineSettings {
+                    baud,
+                    data_bits,
+                    parity,
+                    stop_bits,
+                },
+                _ => {
+                    problems.value(
+                        at.key("preset"),
+                        "missing required key: name a preset (veitur, veitur-7e1, dsmr22, dsmr4; `p1gw probe` finds it) or set all of baud, data_bits, parity and stop_bits",
+                    );
+                    return None;
+                }
+            },
+        };
+        ok.then(|| LineSettings {
+            baud: self.baud.unwrap_or(base.baud),
+            data_bits: self.data_bits.unwrap_or(base.data_bits),
+            parity: self.parity.unwrap_or(base.parity),
+            stop_bits: self.stop_bits.unwrap_or(base.stop_bits),
+        })
+    }
+
+    fn request(&self, at: &KeyPath, problems: &mut Problems) -> Option<Request> {
+        let at = at.key("request");
+        let raw = &self.request;
+        let line = problems.ok(&at.key("line"), parse_request_line(&raw.line));
+        let mode = raw.mode.unwrap_or(RequestMode::Poll);
+        if line == Some(RequestLine::None)
+            && let Some(mode) = raw.mode
+            && mode != RequestMode::Hold
+        {
+            problems.value(
+                at.key("mode"),
+                format!(
+                    "mode = {:?} needs a request line: set line to \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\"",
+                    mode_name(mode)
+                ),
+            );
+        }
+        if raw.pulse.is_some() && mode != RequestMode::Pulse {
+            problems.key(
+                at.key("pulse"),
+                format!(
+                    "pulse is only used with mode = \"pulse\" (mode is {:?})",
+                    mode_name(mode)
+                ),
+            );
+        }
+        let interval = positive(&raw.interval, &at.key("interval"), problems);
+        if let (Some(interval), Some(preset)) = (interval, self.preset)
+            && preset.is_veitur()
+            && interval < VEITUR_MIN_INTERVAL
+        {
+            problems.value(
+                at.key("interval"),
+                format!(
+                    "{} is below the 10s minimum of a Veitur meter (preset {:?}); use \"10s\" or more",
+                    format_duration(interval),
+                    preset_name(preset)
+                ),
+            );
+        }
+        let pulse_raw = raw.pulse.clone().unwrap_or_else(default_pulse);
+        let pulse = positive(&pulse_raw, &at.key("pulse"), problems);
+        if let (Some(pulse), Some(interval)) = (pulse, interval)
+            && mode == RequestMode::Pulse
+            && pulse >= interval
+        {
+            problems.value(
+                at.key("pulse"),
+                format!(
+                    "a pulse of {} does not fit in the interval of {}",
+                    format_duration(pulse),
+                    format_duration(interval)
+                ),
+            );
+        }
+        Some(Request {
+            line: line?,
+            mode,
+            pulse: pulse?,
+            interval: interval?,
+        })
+    }
+}
+
+impl ReconnectConfig {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<Reconnect> {
+        let min = positive(&self.min, &at.key("min"), problems);
+        let max = positive(&self.max, &at.key("max"), problems);
+        let (min, max) = (min?, max?);
+        if max < min {
+            problems.value(
+                at.key("max"),
+                format!(
+                    "max ({}) is shorter than min ({})",
+                    format_duration(max),
+                    format_duration(min)
+                ),
+            );
+            return None;
+        }
+        Some(Reconnect { min, max })
+    }
+}
+
+/// Parses `none`, `rts`, `dtr` or `gpio:<chip>:<offset>`.
+pub(crate) fn parse_request_line(text: &str) -> Result<RequestLine, String> {
+    match text {
+        "none" => return Ok(RequestLine::None),
+        "rts" => return Ok(RequestLine::Rts),
+        "dtr" => return Ok(RequestLine::Dtr),
+        _ => {}
+    }
+    let usage = "expected \"none\", \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\" (e.g. \"gpio:gpiochip0:17\")";
+    let Some(gpio) = text.strip_prefix("gpio:") else {
+        return Err(format!("{text:?}: {usage}"));
+    };
+    let Some((chip, offset)) = gpio.rsplit_once(':') else {
+        return Err(format!("{text:?}: {usage}"));
+    };
+    if chip.is_empty() || chip.chars().any(char::is_whitespace) {
+        return Err(format!("{text:?}: no GPIO chip named; {usage}"));
+    }
+    let offset = offset
+        .parse::<u32>()
+        .map_err(|_| format!("{text:?}: the line offset must be a number; {usage}"))?;
+    Ok(RequestLine::Gpio {
+        chip: chip.to_owned(),
+        offset,
+    })
+}
+
+fn mode_name(mode: RequestMode) -> &'static str {
+    match mode {
+        RequestMode::Hold => "hold",
+        RequestMode::Pulse => "pulse",
+        RequestMode::Poll => "poll",
+    }
+}
+
+fn preset_name(preset: Preset) -> &'static str {
+    match preset {
+        Preset::Veitur => "veitur",
+        Preset::Veitur7e1 => "veitur-7e1",
+        Preset::Dsmr22 => "dsmr22",
+        Preset::Dsmr4 => "dsmr4",
+    }
+}
+
+/// A duration that must be more than zero.
+pub(crate) fn positive(
+    raw: &RawDuration,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<Duration> {
+    let duration = problems.ok(path, parse_duration(&raw.0))?;
+    if duration.is_zero() {
+        problems.value(path.clone(), "must be longer than 0s");
+        return None;
+    }
+    Some(duration)
+}
+
+/// A path that must not be empty.
+pub(crate) fn non_empty_path(
+    path: &std::path::Path,
+    at: &KeyPath,
+    problems: &mut Problems,
+) -> Option<()> {
+    if path.as_os_str().is_empty() {
+        problems.value(at.clone(), "empty path");
+        return None;
+    }
+    Some(())
+}
+
+fn telegram_bytes(raw: &RawSize, at: &KeyPath, problems: &mut Problems) -> Option<usize> {
+    let path = at.key("max_telegram_bytes");
+    let bytes = problems.ok(&path, parse_size(raw))?;
+    if !(MIN_TELEGRAM_BYTES..=MAX_TELEGRAM_BYTES).contains(&bytes) {
+        problems.value(
+            path,
+            format!("{bytes} bytes: must be from 1KiB (1024) to 1MiB (1048576)"),
+        );
+        return None;
+    }
+    usize::try_from(bytes).ok()
+}
