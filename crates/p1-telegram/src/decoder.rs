@@ -222,57 +222,87 @@ impl Decoder {
         *input = &input[n..];
     }
 
-    /// Appends bytes up to the next line end. Returns `Some(Ok(true))` when
-    /// the `!` line completed a frame, `Some(Err)` when the frame broke.
+    /// Appends as much of `input` as the limit allows, then looks at each
+    /// line completed by it. Returns `Some(Ok(true))` when a `!` line
+    /// completed the frame, `Some(Err)` when the frame broke; bytes after
+    /// the event stay in `input`.
     fn collect(&mut self, input: &mut &[u8]) -> Option<Result<bool, Error>> {
-        let (take, line_done) = match memchr::memchr(b'\n', input) {
-            Some(i) => (i + 1, true),
-            None => (input.len(), false),
+        #[derive(Clone, Copy)]
+        enum Event {
+            /// The `!` line ends at this index of `buf`.
+            End(usize),
+            /// A `/` line starts at the first index and ends at the second.
+            Restart(usize, usize),
+        }
+        let old_len = self.buf.len();
+        let room = self.max - old_len;
+        let avail = input.len().min(room);
+        // One copy and one SIMD scan for all the lines in this chunk, instead
+        // of a copy and a search per line.
+        self.buf.extend_from_slice(&input[..avail]);
+        let mut event = None;
+        for nl in memchr::memchr_iter(b'\n', &self.buf[old_len..]) {
+            let line_start = self.line;
+            let line_end = old_len + nl + 1;
+            self.line = line_end;
+            if line_start == 0 {
+                continue;
+            }
+            match self.buf[line_start] {
+                b'!' => {
+                    event = Some(Event::End(line_end));
+                    break;
+                }
+                b'/' => {
+                    event = Some(Event::Restart(line_start, line_end));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let consumed = match event {
+            Some(Event::End(end) | Event::Restart(_, end)) => end - old_len,
+            None => avail,
         };
-        if self.buf.len() + take > self.max {
-            // Drop the frame now: never buffer more than the limit.
-            let error = Error::Oversize {
-                offset: self.frame_offset,
-                limit: self.max,
-            };
-            self.buf.clear();
-            self.line = 0;
-            self.state = State::Discard;
-            self.stats.bytes += take as u64;
-            self.pos += take as u64;
-            *input = &input[take..];
-            self.line_start = line_done;
-            return Some(Err(error));
-        }
-        self.buf.extend_from_slice(&input[..take]);
-        self.stats.bytes += take as u64;
-        self.pos += take as u64;
-        *input = &input[take..];
-        if !line_done {
-            return None;
-        }
-        let line_start = self.line;
-        self.line = self.buf.len();
-        match self.buf[line_start] {
-            b'!' if line_start > 0 => {
+        self.stats.bytes += consumed as u64;
+        self.pos += consumed as u64;
+        let overflow = input.len() > consumed && event.is_none();
+        *input = &input[consumed..];
+        match event {
+            Some(Event::End(end)) => {
+                self.buf.truncate(end);
                 self.state = State::Hunt;
                 self.line_start = true;
                 self.clear_pending = true;
                 self.stats.frames += 1;
                 Some(Ok(true))
             }
-            b'/' if line_start > 0 => {
+            Some(Event::Restart(start, end)) => {
                 // A new frame starts inside this one: the old one broke off.
+                self.buf.truncate(end);
                 let error = Error::Truncated {
                     offset: self.frame_offset,
-                    len: line_start,
+                    len: start,
                 };
-                self.frame_offset += line_start as u64;
-                self.buf.drain(..line_start);
+                self.frame_offset += start as u64;
+                self.buf.drain(..start);
                 self.line = self.buf.len();
                 Some(Err(error))
             }
-            _ => None,
+            None if overflow => {
+                // More input than the limit leaves room for, and no end in
+                // sight: drop the frame now, never buffer past the limit.
+                let error = Error::Oversize {
+                    offset: self.frame_offset,
+                    limit: self.max,
+                };
+                self.line_start = self.buf.last() == Some(&b'\n');
+                self.buf.clear();
+                self.line = 0;
+                self.state = State::Discard;
+                Some(Err(error))
+            }
+            None => None,
         }
     }
 }

@@ -13,6 +13,15 @@ use crate::value::{Quantity, Stamp};
 pub fn write_str(out: &mut String, text: &str) {
     out.push('"');
     let bytes = text.as_bytes();
+    // Telegram text almost never needs escaping: check once, copy once.
+    if !bytes
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+    {
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &str = match b {
@@ -91,17 +100,48 @@ pub fn write_telegram_fields(out: &mut String, telegram: &Telegram<'_>, tz: &Tim
     out.push(']');
 }
 
+/// Writes a byte in decimal without the formatting machinery (hot path).
+fn push_u8(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        out.push(char::from(b'0' + n / 10 % 10));
+    }
+    out.push(char::from(b'0' + n % 10));
+}
+
+/// Writes `A-B:C.D.E[*F]`, as `Display` does, without `fmt`.
+fn push_obis(out: &mut String, code: &crate::ObisCode) {
+    push_u8(out, code.a);
+    out.push('-');
+    push_u8(out, code.b);
+    out.push(':');
+    push_u8(out, code.c);
+    out.push('.');
+    push_u8(out, code.d);
+    out.push('.');
+    push_u8(out, code.e);
+    if let Some(f) = code.f {
+        out.push('*');
+        push_u8(out, f);
+    }
+}
+
 /// Writes one data line as its §4 object.
 pub fn write_object(out: &mut String, object: &Object<'_>, tz: &TimeZone) {
     out.push_str("{\"obis\":");
     match object.code {
         Some(code) => {
-            write!(out, "\"{code}\"").unwrap_or(()); // a String never fails
+            out.push('"');
+            push_obis(out, &code);
+            out.push('"');
         }
         None => write_bytes(out, object.code_text),
     }
     if let Some(channel) = object.channel() {
-        write!(out, ",\"channel\":{channel}").unwrap_or(()); // a String never fails
+        out.push_str(",\"channel\":");
+        push_u8(out, channel);
     }
     if let Some(name) = object.name {
         out.push_str(",\"name\":\"");

@@ -253,10 +253,16 @@ impl<'a> Telegram<'a> {
             (&frame[header_end.min(body_end_guess)..], CrcStatus::Absent)
         };
 
-        let mut objects = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count());
-        for line in body.split(|&b| b == b'\n') {
-            let line = trim_line_end(line);
-            if trim_ascii(line).is_empty() {
+        // One SIMD pass finds the line ends; a telegram line is ~25 bytes.
+        let mut objects = Vec::with_capacity(body.len() / 24 + 4);
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+        for end in ends {
+            let line = trim_line_end(&body[start..end]);
+            start = end + 1;
+            if !line.first().is_some_and(u8::is_ascii_digit)
+                && line.iter().all(u8::is_ascii_whitespace)
+            {
                 continue;
             }
             if line[0] == b'(' {
@@ -426,11 +432,20 @@ fn check(covered: &[u8], expected: u16) -> CrcStatus {
     CrcStatus::Mismatch { expected, computed }
 }
 
-fn trim_line_end(mut line: &[u8]) -> &[u8] {
-    while let [rest @ .., b'\r' | b'\n'] = line {
-        line = rest;
+#[inline]
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    // Lines come split at '\n': at most a CR (or, rarely, several) is left.
+    match line {
+        [rest @ .., b'\r'] if !rest.ends_with(b"\r") && !rest.ends_with(b"\n") => rest,
+        [.., b'\r' | b'\n'] => {
+            let keep = line
+                .iter()
+                .rposition(|&b| b != b'\r' && b != b'\n')
+                .map_or(0, |i| i + 1);
+            &line[..keep]
+        }
+        _ => line,
     }
-    line
 }
 
 /// Codes whose value is text (often hex-encoded), never a number.
@@ -456,11 +471,13 @@ struct Groups<'a> {
 impl<'a> Iterator for Groups<'a> {
     type Item = Group<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Group<'a>> {
         if self.rest.first() != Some(&b'(') {
             return None;
         }
-        let close = memchr::memchr(b')', self.rest)?;
+        // Groups are short: a plain loop beats a memchr call here.
+        let close = self.rest.iter().position(|&b| b == b')')?;
         let inner = &self.rest[1..close];
         self.rest = &self.rest[close + 1..];
         Some(Group::split(inner))
@@ -471,15 +488,94 @@ fn groups(raw: &[u8]) -> Groups<'_> {
     Groups { rest: raw }
 }
 
+/// The common line, `A-B:C.D.E(value[*unit])` and nothing else, in one
+/// forward pass: no trimming, no searching twice. `None` sends the line to
+/// [`parse_line`], which handles everything (and gives the same result for
+/// the lines this one takes).
+#[inline]
+fn fast_line(line: &[u8]) -> Option<Object<'_>> {
+    #[inline(always)]
+    fn number(line: &[u8], i: &mut usize) -> Option<u8> {
+        let start = *i;
+        let mut n: u32 = 0;
+        while let Some(&c) = line.get(*i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            n = n * 10 + u32::from(d);
+            *i += 1;
+        }
+        if *i == start || *i - start > 3 {
+            return None;
+        }
+        u8::try_from(n).ok()
+    }
+    #[inline(always)]
+    fn sep(line: &[u8], i: &mut usize, ok: impl Fn(u8) -> bool) -> Option<()> {
+        let c = *line.get(*i)?;
+        ok(c).then(|| *i += 1)
+    }
+    let mut i = 0;
+    let a = number(line, &mut i)?;
+    sep(line, &mut i, |c| c == b'-')?;
+    let b = number(line, &mut i)?;
+    sep(line, &mut i, |c| c == b':')?;
+    let c = number(line, &mut i)?;
+    sep(line, &mut i, |c| c == b'.' || c == b':')?;
+    let d = number(line, &mut i)?;
+    sep(line, &mut i, |c| c == b'.' || c == b':')?;
+    let e = number(line, &mut i)?;
+    let f = match line.get(i)? {
+        b'(' => None,
+        b'.' | b'*' => {
+            i += 1;
+            let f = number(line, &mut i)?;
+            (f != 255).then_some(f)
+        }
+        _ => return None,
+    };
+    let open = i;
+    if line.get(open) != Some(&b'(') {
+        return None;
+    }
+    let close = open + 1 + line[open + 1..].iter().position(|&b| b == b')')?;
+    if close + 1 != line.len() {
+        // More groups or junk: the general path.
+        return None;
+    }
+    let code = ObisCode { a, b, c, d, e, f };
+    let group = Group::split(&line[open + 1..close]);
+    Some(Object {
+        code: Some(code),
+        code_text: &line[..open],
+        raw: &line[open..],
+        continuation: None,
+        value: single_typed(&code, group),
+        name: None,
+        groups: 1,
+    })
+}
+
 fn parse_line(line: &[u8]) -> Object<'_> {
-    let open = memchr::memchr(b'(', line).unwrap_or(line.len());
+    if let Some(object) = fast_line(line) {
+        return object;
+    }
+    let open = line.iter().position(|&b| b == b'(').unwrap_or(line.len());
     let code_text = trim_ascii(&line[..open]);
     let raw = &line[open..];
     let code = ObisCode::parse(code_text);
-    let count = groups(raw).count();
-    let value = match code {
-        Some(code) => typed_value(&code, raw, count),
-        None => untyped_value(raw, count),
+    // Most lines have one group: look at the first two before counting all.
+    let mut it = groups(raw);
+    let first = it.next();
+    let count = match first {
+        None => 0,
+        Some(_) => 1 + it.count(),
+    };
+    let value = match (code, count, first) {
+        (Some(code), 1, Some(g)) => single_typed(&code, g),
+        (Some(code), _, _) => typed_value(&code, raw, count),
+        (None, _, _) => untyped_value(raw, count),
     };
     Object {
         code,
@@ -510,6 +606,44 @@ fn single(g: Group<'_>) -> Value<'_> {
     }
 }
 
+/// The value of a line with exactly one group.
+#[inline]
+fn single_typed<'a>(code: &ObisCode, first: Group<'a>) -> Value<'a> {
+    if first.is_empty() {
+        return Value::Empty;
+    }
+    if is_text_code(code) {
+        return Value::Text(first.value);
+    }
+    match (code.a, code.b, code.cde()) {
+        (0, 0, (1, 0, 0) | (1, 1, 0)) => {
+            if let Some(stamp) = first.stamp() {
+                return Value::Time(stamp);
+            }
+        }
+        (1, 0, (0, 9, 1)) => {
+            if let Some([h, m, s]) = six_digits(first.value) {
+                return Value::TimeOfDay {
+                    hour: h,
+                    minute: m,
+                    second: s,
+                };
+            }
+        }
+        (1, 0, (0, 9, 2)) => {
+            if let Some([y, m, d]) = six_digits(first.value) {
+                return Value::Date {
+                    year: 2000 + i16::from(y),
+                    month: m,
+                    day: d,
+                };
+            }
+        }
+        _ => {}
+    }
+    single(first)
+}
+
 fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
     let mut it = groups(raw);
     let Some(first) = it.next() else {
@@ -517,39 +651,7 @@ fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
     };
     let cde = code.cde();
     if count == 1 {
-        if first.is_empty() {
-            return Value::Empty;
-        }
-        if is_text_code(code) {
-            return Value::Text(first.value);
-        }
-        match (code.a, code.b, cde) {
-            (0, 0, (1, 0, 0) | (1, 1, 0)) => {
-                if let Some(stamp) = first.stamp() {
-                    return Value::Time(stamp);
-                }
-            }
-            (1, 0, (0, 9, 1)) => {
-                if let Some([h, m, s]) = six_digits(first.value) {
-                    return Value::TimeOfDay {
-                        hour: h,
-                        minute: m,
-                        second: s,
-                    };
-                }
-            }
-            (1, 0, (0, 9, 2)) => {
-                if let Some([y, m, d]) = six_digits(first.value) {
-                    return Value::Date {
-                        year: 2000 + i16::from(y),
-                        month: m,
-                        day: d,
-                    };
-                }
-            }
-            _ => {}
-        }
-        return single(first);
+        return single_typed(code, first);
     }
     match (code.a, code.b, cde) {
         (1, 0, (99, 97, 0)) => {

@@ -53,38 +53,47 @@ impl Decimal {
 
     /// Parses `[+-]digits[.digits]` (at least one digit, 18 significant digits
     /// at most). Leading zeros do not count towards the limit.
+    #[inline]
     pub fn parse(text: &[u8]) -> Option<Decimal> {
         let (negative, digits) = match text.first()? {
             b'-' => (true, &text[1..]),
             b'+' => (false, &text[1..]),
             _ => (false, text),
         };
+        // Leading zeros carry no value: skip them so that fixed-width
+        // registers (`000000002.331`) count only their significant digits.
+        let zeros = digits.iter().take_while(|&&c| c == b'0').count();
+        let significant = &digits[zeros..];
         let mut mantissa: i64 = 0;
-        let mut scale: u8 = 0;
+        let mut scale: usize = 0;
         let mut seen_point = false;
-        let mut seen_digit = false;
-        for &c in digits {
-            match c {
-                b'0'..=b'9' => {
-                    seen_digit = true;
-                    mantissa = mantissa.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
-                    if seen_point {
-                        scale += 1;
-                        if scale > 18 {
-                            return None;
-                        }
-                    }
+        let mut count = 0usize;
+        for &c in significant {
+            if c.is_ascii_digit() {
+                // At most 18 significant digits: below i64::MAX, no overflow check needed.
+                count += 1;
+                if count > 18 {
+                    return None;
                 }
-                b'.' if !seen_point => seen_point = true,
-                _ => return None,
+                mantissa = mantissa * 10 + i64::from(c - b'0');
+                scale += usize::from(seen_point);
+            } else if c == b'.' && !seen_point {
+                seen_point = true;
+            } else {
+                return None;
             }
         }
-        if !seen_digit {
+        if zeros == 0 && count == 0 {
+            return None;
+        }
+        // Zeros after the point among the leading zeros (`0.0005` has none:
+        // the point stops the skip) do not exist, so `scale` is complete.
+        if scale > 18 {
             return None;
         }
         Some(Decimal {
             mantissa: if negative { -mantissa } else { mantissa },
-            scale,
+            scale: scale as u8,
         })
     }
 
@@ -273,8 +282,9 @@ pub(crate) struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
+    #[inline]
     pub(crate) fn split(inner: &'a [u8]) -> Group<'a> {
-        match memchr::memchr(b'*', inner) {
+        match inner.iter().position(|&b| b == b'*') {
             Some(star) => Group {
                 value: &inner[..star],
                 unit: Some(&inner[star + 1..]),
