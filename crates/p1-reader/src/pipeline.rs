@@ -49,6 +49,9 @@ impl Pipeline {
         latest: watch::Sender<Option<Arc<Reading>>>,
         health: HealthHandle,
     ) -> Pipeline {
+        // Zero counters from the start, so the live page shows "0", not "—".
+        health.set_counter("telegrams_ok", 0);
+        health.set_counter("telegrams_rejected", 0);
         Pipeline {
             meter,
             source,
