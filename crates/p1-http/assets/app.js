@@ -3,6 +3,10 @@
 'use strict';
 (() => {
 const $ = (id) => document.getElementById(id);
+// With [http] token_file set, open the page as /?access_token=TOKEN: the API calls carry it
+// (EventSource cannot send an Authorization header).
+const TOKEN = new URLSearchParams(location.search).get('access_token');
+const api = (path) => (TOKEN ? path + (path.includes('?') ? '&' : '?') + 'access_token=' + encodeURIComponent(TOKEN) : path);
 const HOUR = 3600e3;
 const S = {
   n: 0,          // readings rendered, mirrored in body[data-updated]
@@ -161,7 +165,7 @@ function addPoint(p) {
 const nn = (v) => (isNum(v) ? v : null);
 async function loadHistory() {
   try {
-    const res = await fetch('/api/v1/history?minutes=60', { cache: 'no-store' });
+    const res = await fetch(api('/api/v1/history?minutes=60'), { cache: 'no-store' });
     if (!res.ok) return;
     const hist = [];
     for (const q of (await res.json()).points || []) {
@@ -197,7 +201,7 @@ function onReading(r, live) {
 }
 async function fetchReading() {
   try {
-    const res = await fetch('/api/v1/reading', { cache: 'no-store' });
+    const res = await fetch(api('/api/v1/reading'), { cache: 'no-store' });
     if (res.ok) onReading(await res.json(), false);
   } catch (_) { /* server away */ }
 }
@@ -214,7 +218,7 @@ function startPolling() {
 }
 function connect() {
   if (POLL !== null || !window.EventSource) { setConn('poll', 'polling'); startPolling(); return; }
-  const es = (S.es = new EventSource('/api/v1/events'));
+  const es = (S.es = new EventSource(api('/api/v1/events')));
   const on = (ev) => { try { onReading(JSON.parse(ev.data), true); } catch (_) { /* not JSON */ } };
   es.addEventListener('reading', on);
   es.onmessage = on;
@@ -238,7 +242,7 @@ function meterStatus() {
 const interval = () => { const ms = meterStatus(); return ms && isNum(ms.expected_interval_s) ? ms.expected_interval_s : 10; };
 async function fetchStatus() {
   try {
-    S.status = await (await fetch('/api/v1/status', { cache: 'no-store' })).json();
+    S.status = await (await fetch(api('/api/v1/status'), { cache: 'no-store' })).json();
     const ms = meterStatus();
     if (ms && isNum(ms.last_telegram_age_s)) { S.ageBase = ms.last_telegram_age_s; S.ageAt = performance.now(); }
     renderStatus();

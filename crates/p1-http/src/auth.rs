@@ -9,7 +9,9 @@ use crate::HttpState;
 use crate::handlers::error_json;
 
 /// Passes the request on when no token is configured or when it carries
-/// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235); 401 otherwise.
+/// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235) or, for
+/// browsers' `EventSource` which cannot set headers, the `access_token` query
+/// parameter (RFC 6750 §2.3); 401 otherwise.
 pub(crate) async fn require_token(
     State(state): State<HttpState>,
     request: Request,
@@ -21,8 +23,10 @@ pub(crate) async fn require_token(
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| bearer(value.as_bytes()));
-    if presented.is_some_and(|p| token.matches(p)) {
+        .and_then(|value| bearer(value.as_bytes()))
+        .map(<[u8]>::to_vec)
+        .or_else(|| request.uri().query().and_then(query_token));
+    if presented.is_some_and(|p| token.matches(&p)) {
         return next.run(request).await;
     }
     let mut response = error_json(
@@ -46,4 +50,32 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     let rest = rest.strip_prefix(b" ")?;
     let rest = rest.trim_ascii();
     (!rest.is_empty()).then_some(rest)
+}
+
+/// The `access_token` parameter of a query string, percent-decoded.
+fn query_token(query: &str) -> Option<Vec<u8>> {
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))?;
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }

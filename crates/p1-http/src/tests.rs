@@ -383,6 +383,11 @@ async fn token_guards_api_and_metrics_only() {
         assert_eq!(a.status, StatusCode::OK, "{uri} with the token: {}", a.body);
     }
     // The scheme is case-insensitive.
+    // Browsers' EventSource cannot send headers: the query parameter works too.
+    let a = request(&state, "/api/v1/status?access_token=s3cret%2Dtoken", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let a = request(&state, "/api/v1/status?x=1&access_token=wrong", None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let a = request(&state, "/api/v1/reading", Some("bearer s3cret-token")).await;
     assert_eq!(a.status, StatusCode::OK);
 
