@@ -506,6 +506,23 @@ proptest! {
     }
 
     #[test]
+    fn the_fast_line_path_agrees_with_the_general_one(
+        code in "[0-9]{1,3}-[0-9]{1,3}:[0-9]{1,3}[.:][0-9]{1,3}[.:][0-9]{1,3}([.*][0-9]{1,3})?",
+        value in "[-+]?[0-9A-Fa-f.]{0,24}",
+        unit in proptest::option::of("[A-Za-z0-9/*]{0,6}"),
+        tail in prop_oneof![Just(""), Just("\r\n"), Just("\n"), Just("\r"), Just("(1)"), Just("* ()")],
+    ) {
+        let line = match &unit {
+            Some(u) => format!("{code}({value}*{u}){tail}"),
+            None => format!("{code}({value}){tail}"),
+        };
+        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes());
+        if let Some(fast) = fast {
+            prop_assert_eq!(fast, general, "{:?}", line);
+        }
+    }
+
+    #[test]
     fn decimals_round_trip(mantissa in -999_999_999_999i64..999_999_999_999, scale in 0u8..8) {
         let d = Decimal::new(mantissa, scale).expect("scale");
         let text = d.to_string();
