@@ -509,10 +509,14 @@ fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
             if d > 9 {
                 break;
             }
+            if *i - start == 3 {
+                // A fourth digit: not an OBIS group (and no overflow).
+                return None;
+            }
             n = n * 10 + u32::from(d);
             *i += 1;
         }
-        if *i == start || *i - start > 3 {
+        if *i == start {
             return None;
         }
         u8::try_from(n).ok()

@@ -351,6 +351,16 @@ fn offsets_restart_for_each_stream() {
 }
 
 #[test]
+fn long_digit_runs_in_codes_do_not_overflow() {
+    // Found by the fuzzer: a code group of many digits overflowed the
+    // fast path's accumulator.
+    let frame = b"/X5\r\n\r\n1-0:0.040405154953)\r\n1-0:99999999999999999999.8.1(1*kWh)\r\n!\r\n";
+    let t = parse(frame);
+    assert_eq!(t.objects.len(), 2);
+    assert!(t.objects.iter().all(|o| o.code.is_none()));
+}
+
+#[test]
 fn dsmr3_gas_value_on_the_next_line_joins_its_profile_line() {
     let t = parse(
         b"/ISk5\\2MT382-1000\r\n\r\n0-1:24.1.0(03)\r\n0-1:24.3.0(090212160000)(00)(60)(1)(0-1:24.2.1)(m3)\r\n\
