@@ -2,33 +2,80 @@
 //! telegrams and broadcasts readings.
 //!
 //! One reader runs per configured meter. It is the only thing that touches
-//! the meter: it opens the source ([`SourceConfig`]: a simulated meter, a
-//! recording, a TCP stream), feeds the bytes to `p1_telegram::Decoder`, turns
-//! every good telegram into a [`p1_core::Reading`] and sends it as
-//! `Arc<Reading>` on the broadcast channel and into the `latest` watch that
-//! HTTP reads. Rejected telegrams are counted by reason and logged at most
-//! once per reason per minute; they never stop the reader.
+//! the meter: it opens the source ([`SourceConfig`]), feeds the bytes to
+//! `p1_telegram::Decoder` (through [`Pipeline`]), turns every good telegram
+//! into a [`p1_core::Reading`] and sends it as `Arc<Reading>` on the
+//! broadcast channel and into the `latest` watch that HTTP reads. Rejected
+//! telegrams are counted by reason and logged at most once per reason per
+//! minute; they never stop the reader.
+//!
+//! # Sources
+//!
+//! * **serial** ([`SerialSource`]): a P1 cable on a serial port, opened
+//!   exclusively with [`LineSettings`] (usually from a [`Preset`]: `veitur`
+//!   9600 7N1, `veitur-7e1` and `dsmr22` 9600 7E1, `dsmr4` 115200 8N1).
+//!   7-bit settings are read with parity checks off and bit 7 masked
+//!   ([`LineFilter`]), parity and framing errors counted. The data request
+//!   line (P1 pin 2) is a [`RequestLine`] — RTS or DTR on the port, a GPIO
+//!   line, none, or a [`FakeLine`] in tests — driven in [`RequestMode`]
+//!   `hold`, `pulse` or `poll`. A read of `Ok(0)` or an error is an unplug:
+//!   the port is closed and reopened with backoff, and so it is after six
+//!   intervals of silence, re-toggling the request line.
+//! * **tcp**: a raw telegram stream from ser2net or a Wi-Fi bridge,
+//!   reconnected with backoff and after silence.
+//! * **replay**: a recording (`p1gw record`'s output, or telegram text
+//!   files), at a fixed pace, the recorded pace or as fast as possible.
+//! * **simulate** ([`SimulatedMeter`]): Veitur, DSMR 5 or Belgian telegrams
+//!   whose totals never decrease and whose energy deltas match the power.
+//!
+//! [`Port`] and [`Port::listen`] also serve `p1gw probe` and `p1gw record`,
+//! which open a port without a reader; [`probe`] analyses what a port
+//! delivers under each preset.
+//!
+//! # The actor
+//!
+//! [`ReaderHandle::spawn`] starts a reader and returns a `Clone` handle
+//! (a bounded `mpsc` of requests, answered on `oneshot`s):
+//! [`ReaderHandle::status`] and [`ReaderHandle::retrigger`] (re-toggle the
+//! request line). [`run_reader`] is the same task without a handle; the
+//! daemon runs one per meter and stops them with its cancellation token.
 //!
 //! Place in the graph: `p1-telegram <- p1-core <- p1-reader <- p1gw`. It
-//! never depends on a sink or on p1-http.
+//! never depends on a sink or on p1-http, and it reads no configuration file:
+//! p1gw hands it a [`ReaderConfig`].
 //!
-//! # Metrics
+//! # Health and metrics
 //!
 //! Labelled `meter`: `p1gw_telegrams_total` (good telegrams),
 //! `p1gw_telegrams_rejected_total{reason}` (`crc`, `truncated`, `oversize`,
 //! `invalid_crc`, `no_header`), `p1gw_bytes_read_total`,
-//! `p1gw_reconnects_total`, gauge `p1gw_last_telegram_timestamp_seconds`.
-//! Health counters (for the live page): `telegrams_ok`, `telegrams_rejected`,
-//! `reconnects`.
+//! `p1gw_reconnects_total` (successful reopens after a disconnect),
+//! `p1gw_serial_errors_total{kind}` (`parity`, `framing`), gauge
+//! `p1gw_last_telegram_timestamp_seconds`. Health counters (for the live
+//! page): `telegrams_ok`, `telegrams_rejected`, `reconnects`,
+//! `parity_errors`, `line_errors`. While a serial or TCP source is
+//! disconnected, the reader's health state is degraded with the reason.
 
 #![warn(missing_docs)]
 
+mod error;
+mod handle;
 mod pipeline;
+pub mod probe;
+pub mod request;
+pub mod serial;
 pub mod simulate;
 mod source;
 
+pub use crate::error::Error;
+pub use crate::handle::{ReaderHandle, ReaderStatus};
 pub use crate::pipeline::Pipeline;
-pub use crate::simulate::{Profile, SimulatedMeter};
+pub use crate::request::{FakeLine, LineKind, RequestConfig, RequestLine, RequestMode};
+pub use crate::serial::{
+    Consume, LineFilter, LineSettings, LineStats, Parity, Port, Preset, SerialSource, Session,
+    SessionEnd,
+};
+pub use crate::simulate::{MeterPty, Profile, SimulatedMeter};
 pub use crate::source::{Pace, ReaderConfig, SourceConfig, run_reader};
 
 /// Registers the `# HELP` texts of the reader metrics with the installed recorder.
@@ -48,6 +95,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "p1gw_reconnects_total",
         "Times the source was reopened after a disconnect."
+    );
+    metrics::describe_counter!(
+        "p1gw_serial_errors_total",
+        "Serial line errors, by kind (parity: parity bit wrong, checked in software; framing: bytes the OS marked as errors)."
     );
     metrics::describe_gauge!(
         "p1gw_last_telegram_timestamp_seconds",

@@ -7,6 +7,8 @@
 //! supply/return temperatures that sag while water runs.
 
 use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
 
 /// Which meter to imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,15 @@ impl Profile {
             Profile::Veitur => "veitur",
             Profile::Dsmr5 => "dsmr5",
             Profile::Belgium => "belgium",
+        }
+    }
+
+    /// The IANA zone of the imitated meter's clock.
+    pub fn time_zone(&self) -> &'static str {
+        match self {
+            Profile::Veitur => "Atlantic/Reykjavik",
+            Profile::Dsmr5 => "Europe/Amsterdam",
+            Profile::Belgium => "Europe/Brussels",
         }
     }
 
@@ -282,6 +293,99 @@ impl SimulatedMeter {
                 write!(body, "{crc:04X}\r\n").unwrap_or(());
                 body.into_bytes()
             }
+        }
+    }
+}
+
+/// A pseudo-terminal that plays a meter's serial port, for `p1gw simulate
+/// --pty`: the slave side is linked at a path a reader opens like a device,
+/// the simulator writes telegrams to the master side.
+///
+/// Made with `openpty` inside the serialport crate (no unsafe code here,
+/// no socat). The slave stays open on our side too, so bytes written while
+/// no reader has the port wait in the tty's input queue as on a real line;
+/// a telegram still wholly unread at the next one is discarded first, since
+/// a meter's bytes on an unconnected line are lost. The link is removed on
+/// drop if it still points at this pty.
+#[derive(Debug)]
+pub struct MeterPty {
+    master: tokio_serial::SerialStream,
+    slave: tokio_serial::SerialStream,
+    slave_name: String,
+    link: PathBuf,
+    last_len: usize,
+}
+
+impl MeterPty {
+    /// Creates the pty and the symlink `link` to its slave. An existing
+    /// symlink at `link` is replaced (a simulator killed before it could
+    /// clean up leaves one); any other file there is an error.
+    ///
+    /// # Errors
+    /// `openpty` failed, or `link` exists and is not a symlink, or it cannot
+    /// be created.
+    pub fn create(link: &Path) -> io::Result<MeterPty> {
+        use tokio_serial::SerialPort as _;
+        let (master, slave) = tokio_serial::SerialStream::pair().map_err(io::Error::from)?;
+        let slave_name = slave
+            .name()
+            .ok_or_else(|| io::Error::other("the pty has no slave name"))?;
+        match std::fs::symlink_metadata(link) {
+            Ok(meta) if meta.file_type().is_symlink() => std::fs::remove_file(link)?,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a symlink", link.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::symlink(&slave_name, link)?;
+        Ok(MeterPty {
+            master,
+            slave,
+            slave_name,
+            link: link.to_path_buf(),
+            last_len: 0,
+        })
+    }
+
+    /// The slave's device name (`/dev/pts/N`).
+    pub fn slave_name(&self) -> &str {
+        &self.slave_name
+    }
+
+    /// Sends `bytes` as the meter; false when they were dropped because the
+    /// line stayed blocked for `within` (nobody reads and the queue is full).
+    ///
+    /// # Errors
+    /// Writing to the pty failed.
+    pub async fn send(&mut self, bytes: &[u8], within: std::time::Duration) -> io::Result<bool> {
+        use tokio::io::AsyncWriteExt as _;
+        use tokio_serial::SerialPort as _;
+        let unread = self.slave.bytes_to_read().map_err(io::Error::from)? as usize;
+        if self.last_len > 0 && unread >= self.last_len {
+            // Nobody read the previous telegram: the line is not connected.
+            self.slave
+                .clear(tokio_serial::ClearBuffer::Input)
+                .map_err(io::Error::from)?;
+        }
+        self.last_len = bytes.len();
+        match tokio::time::timeout(within, self.master.write_all(bytes)).await {
+            Ok(result) => result.map(|()| true),
+            Err(_elapsed) => Ok(false),
+        }
+    }
+}
+
+impl Drop for MeterPty {
+    fn drop(&mut self) {
+        let ours = std::fs::read_link(&self.link)
+            .is_ok_and(|target| target.as_os_str() == self.slave_name.as_str());
+        if ours {
+            // Best effort: the link may be gone already.
+            std::fs::remove_file(&self.link).unwrap_or(());
         }
     }
 }

@@ -7,9 +7,11 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use p1_core::{Backoff, HealthHandle, Reading};
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::handle::{Command, Control};
+use crate::serial::{SerialOpener, SerialSource};
 use crate::{Pipeline, Profile, SimulatedMeter};
 
 /// How fast a recording is replayed.
@@ -43,6 +45,8 @@ pub enum SourceConfig {
         /// Start again at the end.
         repeat: bool,
     },
+    /// A P1 cable on a serial port, with its line settings and request line.
+    Serial(SerialSource),
     /// A raw telegram stream over TCP (ser2net, an ESPHome stream server, a
     /// P1-to-Wi-Fi bridge).
     Tcp {
@@ -62,6 +66,7 @@ impl SourceConfig {
             SourceConfig::Simulate { profile, .. } => format!("simulate:{}", profile.as_str()),
             SourceConfig::Replay { path, .. } => format!("replay:{}", path.display()),
             SourceConfig::Tcp { address, .. } => format!("tcp:{address}"),
+            SourceConfig::Serial(serial) => format!("serial:{}", serial.port.display()),
         }
     }
 }
@@ -84,6 +89,9 @@ pub struct ReaderConfig {
 /// Runs a meter's reader until its source ends (a recording without
 /// `repeat`) or `stop` fires. Returns when done; the caller drops the
 /// broadcast sender then, which tells the sinks to drain.
+///
+/// This is the reader task without a handle; [`crate::ReaderHandle::spawn`]
+/// runs the same task with one.
 pub async fn run_reader(
     cfg: ReaderConfig,
     tx: broadcast::Sender<Arc<Reading>>,
@@ -91,7 +99,26 @@ pub async fn run_reader(
     health: HealthHandle,
     stop: CancellationToken,
 ) {
+    run(cfg, tx, latest, health, stop, None).await;
+}
+
+/// The reader task: one per meter. `requests`: its handle's requests, if it
+/// has one.
+pub(crate) async fn run(
+    cfg: ReaderConfig,
+    tx: broadcast::Sender<Arc<Reading>>,
+    latest: watch::Sender<Option<Arc<Reading>>>,
+    health: HealthHandle,
+    stop: CancellationToken,
+    requests: Option<mpsc::Receiver<Command>>,
+) {
     let source = Arc::<str>::from(cfg.source.describe());
+    let mut control = Control::new(
+        requests,
+        cfg.meter.clone(),
+        source.to_string(),
+        health.clone(),
+    );
     health.set_expected_interval(cfg.expected_interval);
     let mut pipeline = Pipeline::new(
         cfg.meter.clone(),
@@ -105,10 +132,26 @@ pub async fn run_reader(
     tracing::info!(meter = %cfg.meter, source = %source, "Reader started.");
     match &cfg.source {
         SourceConfig::Simulate { profile, interval } => {
-            simulate(&mut pipeline, *profile, *interval, cfg.tz.as_ref(), &stop).await;
+            control.status.connected = true;
+            simulate(
+                &mut pipeline,
+                *profile,
+                *interval,
+                cfg.tz.as_ref(),
+                &stop,
+                &mut control,
+            )
+            .await;
         }
         SourceConfig::Replay { path, pace, repeat } => {
-            replay(&mut pipeline, path, *pace, *repeat, &latest, &health, &stop).await;
+            control.status.connected = true;
+            let mut replay = Replay {
+                pipeline: &mut pipeline,
+                latest: &latest,
+                stop: &stop,
+                control: &mut control,
+            };
+            replay.run(path, *pace, *repeat, &health).await;
         }
         SourceConfig::Tcp {
             address,
@@ -122,6 +165,25 @@ pub async fn run_reader(
                 cfg.expected_interval,
                 &health,
                 &stop,
+                &mut control,
+            )
+            .await;
+        }
+        SourceConfig::Serial(serial) => {
+            let mut opener = SerialOpener {
+                path: serial.port.clone(),
+                settings: serial.settings,
+                request: serial.request.clone(),
+            };
+            crate::serial::serial_loop(
+                &mut pipeline,
+                &mut opener,
+                &serial.port.display().to_string(),
+                &serial.request,
+                (serial.reconnect_min, serial.reconnect_max),
+                &health,
+                &stop,
+                &mut control,
             )
             .await;
         }
@@ -130,12 +192,29 @@ pub async fn run_reader(
     health.stopped();
 }
 
-/// Sleeps `d`; false when `stop` fired first.
-async fn pause(d: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        () = stop.cancelled() => false,
+/// Sleeps `d`, serving the handle's requests meanwhile; false when `stop`
+/// fired or the last handle was dropped first.
+pub(crate) async fn pause(
+    d: Duration,
+    stop: &CancellationToken,
+    control: &mut Control,
+    pipeline: &Pipeline,
+) -> bool {
+    let wake = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => return true,
+            () = stop.cancelled() => return false,
+            command = control.recv() => match command {
+                Some(command) => control.serve(command, counters(pipeline)),
+                None => return false,
+            },
+        }
     }
+}
+
+fn counters(pipeline: &Pipeline) -> (u64, u64) {
+    (pipeline.telegrams_ok(), pipeline.telegrams_rejected())
 }
 
 async fn simulate(
@@ -144,14 +223,12 @@ async fn simulate(
     interval: Duration,
     tz: Option<&TimeZone>,
     stop: &CancellationToken,
+    control: &mut Control,
 ) {
     let zone = tz.cloned().unwrap_or_else(|| {
-        let name = match profile {
-            Profile::Veitur => "Atlantic/Reykjavik",
-            Profile::Dsmr5 => "Europe/Amsterdam",
-            Profile::Belgium => "Europe/Brussels",
-        };
-        jiff::tz::db().get(name).unwrap_or(TimeZone::UTC)
+        jiff::tz::db()
+            .get(profile.time_zone())
+            .unwrap_or(TimeZone::UTC)
     });
     let seed = jiff::Timestamp::now().as_nanosecond() as u64;
     let mut meter = SimulatedMeter::new(profile, seed);
@@ -161,6 +238,13 @@ async fn simulate(
         tokio::select! {
             _ = ticks.tick() => {}
             () = stop.cancelled() => return,
+            command = control.recv() => {
+                match command {
+                    Some(command) => control.serve(command, counters(pipeline)),
+                    None => return,
+                }
+                continue;
+            }
         }
         // The simulated meter advances by the nominal interval so its energy
         // registers stay consistent with the power it reports.
@@ -173,104 +257,107 @@ async fn simulate(
     }
 }
 
-async fn replay(
-    pipeline: &mut Pipeline,
-    path: &std::path::Path,
-    pace: Pace,
-    repeat: bool,
-    latest: &watch::Sender<Option<Arc<Reading>>>,
-    health: &HealthHandle,
-    stop: &CancellationToken,
-) {
-    if path.as_os_str() == "-" {
-        // Standard input: one pass, however `repeat` is set.
-        let mut bytes = Vec::new();
-        if let Err(e) = tokio::io::stdin().read_to_end(&mut bytes).await {
-            health.failed(format!("cannot read standard input: {e}"));
-            return;
-        }
-        if replay_bytes(pipeline, &bytes, pace, latest, stop).await {
-            pipeline.finish();
-        }
-        return;
-    }
-    loop {
-        let files = match recording_files(path).await {
-            Ok(files) => files,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "Cannot read the recording.");
-                health.failed(format!("cannot read {}: {e}", path.display()));
-                return;
-            }
-        };
-        for file in files {
-            let bytes = match tokio::fs::read(&file).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(path = %file.display(), error = %e, "Cannot read the recording.");
-                    health.error(format!("cannot read {}: {e}", file.display()));
-                    continue;
-                }
-            };
-            if !replay_bytes(pipeline, &bytes, pace, latest, stop).await {
-                return;
-            }
-            pipeline.finish();
-        }
-        if !repeat || stop.is_cancelled() {
-            return;
-        }
-    }
+/// A replay in progress.
+struct Replay<'a> {
+    pipeline: &'a mut Pipeline,
+    latest: &'a watch::Sender<Option<Arc<Reading>>>,
+    stop: &'a CancellationToken,
+    control: &'a mut Control,
 }
 
-/// Feeds a recording line by line, pausing after each telegram as `pace`
-/// says. False when `stop` fired.
-async fn replay_bytes(
-    pipeline: &mut Pipeline,
-    bytes: &[u8],
-    pace: Pace,
-    latest: &watch::Sender<Option<Arc<Reading>>>,
-    stop: &CancellationToken,
-) -> bool {
-    if pace == Pace::Fast {
-        for chunk in bytes.chunks(64 * 1024) {
-            pipeline.feed(chunk);
-            if stop.is_cancelled() {
+impl Replay<'_> {
+    async fn run(
+        &mut self,
+        path: &std::path::Path,
+        pace: Pace,
+        repeat: bool,
+        health: &HealthHandle,
+    ) {
+        if path.as_os_str() == "-" {
+            // Standard input: one pass, however `repeat` is set.
+            let mut bytes = Vec::new();
+            if let Err(e) = tokio::io::stdin().read_to_end(&mut bytes).await {
+                health.failed(format!("cannot read standard input: {e}"));
+                return;
+            }
+            if self.bytes(&bytes, pace).await {
+                self.pipeline.finish();
+            }
+            return;
+        }
+        loop {
+            let files = match recording_files(path).await {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "Cannot read the recording.");
+                    health.failed(format!("cannot read {}: {e}", path.display()));
+                    return;
+                }
+            };
+            for file in files {
+                let bytes = match tokio::fs::read(&file).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(path = %file.display(), error = %e, "Cannot read the recording.");
+                        health.error(format!("cannot read {}: {e}", file.display()));
+                        continue;
+                    }
+                };
+                if !self.bytes(&bytes, pace).await {
+                    return;
+                }
+                self.pipeline.finish();
+            }
+            if !repeat || self.stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Feeds a recording line by line, pausing after each telegram as `pace`
+    /// says. False when `stop` fired or the last handle was dropped.
+    async fn bytes(&mut self, bytes: &[u8], pace: Pace) -> bool {
+        if pace == Pace::Fast {
+            for chunk in bytes.chunks(64 * 1024) {
+                self.pipeline.feed(chunk);
+                if self.stop.is_cancelled() || !self.control.serve_waiting(counters(self.pipeline))
+                {
+                    return false;
+                }
+                tokio::task::yield_now().await;
+            }
+            return true;
+        }
+        let mut previous_time = self.latest.borrow().as_ref().and_then(|r| r.meter_time);
+        let mut done = self.pipeline.telegrams_ok() + self.pipeline.telegrams_rejected();
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            self.pipeline.feed(line);
+            let now_done = self.pipeline.telegrams_ok() + self.pipeline.telegrams_rejected();
+            if now_done == done {
+                continue;
+            }
+            done = now_done;
+            let wait = match pace {
+                Pace::Every(d) => d,
+                Pace::Recorded => {
+                    let t = self.latest.borrow().as_ref().and_then(|r| r.meter_time);
+                    let gap = match (previous_time, t) {
+                        (Some(a), Some(b)) if b > a => {
+                            Duration::try_from(b.duration_since(a)).unwrap_or_default()
+                        }
+                        _ => Duration::from_secs(1),
+                    };
+                    previous_time = t;
+                    gap.min(Duration::from_secs(60))
+                }
+                Pace::Fast => Duration::ZERO,
+            };
+            if !pause(wait, self.stop, self.control, self.pipeline).await {
                 return false;
             }
-            tokio::task::yield_now().await;
         }
-        return true;
+        true
     }
-    let mut previous_time = latest.borrow().as_ref().and_then(|r| r.meter_time);
-    let mut done = pipeline.telegrams_ok() + pipeline.telegrams_rejected();
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        pipeline.feed(line);
-        let now_done = pipeline.telegrams_ok() + pipeline.telegrams_rejected();
-        if now_done == done {
-            continue;
-        }
-        done = now_done;
-        let wait = match pace {
-            Pace::Every(d) => d,
-            Pace::Recorded => {
-                let t = latest.borrow().as_ref().and_then(|r| r.meter_time);
-                let gap = match (previous_time, t) {
-                    (Some(a), Some(b)) if b > a => {
-                        Duration::try_from(b.duration_since(a)).unwrap_or_default()
-                    }
-                    _ => Duration::from_secs(1),
-                };
-                previous_time = t;
-                gap.min(Duration::from_secs(60))
-            }
-            Pace::Fast => Duration::ZERO,
-        };
-        if !pause(wait, stop).await {
-            return false;
-        }
-    }
-    true
 }
 
 async fn recording_files(path: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
@@ -297,9 +384,10 @@ async fn tcp(
     interval: Duration,
     health: &HealthHandle,
     stop: &CancellationToken,
+    control: &mut Control,
 ) {
     let mut backoff = Backoff::new(min, max);
-    let mut reconnects = 0u64;
+    let mut connected_before = false;
     // A bridge that stops forwarding without closing: give up on the
     // connection after this much silence and reconnect.
     let silence = (interval * 6).max(Duration::from_secs(30));
@@ -312,10 +400,25 @@ async fn tcp(
         match connected {
             Ok(mut stream) => {
                 tracing::info!(address, "Connected to the telegram stream.");
+                if connected_before {
+                    control.status.reconnects += 1;
+                    health.set_counter("reconnects", control.status.reconnects);
+                    metrics::counter!("p1gw_reconnects_total", "meter" => pipeline.meter().to_string())
+                        .increment(1);
+                }
+                connected_before = true;
+                control.status.connected = true;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout(silence, stream.read(&mut buf)) => r,
                         () = stop.cancelled() => return,
+                        command = control.recv() => {
+                            match command {
+                                Some(command) => control.serve(command, counters(pipeline)),
+                                None => return,
+                            }
+                            continue;
+                        }
                     };
                     match read {
                         Ok(Ok(0)) => {
@@ -340,18 +443,16 @@ async fn tcp(
                         }
                     }
                 }
+                control.status.connected = false;
                 pipeline.finish();
+                health.degraded(format!("{address}: disconnected; reconnecting"));
             }
             Err(e) => {
                 health.error(format!("cannot connect to {address}: {e}"));
                 health.degraded(format!("cannot connect to {address}"));
             }
         }
-        reconnects += 1;
-        health.set_counter("reconnects", reconnects);
-        metrics::counter!("p1gw_reconnects_total", "meter" => pipeline.meter().to_string())
-            .increment(1);
-        if !pause(backoff.next_delay(), stop).await {
+        if !pause(backoff.next_delay(), stop, control, pipeline).await {
             return;
         }
     }

@@ -197,3 +197,154 @@ fn simulated_telegrams_parse_with_every_line_named() {
         "only Veitur's unknown register is unnamed"
     );
 }
+
+/// Every profile, straight from the simulated meter over eight hours (dawn to
+/// afternoon, so the DSMR and Belgian profiles also export solar power):
+/// totals never decrease, and each step's energy delta matches the power
+/// the telegram reports over the interval (within the registers' rounding).
+#[test]
+fn simulated_totals_never_decrease_and_match_the_power_for_every_profile() {
+    const INTERVAL_S: f64 = 60.0;
+    let start: jiff::Timestamp = "2024-06-01T04:00:00Z".parse().expect("time");
+    for profile in [Profile::Veitur, Profile::Dsmr5, Profile::Belgium] {
+        let tz = jiff::tz::TimeZone::UTC;
+        let mut meter = SimulatedMeter::new(profile, 7);
+        let mut last: Option<(f64, f64, Vec<f64>)> = None;
+        let (mut exported, mut imported) = (false, false);
+        for step in 0..480 {
+            let now = start + jiff::SignedDuration::from_secs(60 * step);
+            let bytes = meter.telegram(now, INTERVAL_S, &tz);
+            let t = p1_telegram::Telegram::parse(&bytes, p1_telegram::ParseOptions::default())
+                .unwrap_or_else(|e| panic!("{profile:?} step {step}: {e}"));
+            let r = Reading::from_telegram(Arc::from("sim"), Arc::from("sim"), &t, &tz, now);
+            let n = |name: &str| {
+                r.number(name)
+                    .unwrap_or_else(|| panic!("{profile:?}: no {name}"))
+            };
+            let (import, export) = match profile {
+                Profile::Veitur => (n("energy_import_total"), n("energy_export_total")),
+                Profile::Dsmr5 | Profile::Belgium => (
+                    n("energy_import_tariff1") + n("energy_import_tariff2"),
+                    n("energy_export_tariff1") + n("energy_export_tariff2"),
+                ),
+            };
+            // Registers that must never fall: water (Veitur) or gas.
+            let others = match profile {
+                Profile::Veitur => vec![n("hot_water_volume")],
+                Profile::Dsmr5 | Profile::Belgium => vec![n("gas_volume")],
+            };
+            let (p_in, p_out) = (n("power_import"), n("power_export"));
+            assert!(
+                p_in >= 0.0 && p_out >= 0.0 && p_in * p_out == 0.0,
+                "{p_in} {p_out}"
+            );
+            imported |= p_in > 0.0;
+            exported |= p_out > 0.0;
+            // Veitur's registers are whole Wh; the others split the total
+            // into two tariff registers, each rounded to a Wh.
+            let tolerance = match profile {
+                Profile::Veitur => 0.0011,
+                Profile::Dsmr5 | Profile::Belgium => 0.0026,
+            };
+            if let Some((last_import, last_export, last_others)) = &last {
+                assert!(
+                    import >= *last_import,
+                    "{profile:?} step {step}: import fell"
+                );
+                assert!(
+                    export >= *last_export,
+                    "{profile:?} step {step}: export fell"
+                );
+                for (a, b) in others.iter().zip(last_others) {
+                    assert!(a >= b, "{profile:?} step {step}: a register fell");
+                }
+                let hours = INTERVAL_S / 3600.0;
+                assert!(
+                    ((import - last_import) - p_in * hours).abs() < tolerance,
+                    "{profile:?} step {step}: import delta {} vs {p_in} kW",
+                    import - last_import
+                );
+                assert!(
+                    ((export - last_export) - p_out * hours).abs() < tolerance,
+                    "{profile:?} step {step}: export delta {} vs {p_out} kW",
+                    export - last_export
+                );
+            }
+            last = Some((import, export, others));
+        }
+        assert!(imported, "{profile:?}: some import");
+        if profile != Profile::Veitur {
+            assert!(exported, "{profile:?}: some solar export");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_reports_status_and_the_reader_stops_with_its_last_handle() {
+    let (tx, mut rx) = broadcast::channel(64);
+    let (latest, _) = watch::channel(None);
+    let registry = Registry::new();
+    let health = registry
+        .register("reader:sim", ComponentKind::Reader)
+        .expect("register");
+    let cfg = ReaderConfig {
+        meter: Arc::from("sim"),
+        tz: None,
+        source: SourceConfig::Simulate {
+            profile: Profile::Dsmr5,
+            interval: Duration::from_secs(10),
+        },
+        max_telegram_bytes: 16 * 1024,
+        expected_interval: Duration::from_secs(10),
+    };
+    let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, CancellationToken::new());
+    assert_eq!(handle.meter(), "sim");
+    for _ in 0..3 {
+        next(&mut rx).await;
+    }
+    let status = handle.status().await.expect("status");
+    assert_eq!(&*status.meter, "sim");
+    assert_eq!(status.source, "simulate:dsmr5");
+    assert!(status.connected);
+    assert_eq!((status.telegrams_ok, status.telegrams_rejected), (3, 0));
+    assert_eq!(status.line, LineStats::default());
+    assert!(
+        !handle.retrigger().await.expect("retrigger"),
+        "a simulated meter has no request line"
+    );
+    // A clone keeps it alive; dropping the last handle ends the reader.
+    let clone = handle.clone();
+    drop(handle);
+    assert!(clone.status().await.is_ok());
+    drop(clone);
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the reader ends")
+        .expect("task");
+    assert_eq!(registry.statuses()[0].state, p1_core::State::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_reader_answers_reader_gone() {
+    let (tx, _rx) = broadcast::channel(4);
+    let (latest, _) = watch::channel(None);
+    let registry = Registry::new();
+    let health = registry
+        .register("reader:once", ComponentKind::Reader)
+        .expect("register");
+    let cfg = ReaderConfig {
+        meter: Arc::from("once"),
+        tz: None,
+        source: SourceConfig::Replay {
+            path: fixtures().join("netherlands_kaifa_dsmr42.txt"),
+            pace: Pace::Fast,
+            repeat: false,
+        },
+        max_telegram_bytes: 16 * 1024,
+        expected_interval: Duration::from_secs(10),
+    };
+    let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, CancellationToken::new());
+    task.await.expect("the replay ends");
+    let e = handle.status().await.expect_err("gone");
+    assert_eq!(e.to_string(), "the reader of meter \"once\" has stopped");
+}

@@ -153,9 +153,15 @@ pub(crate) async fn run(
     }
     let http = http.build();
     let recorder = p1_http::spawn_recorder(history, tx.subscribe());
+    // The journal gets each meter's header once its first telegram is in (issue 9).
+    let first_telegrams = tokio::spawn(log_first_telegrams(
+        tx.subscribe(),
+        plan.meters.iter().map(|m| m.meter.clone()).collect(),
+    ));
 
     // Readers last.
     for (meter, latest) in plan.meters.into_iter().zip(latest_senders) {
+        log_source(&meter);
         let health = registry.register(format!("reader:{}", meter.meter), ComponentKind::Reader)?;
         let name = format!("reader:{}", meter.meter);
         shutdown.spawn_named(
@@ -214,6 +220,7 @@ pub(crate) async fn run(
     }
     watchdog.abort();
     recorder.abort();
+    first_telegrams.abort();
     http_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(2), http_task).await {
         Ok(Ok(Ok(()))) => {}
@@ -222,4 +229,55 @@ pub(crate) async fn run(
         Err(_) => tracing::warn!("HTTP server did not stop within 2 s."),
     }
     Ok(next)
+}
+
+/// Logs what a meter's reader is about to open, with the line settings in use: what to compare
+/// with the meter's documentation (or `p1gw probe`) when no telegram arrives.
+fn log_source(meter: &ReaderConfig) {
+    let source = meter.source.describe();
+    match &meter.source {
+        p1_reader::SourceConfig::Serial(serial) => {
+            let request = &serial.request;
+            tracing::info!(
+                meter = %meter.meter,
+                source = %source,
+                line = %serial.settings,
+                opened_as = %serial.settings.opened_as(),
+                request_line = %request.line,
+                request_mode = request.mode.as_str(),
+                request_interval_s = request.interval.as_secs_f64(),
+                request_inverted = request.invert,
+                "Meter on a serial port."
+            );
+        }
+        _ => tracing::info!(meter = %meter.meter, source = %source, "Meter source."),
+    }
+}
+
+/// Logs the header (and the meter's id) of each meter's first telegram, then ends. A lagging
+/// receiver only skips readings, which is harmless here.
+async fn log_first_telegrams(
+    mut readings: broadcast::Receiver<Arc<Reading>>,
+    mut waiting: Vec<Arc<str>>,
+) {
+    while !waiting.is_empty() {
+        match readings.recv().await {
+            Ok(reading) => {
+                let Some(i) = waiting.iter().position(|m| *m == reading.meter) else {
+                    continue;
+                };
+                waiting.swap_remove(i);
+                tracing::info!(
+                    meter = %reading.meter,
+                    header = %reading.header,
+                    meter_id = reading.meter_id.as_deref().unwrap_or("-"),
+                    crc = reading.crc,
+                    objects = reading.objects.len(),
+                    "First telegram."
+                );
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }

@@ -7,7 +7,10 @@ mod exit;
 mod logging;
 mod parse;
 mod plan;
+mod probe;
+mod record;
 mod signals;
+mod simulate;
 mod systemd;
 
 use std::path::PathBuf;
@@ -35,6 +38,14 @@ enum Command {
     Parse(parse::ParseArgs),
     /// Validate a configuration file: exit 0, or 78 with every error located.
     CheckConfig(CheckArgs),
+    /// Try the line-settings presets on a serial port and report which one
+    /// yields telegrams.
+    Probe(probe::ProbeArgs),
+    /// Capture the raw bytes a meter sends, for bug reports and replay.
+    Record(record::RecordArgs),
+    /// A fake meter for testing without hardware: telegrams on stdout, a
+    /// pseudo-terminal or TCP.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +88,15 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // One rustls crypto provider for every TLS client (MQTT, InfluxDB): ring, installed before
+    // any TLS configuration is built (docs/dependencies.md §2.3). A second install (another
+    // component did it first) fails harmlessly and keeps the first.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        // Already installed.
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -95,6 +115,9 @@ fn main() -> ExitCode {
         Command::Parse(args) => parse::run(&args),
         Command::CheckConfig(args) => Ok(check_config(&args)),
         Command::Run(args) => run(&args),
+        Command::Probe(args) => probe::run(&args),
+        Command::Record(args) => record::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

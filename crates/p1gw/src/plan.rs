@@ -67,15 +67,7 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
                 },
                 t.max_telegram_bytes,
             ),
-            ValidSource::Serial(_) => {
-                return Err(Coded::error(
-                    Exit::CONFIG,
-                    format!(
-                        "meter {:?}: source kind \"serial\" is not available in this build yet; use tcp (ser2net), replay or simulate",
-                        meter.name
-                    ),
-                ));
-            }
+            ValidSource::Serial(serial) => (serial_source(serial), serial.max_telegram_bytes),
         };
         let expected_interval = match (&meter.source, interval) {
             (ValidSource::Simulate(_) | ValidSource::Replay(_), Some(d)) => d,
@@ -104,6 +96,26 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
                 p1_sink_file::stdout::KIND,
                 Arc::new(p1_sink_file::stdout::sink),
             ),
+            ValidSinkKind::Mqtt(mqtt) => {
+                // One connection, one last will: its status topic is named for the first meter.
+                let gateway = config.meters.first().map_or("p1gw", |m| m.name.as_str());
+                let settings = mqtt
+                    .settings(&sink.name, gateway, crate::version())
+                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
+                let built = p1_sink_mqtt::build(settings).map_err(|e| {
+                    Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
+                })?;
+                (p1_sink_mqtt::KIND, Arc::new(move || built.make()))
+            }
+            ValidSinkKind::Influx(influx) => {
+                let settings = influx
+                    .settings()
+                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
+                let built = p1_sink_influx::Influx::new(settings).map_err(|e| {
+                    Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
+                })?;
+                (p1_sink_influx::KIND, Arc::new(move || built.sink()))
+            }
             other => {
                 return Err(Coded::error(
                     Exit::CONFIG,
@@ -141,5 +153,49 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
         http_token,
         history: config.http.history,
         shutdown_grace: SHUTDOWN_GRACE,
+    })
+}
+
+/// A validated serial source as the reader takes it.
+///
+/// The config has no polarity option for the request line yet, so it is
+/// driven as is (`invert = false`: raised = RTS/DTR asserted, GPIO high).
+fn serial_source(serial: &crate::config::source::ValidSerial) -> SourceConfig {
+    use crate::config::source::{Parity, RequestLine, RequestMode};
+    let settings = &serial.settings;
+    let request = &serial.request;
+    SourceConfig::Serial(p1_reader::SerialSource {
+        port: serial.port.clone(),
+        settings: p1_reader::LineSettings {
+            baud: settings.baud,
+            data_bits: settings.data_bits,
+            parity: match settings.parity {
+                Parity::None => p1_reader::Parity::None,
+                Parity::Even => p1_reader::Parity::Even,
+                Parity::Odd => p1_reader::Parity::Odd,
+            },
+            stop_bits: settings.stop_bits,
+        },
+        request: p1_reader::RequestConfig {
+            line: match &request.line {
+                RequestLine::None => p1_reader::LineKind::None,
+                RequestLine::Rts => p1_reader::LineKind::Rts,
+                RequestLine::Dtr => p1_reader::LineKind::Dtr,
+                RequestLine::Gpio { chip, offset } => p1_reader::LineKind::Gpio {
+                    chip: chip.clone(),
+                    offset: *offset,
+                },
+            },
+            mode: match request.mode {
+                RequestMode::Hold => p1_reader::RequestMode::Hold,
+                RequestMode::Pulse => p1_reader::RequestMode::Pulse,
+                RequestMode::Poll => p1_reader::RequestMode::Poll,
+            },
+            pulse: request.pulse,
+            interval: request.interval,
+            invert: false,
+        },
+        reconnect_min: serial.reconnect.min,
+        reconnect_max: serial.reconnect.max,
     })
 }

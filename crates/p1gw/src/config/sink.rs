@@ -130,6 +130,25 @@ pub(crate) struct MqttConfig {
     pub(crate) client_cert_file: Option<PathBuf>,
     /// The PEM private key of `client_cert_file`.
     pub(crate) client_key_file: Option<PathBuf>,
+    /// MQTT keep-alive: the broker drops the connection (and publishes p1gw's last will,
+    /// `offline`) after 1.5 times this without a packet. From `"1s"` to `"18h"`. Default `"30s"`.
+    #[serde(default = "default_keep_alive")]
+    pub(crate) keep_alive: RawDuration,
+    /// After a reconnect, readings spooled meanwhile are sent oldest first at this many MQTT
+    /// messages per second at most (bursts of one second's worth), then live readings resume.
+    /// From 1 to 10000. Default 50.
+    #[serde(default = "default_backlog_rate")]
+    pub(crate) backlog_rate: u32,
+    /// Besides `<topic_prefix>/<meter>/state` (the whole reading), publish each value on a
+    /// topic of its own: `<topic_prefix>/<meter>/<name>`, and `<topic_prefix>/<meter>/<kind>_<channel>/<name>`
+    /// for submeters. Home Assistant's discovered sensors read these, so discovery needs it.
+    /// Default `true`.
+    #[serde(default = "default_true")]
+    pub(crate) value_topics: bool,
+    /// Publish a value topic only when its value changed since it was last published. The state
+    /// topic is not affected. Default `false`.
+    #[serde(default)]
+    pub(crate) only_on_change: bool,
 }
 
 /// InfluxDB API version.
@@ -191,6 +210,14 @@ pub(crate) struct InfluxConfig {
     /// The longest a reading waits for a batch to fill before it is written. Default `"10s"`.
     #[serde(default = "default_batch_interval")]
     pub(crate) batch_interval: RawDuration,
+    /// Compress write requests with gzip. Default `true`; InfluxDB 1.x, 2.x and VictoriaMetrics
+    /// all take it. Turn it off only for a proxy that cannot pass it on.
+    #[serde(default = "default_true")]
+    pub(crate) gzip: bool,
+    /// The longest one write request may take, connecting included; a request that takes longer
+    /// is retried later. Default `"10s"`.
+    #[serde(default = "default_influx_timeout")]
+    pub(crate) timeout: RawDuration,
 }
 
 /// `kind = "azure-iot"`.
@@ -250,6 +277,12 @@ fn default_topic_prefix() -> String {
 fn default_qos() -> u8 {
     1
 }
+fn default_keep_alive() -> RawDuration {
+    RawDuration::new("30s")
+}
+fn default_backlog_rate() -> u32 {
+    50
+}
 fn default_precision() -> Precision {
     Precision::S
 }
@@ -257,6 +290,9 @@ fn default_batch_size() -> u32 {
     100
 }
 fn default_batch_interval() -> RawDuration {
+    RawDuration::new("10s")
+}
+fn default_influx_timeout() -> RawDuration {
     RawDuration::new("10s")
 }
 fn default_azure_interval() -> RawDuration {
@@ -363,6 +399,14 @@ pub(crate) struct ValidMqtt {
     pub(crate) retain: bool,
     /// TLS, present exactly when the URL's scheme is `mqtts` or `ssl`.
     pub(crate) tls: Option<Tls>,
+    /// Keep-alive, 1 s to 65535 s.
+    pub(crate) keep_alive: Duration,
+    /// Backlog pace in messages per second, 1–10000.
+    pub(crate) backlog_rate: u32,
+    /// One topic per value; always on with discovery.
+    pub(crate) value_topics: bool,
+    /// Value topics only on change.
+    pub(crate) only_on_change: bool,
 }
 
 /// InfluxDB target and credentials per API version.
@@ -403,6 +447,10 @@ pub(crate) struct ValidInflux {
     pub(crate) batch_size: u32,
     /// Longest wait for a batch, positive.
     pub(crate) batch_interval: Duration,
+    /// Gzip request bodies.
+    pub(crate) gzip: bool,
+    /// Request timeout, positive.
+    pub(crate) timeout: Duration,
 }
 
 /// A validated Azure IoT Hub sink.
@@ -589,6 +637,43 @@ impl MqttConfig {
                 None
             }
         };
+        let keep_alive =
+            positive(&self.keep_alive, &at.key("keep_alive"), problems).and_then(|d| {
+                if (Duration::from_secs(1)..=Duration::from_secs(u64::from(u16::MAX))).contains(&d)
+                {
+                    Some(d)
+                } else {
+                    problems.value(
+                    at.key("keep_alive"),
+                    format!(
+                        "{}: keep_alive is from \"1s\" to \"18h12m15s\" (65535 s, MQTT's limit)",
+                        format_duration(d)
+                    ),
+                );
+                    None
+                }
+            });
+        let backlog_rate = if (1..=10_000).contains(&self.backlog_rate) {
+            Some(self.backlog_rate)
+        } else {
+            problems.value(
+                at.key("backlog_rate"),
+                format!(
+                    "{}: backlog_rate is from 1 to 10000 messages per second",
+                    self.backlog_rate
+                ),
+            );
+            None
+        };
+        let value_topics = if self.discovery && !self.value_topics {
+            problems.value(
+                at.key("value_topics"),
+                "Home Assistant discovery needs value_topics = true (its sensors read the value topics); set discovery = false, or remove value_topics",
+            );
+            None
+        } else {
+            Some(self.value_topics)
+        };
         let ca = optional_path(self.ca_file.as_ref(), &at.key("ca_file"), problems);
         let cert = client_cert(
             self.client_cert_file.as_ref(),
@@ -632,7 +717,85 @@ impl MqttConfig {
             qos: qos?,
             retain: self.retain,
             tls,
+            keep_alive: keep_alive?,
+            backlog_rate: backlog_rate?,
+            value_topics: value_topics?,
+            only_on_change: self.only_on_change,
         })
+    }
+}
+
+impl ValidMqtt {
+    /// The MQTT sink's settings: reads the password, the CA file and the client certificate
+    /// (so errors name the file; the caller maps them to exit 74). `sink_name` is the sink's
+    /// name, `gateway` the first meter's (the status topic and the default client id are
+    /// named for it), `version` p1gw's.
+    pub(crate) fn settings(
+        &self,
+        sink_name: &str,
+        gateway: &str,
+        version: &str,
+    ) -> Result<p1_sink_mqtt::MqttSettings, String> {
+        let port = self
+            .url
+            .port()
+            .unwrap_or(if self.tls.is_some() { 8883 } else { 1883 });
+        let mut s = p1_sink_mqtt::MqttSettings::new(self.url.host(), port, gateway);
+        // Two MQTT sinks on one broker must not share a session: the second gets its name in
+        // the default client id.
+        s.client_id = self.client_id.clone().unwrap_or_else(|| {
+            if sink_name == "mqtt" {
+                format!("p1gw-{gateway}")
+            } else {
+                format!("p1gw-{gateway}-{sink_name}")
+            }
+        });
+        s.username = self.username.clone();
+        s.password = match &self.password {
+            Some(source) => Some(
+                source
+                    .read()
+                    .map_err(|e| format!("password: cannot read the {source}: {e}"))?
+                    .expose()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+        };
+        s.tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(p1_sink_mqtt::TlsSettings {
+                ca_pem: tls
+                    .ca_file
+                    .as_deref()
+                    .map(|p| read("ca_file", p))
+                    .transpose()?,
+                client: match &tls.client_cert {
+                    None => None,
+                    Some(c) => Some(p1_sink_mqtt::ClientIdentity {
+                        cert_pem: read("client_cert_file", &c.cert_file)?,
+                        key_pem: read("client_key_file", &c.key_file)?,
+                    }),
+                },
+            }),
+        };
+        s.keep_alive = self.keep_alive;
+        s.qos = match self.qos {
+            Qos::AtMostOnce => p1_sink_mqtt::Qos::AtMostOnce,
+            Qos::AtLeastOnce => p1_sink_mqtt::Qos::AtLeastOnce,
+            Qos::ExactlyOnce => p1_sink_mqtt::Qos::ExactlyOnce,
+        };
+        s.retain = self.retain;
+        s.topic_prefix = self.topic_prefix.clone();
+        s.discovery_prefix = self.discovery.then(|| self.discovery_prefix.clone());
+        s.value_topics = self.value_topics;
+        s.only_on_change = self.only_on_change;
+        s.min_interval = self.min_interval;
+        s.backlog_rate = self.backlog_rate;
+        s.sw_version = version.to_owned();
+        Ok(s)
     }
 }
 
@@ -657,6 +820,7 @@ impl InfluxConfig {
             None
         };
         let batch_interval = positive(&self.batch_interval, &at.key("batch_interval"), problems);
+        let timeout = positive(&self.timeout, &at.key("timeout"), problems);
         let target = self.target(at, env, problems);
         Some(ValidInflux {
             url: url?,
@@ -664,6 +828,8 @@ impl InfluxConfig {
             precision: self.precision,
             batch_size: batch_size?,
             batch_interval: batch_interval?,
+            gzip: self.gzip,
+            timeout: timeout?,
         })
     }
 
@@ -764,6 +930,52 @@ impl InfluxConfig {
     }
 }
 
+impl ValidInflux {
+    /// The InfluxDB sink's settings, with the password or token read (errors name where it
+    /// comes from, never the secret; the caller maps them to exit 74).
+    pub(crate) fn settings(&self) -> Result<p1_sink_influx::InfluxConfig, String> {
+        let read = |what: &str, source: &SecretSource| {
+            source
+                .read()
+                .map(|s| p1_sink_influx::Secret::new(s.expose()))
+                .map_err(|e| format!("{what}: cannot read the {source}: {e}"))
+        };
+        let target = match &self.target {
+            InfluxTarget::V1 {
+                database,
+                retention_policy,
+                username,
+                password,
+            } => p1_sink_influx::Target::V1 {
+                database: database.clone(),
+                retention_policy: retention_policy.clone(),
+                credentials: match (username, password) {
+                    (Some(user), Some(source)) => Some((user.clone(), read("password", source)?)),
+                    (Some(user), None) => Some((user.clone(), p1_sink_influx::Secret::new(""))),
+                    _ => None,
+                },
+            },
+            InfluxTarget::V2 { org, bucket, token } => p1_sink_influx::Target::V2 {
+                org: org.clone(),
+                bucket: bucket.clone(),
+                token: read("token", token)?,
+            },
+        };
+        let mut config = p1_sink_influx::InfluxConfig::new(self.url.as_str(), target);
+        config.precision = match self.precision {
+            Precision::S => p1_sink_influx::Precision::S,
+            Precision::Ms => p1_sink_influx::Precision::Ms,
+            Precision::Us => p1_sink_influx::Precision::Us,
+            Precision::Ns => p1_sink_influx::Precision::Ns,
+        };
+        config.batch_size = self.batch_size as usize;
+        config.batch_interval = self.batch_interval;
+        config.gzip = self.gzip;
+        config.timeout = self.timeout;
+        Ok(config)
+    }
+}
+
 impl AzureIotConfig {
     fn validate(
         &self,
@@ -824,5 +1036,146 @@ impl AzureIotConfig {
             interval: interval?,
             daily_message_budget: budget?,
         })
+    }
+}
+
+#[cfg(test)]
+mod mqtt_tests {
+    //! The MQTT part of `[[sink]]`: defaults, the keys added for the MQTT sink, their errors,
+    //! and the settings handed to p1-sink-mqtt.
+
+    use std::time::Duration;
+
+    use super::super::{ValidConfig, parse_str};
+    use super::ValidSinkKind;
+
+    fn config(sink: &[&str]) -> String {
+        let mut text = String::from(
+            "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n[source]\nkind = \"simulate\"\n[[sink]]\nkind = \"mqtt\"\n",
+        );
+        for line in sink {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    }
+
+    fn check(sink: &[&str]) -> Result<ValidConfig, Vec<String>> {
+        parse_str("test.toml", config(sink), &|_| None)
+            .and_then(|c| c.validate())
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
+    fn mqtt(sink: &[&str]) -> super::ValidMqtt {
+        match check(sink) {
+            Ok(valid) => match &valid.sinks[0].kind {
+                ValidSinkKind::Mqtt(m) => m.clone(),
+                other => panic!("not mqtt: {other:?}"),
+            },
+            Err(errors) => panic!("{errors:#?}"),
+        }
+    }
+
+    fn error(sink: &[&str]) -> String {
+        match check(sink) {
+            Ok(_) => panic!("{sink:?} should be an error"),
+            Err(errors) => {
+                assert_eq!(errors.len(), 1, "{errors:#?}");
+                errors[0].clone()
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_of_the_mqtt_keys() {
+        let m = mqtt(&[r#"url = "mqtt://broker.local""#]);
+        assert_eq!(m.keep_alive, Duration::from_secs(30));
+        assert_eq!(m.backlog_rate, 50);
+        assert!(m.value_topics);
+        assert!(!m.only_on_change);
+        assert!(m.discovery);
+        let s = m.settings("mqtt", "home", "v").expect("settings");
+        assert_eq!((s.host.as_str(), s.port), ("broker.local", 1883));
+        assert_eq!(s.client_id, "p1gw-home");
+        assert_eq!(s.status_topic(), "p1gw/home/status");
+        assert_eq!(s.discovery_prefix.as_deref(), Some("homeassistant"));
+        assert!(s.tls.is_none());
+        // A second MQTT sink gets a client id of its own.
+        let second = m.settings("mqtt-backup", "home", "v").expect("settings");
+        assert_eq!(second.client_id, "p1gw-home-mqtt-backup");
+    }
+
+    #[test]
+    fn the_mqtt_keys_reach_the_sink_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = dir.path().join("mqtt.pass");
+        std::fs::write(&pass, "s3cret\n").expect("write");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let m = mqtt(&[
+            r#"url = "mqtts://broker.local""#,
+            r#"username = "p1gw""#,
+            &format!("password_file = {:?}", pass.display().to_string()),
+            &format!("ca_file = {:?}", ca.display().to_string()),
+            r#"keep_alive = "1m""#,
+            "backlog_rate = 200",
+            "only_on_change = true",
+            r#"min_interval = "5s""#,
+            "qos = 0",
+            "retain = true",
+            r#"client_id = "gw-1""#,
+            r#"topic_prefix = "house/p1""#,
+        ]);
+        let s = m.settings("mqtt", "home", "v").expect("settings");
+        assert_eq!(s.port, 8883);
+        assert_eq!(s.password.as_deref(), Some("s3cret"));
+        assert_eq!(s.client_id, "gw-1");
+        assert_eq!(s.keep_alive, Duration::from_secs(60));
+        assert_eq!(s.backlog_rate, 200);
+        assert!(s.only_on_change && s.retain && s.value_topics);
+        assert_eq!(s.min_interval, Duration::from_secs(5));
+        assert_eq!(s.qos, p1_sink_mqtt::Qos::AtMostOnce);
+        assert_eq!(s.status_topic(), "house/p1/home/status");
+        let tls = s.tls.expect("tls");
+        assert_eq!(
+            tls.ca_pem.as_deref(),
+            Some(&b"-----BEGIN CERTIFICATE-----\n"[..])
+        );
+        // The CA file holds no certificate: building the sink says so.
+        let built = p1_sink_mqtt::build(m.settings("mqtt", "home", "v").expect("settings"));
+        assert!(
+            built.is_err_and(|e| e.to_string().contains("ca_file")),
+            "a broken CA file is reported"
+        );
+        // A missing password file names the file, never a content.
+        std::fs::remove_file(&pass).expect("remove");
+        let err = m
+            .settings("mqtt", "home", "v")
+            .expect_err("no password file");
+        assert!(err.contains("mqtt.pass"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_key_errors_are_located() {
+        let base = r#"url = "mqtt://broker.local""#;
+        let e = error(&[base, r#"keep_alive = "500ms""#]);
+        assert!(e.contains("sink[0].keep_alive") && e.contains("1s"), "{e}");
+        let e = error(&[base, r#"keep_alive = "19h""#]);
+        assert!(e.contains("65535 s"), "{e}");
+        let e = error(&[base, "backlog_rate = 0"]);
+        assert!(
+            e.contains("sink[0].backlog_rate") && e.contains("1 to 10000"),
+            "{e}"
+        );
+        let e = error(&[base, "value_topics = false"]);
+        assert!(
+            e.contains("sink[0].value_topics") && e.contains("discovery"),
+            "{e}"
+        );
+        // Without discovery, value topics may be off.
+        let m = mqtt(&[base, "value_topics = false", "discovery = false"]);
+        assert!(!m.value_topics);
+        let e = error(&[base, "only_on_change = \"yes\""]);
+        assert!(e.contains("only_on_change"), "{e}");
     }
 }

@@ -1840,3 +1840,140 @@ fn a_source_inside_meter_gets_a_hint() {
         .join("\n")
     );
 }
+
+/// An InfluxDB v1 sink with `extra` lines.
+fn influx_v1(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut lines = vec![
+        "[meter]",
+        r#"name = "home""#,
+        r#"tz = "Atlantic/Reykjavik""#,
+        "[source]",
+        r#"kind = "simulate""#,
+        "[[sink]]",
+        r#"kind = "influx""#,
+        r#"url = "http://localhost:8086/""#,
+        r#"api = "v1""#,
+        r#"database = "p1""#,
+    ];
+    lines.extend_from_slice(extra);
+    lines
+}
+
+#[test]
+fn influx_gzip_and_timeout_have_defaults_are_validated_and_reach_the_sink() {
+    let config = valid(&influx_v1(&[]));
+    let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
+        panic!("influx");
+    };
+    assert!(influx.gzip);
+    assert_eq!(influx.timeout, Duration::from_secs(10));
+    let settings = influx.settings().expect("no secret to read");
+    assert!(settings.gzip);
+    assert_eq!(settings.timeout, Duration::from_secs(10));
+    assert_eq!(settings.batch_size, 100);
+    assert_eq!(settings.batch_interval, Duration::from_secs(10));
+    assert_eq!(settings.precision, p1_sink_influx::Precision::S);
+    assert_eq!(
+        settings.target,
+        p1_sink_influx::Target::V1 {
+            database: "p1".into(),
+            retention_policy: None,
+            credentials: None
+        }
+    );
+
+    let config = valid(&influx_v1(&[
+        "gzip = false",
+        r#"timeout = "2500ms""#,
+        r#"precision = "ns""#,
+    ]));
+    let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
+        panic!("influx");
+    };
+    let settings = influx.settings().expect("settings");
+    assert!(!settings.gzip);
+    assert_eq!(settings.timeout, Duration::from_millis(2500));
+    assert_eq!(settings.precision, p1_sink_influx::Precision::Ns);
+
+    let errors = errors_of(&text(&influx_v1(&[r#"timeout = "0s""#])));
+    assert_eq!(errors.len(), 1, "{}", error::report(&errors));
+    let report = error::report(&errors);
+    assert!(
+        report.contains("sink[0].timeout") && report.contains("must be longer than 0s"),
+        "{report}"
+    );
+    let errors = errors_of(&text(&influx_v1(&[r#"gzip = "yes""#])));
+    assert!(
+        error::report(&errors).contains("sink[0].gzip"),
+        "{}",
+        error::report(&errors)
+    );
+}
+
+#[test]
+fn influx_settings_read_the_password_and_token_and_name_a_missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pass = dir.path().join("influx.pass");
+    std::fs::write(&pass, "pa55\n").expect("write");
+    let lines = influx_v1(&[r#"username = "gw""#]);
+    let mut text_with_file = text(&lines);
+    text_with_file.push_str(&format!(
+        "password_file = {:?}\n",
+        pass.display().to_string()
+    ));
+    let config = parse_str("test.toml", text_with_file, &no_env)
+        .and_then(|c| c.validate())
+        .unwrap_or_else(|e| panic!("{}", error::report(&e)));
+    let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
+        panic!("influx");
+    };
+    let settings = influx.settings().expect("password readable");
+    let p1_sink_influx::Target::V1 {
+        credentials: Some((user, password)),
+        ..
+    } = &settings.target
+    else {
+        panic!("credentials: {:?}", settings.target);
+    };
+    assert_eq!(user, "gw");
+    assert_eq!(password, &p1_sink_influx::Secret::new("pa55"));
+    assert!(!format!("{settings:?}").contains("pa55"));
+
+    std::fs::remove_file(&pass).expect("rm");
+    let error = influx.settings().expect_err("the file is gone");
+    assert!(
+        error.starts_with("password: cannot read the file ") && error.contains("influx.pass"),
+        "{error}"
+    );
+
+    let env = env_from(&[("P1GW_INFLUX_TOKEN", "tok")]);
+    let config = valid_with_env(
+        &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[source]",
+            r#"kind = "simulate""#,
+            "[[sink]]",
+            r#"kind = "influx""#,
+            r#"url = "https://influx.example/prefix""#,
+            r#"api = "v2""#,
+            r#"org = "home""#,
+            r#"bucket = "p1""#,
+        ],
+        &env,
+    );
+    let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
+        panic!("influx");
+    };
+    let settings = influx.settings().expect("token from the environment");
+    assert_eq!(settings.url, "https://influx.example/prefix");
+    assert_eq!(
+        settings.target,
+        p1_sink_influx::Target::V2 {
+            org: "home".into(),
+            bucket: "p1".into(),
+            token: p1_sink_influx::Secret::new("tok"),
+        }
+    );
+}

@@ -8,6 +8,11 @@
 
 mod check_config;
 mod daemon;
+mod influx;
 mod live_page;
+mod meters;
+mod mqtt;
 mod parse;
+mod serial;
 mod support;
+mod tools;

@@ -1,0 +1,35 @@
+//! p1-sink-influx: readings to InfluxDB as line protocol over HTTP.
+//!
+//! * [`Influx`] is built once from an [`InfluxConfig`] (URL, [`Target`]: the v1 `/write` API
+//!   with database, retention policy and basic authentication, or the v2 `/api/v2/write` API with
+//!   org, bucket and token; precision, batching, gzip, timeout) and makes workers with
+//!   [`Influx::sink`].
+//! * A worker is p1-core's spool-backed [`p1_core::Spooled`]: [`LineEncoder`] turns each reading
+//!   into its points ([`encode`], the schema of `docs/influx.md`) and spools them before any
+//!   network I/O; [`Writer`] sends batches of spooled records with reqwest (rustls on *ring*),
+//!   gzip-compressed, and maps InfluxDB's answers to p1-core's acknowledgements, retries and
+//!   drops ([`sink`]). Backoff, spool, health and metrics are p1-core's.
+//! * [`line`] is the line-protocol writer: escaping of measurements, tags, field keys and
+//!   string values.
+//!
+//! Delivery is at-least-once, and exact in InfluxDB: the same reading always encodes to the same
+//! bytes, and InfluxDB keeps one point per series and timestamp. (VictoriaMetrics keeps
+//! duplicates unless run with `-dedup.minScrapeInterval`.)
+//!
+//! Place in the graph: `p1-core <- p1-sink-influx <- p1gw`. It never sees the reader or another
+//! sink, and reads no files or environment: p1gw hands it its validated section, secrets read.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod line;
+pub mod sink;
+
+pub use config::{InfluxConfig, Precision, Secret, Target};
+pub use encode::{LineEncoder, write_reading};
+pub use error::BuildError;
+pub use sink::{Influx, KIND, Writer};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The schema: measurements, tags, fields in canonical units, timestamps, idempotence.
+
+use p1_core::Encode as _;
+
+use super::parser::{self, Value};
+use super::{fixture, reading, veitur_heat};
+use crate::config::Precision;
+use crate::encode::{LineEncoder, write_reading};
+
+fn lines(text: &str, precision: Precision) -> String {
+    let mut out = String::new();
+    write_reading(&mut out, &reading(text, 1_700_000_000), precision);
+    out
+}
+
+fn points(text: &str) -> Vec<parser::Point> {
+    lines(text, Precision::S)
+        .lines()
+        .map(|l| parser::parse(l).expect("our own line parses"))
+        .collect()
+}
+
+fn field(p: &parser::Point, name: &str) -> Option<f64> {
+    p.fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| match v {
+            Value::Float(f) => *f,
+            other => panic!("{name}: not a float: {other:?}"),
+        })
+}
+
+fn tag<'a>(p: &'a parser::Point, name: &str) -> Option<&'a str> {
+    p.tags
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn veitur_heat_telegram_gives_an_electricity_and_a_hot_water_point() {
+    assert_eq!(
+        lines(&veitur_heat(), Precision::S),
+        "electricity,equipment_id=608681871#,meter=home \
+         power_import=0.588,power_export=0,current_l1=2,voltage_l1=232.5,\
+         energy_import_total=1988.284,energy_export_total=0,power_import_l1=0.583,power_export_l1=0 \
+         1707776474\n\
+         hot_water,channel=1,meter=home \
+         hot_water_volume=366.475,heat_flow=0.09,heat_supply_temperature=74.8,\
+         heat_return_temperature=31.3,heat_energy=19.078,heat_energy_2=19.078 \
+         1707776474\n"
+    );
+}
+
+#[test]
+fn the_same_reading_encodes_to_the_same_bytes() {
+    let r = reading(&veitur_heat(), 1_700_000_000);
+    let again = reading(&veitur_heat(), 1_700_000_000);
+    let mut encoder = LineEncoder::new(Precision::Ns);
+    let first = encoder.encode(&r).expect("points");
+    assert_eq!(encoder.encode(&r), Some(first.clone()));
+    assert_eq!(encoder.encode(&again), Some(first));
+}
+
+#[test]
+fn timestamps_follow_the_precision() {
+    let text = veitur_heat();
+    for (precision, stamp) in [
+        (Precision::S, "1707776474"),
+        (Precision::Ms, "1707776474000"),
+        (Precision::Us, "1707776474000000"),
+        (Precision::Ns, "1707776474000000000"),
+    ] {
+        let out = lines(&text, precision);
+        for line in out.lines() {
+            assert!(
+                line.ends_with(&format!(" {stamp}")),
+                "{precision:?}: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_a_meter_clock_the_time_received_is_the_timestamp() {
+    let text = fixture("dsmr30_spec_example.txt");
+    let r = reading(&text, 1_700_000_123);
+    assert_eq!(r.meter_time, None);
+    let mut out = String::new();
+    write_reading(&mut out, &r, Precision::Ms);
+    assert!(!out.is_empty());
+    for line in out.lines() {
+        assert!(line.ends_with(" 1700000123000"), "{line}");
+    }
+}
+
+#[test]
+fn watts_and_watt_hours_become_kilowatts_and_kilowatt_hours() {
+    // Aidon 6560 sends W, Wh, var and varh.
+    let text = fixture("sweden_aidon_6560_ct_meter_spec.txt");
+    let p = &points(&text)[0];
+    let r = reading(&text, 0);
+    for name in [
+        "energy_import_total",
+        "power_import",
+        "reactive_power_import",
+        "reactive_energy_import_total",
+        "voltage_l1",
+        "current_l1",
+    ] {
+        let m = r
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} in the fixture"));
+        let sent = m.value.as_f64().expect("number");
+        let unit = m.unit.as_deref().unwrap_or("");
+        let want = match unit {
+            "W" | "Wh" | "VAr" | "VArh" | "var" | "varh" => sent / 1000.0,
+            _ => sent,
+        };
+        let got = field(p, name).unwrap_or_else(|| panic!("{name} written"));
+        assert!(
+            (got - want).abs() <= want.abs() * 1e-12,
+            "{name}: {got} vs {want} ({unit})"
+        );
+    }
+}
+
+#[test]
+fn each_submeter_is_a_point_of_its_kind_tagged_with_channel_and_id() {
+    // Luxembourg: gas on 0-1 and 0-4, water on 0-2 (and 0-3), ids on each channel.
+    let text = fixture("luxembourg_smarty_spec_gas_water.txt");
+    let ps = points(&text);
+    let r = reading(&text, 0);
+    assert_eq!(ps[0].measurement, "electricity");
+    assert_eq!(tag(&ps[0], "channel"), None);
+    assert_eq!(tag(&ps[0], "meter"), Some("home"));
+    for p in &ps[1..] {
+        let channel: u8 = tag(p, "channel").expect("channel").parse().expect("number");
+        let sub = r
+            .submeters
+            .iter()
+            .find(|s| s.channel == channel)
+            .expect("submeter");
+        assert_eq!(p.measurement, sub.kind.as_str());
+        assert_eq!(tag(p, "equipment_id"), sub.equipment_id.as_deref());
+        assert_eq!(tag(p, "meter"), Some("home"));
+    }
+    let kinds: Vec<(&str, Option<&str>)> = ps
+        .iter()
+        .map(|p| (p.measurement.as_str(), tag(p, "channel")))
+        .collect();
+    assert!(kinds.contains(&("gas", Some("1"))), "{kinds:?}");
+    assert!(kinds.contains(&("gas", Some("4"))), "{kinds:?}");
+    assert!(kinds.contains(&("water", Some("2"))), "{kinds:?}");
+    for p in ps.iter().filter(|p| p.measurement == "gas") {
+        assert!(field(p, "gas_volume").is_some(), "{p:?}");
+    }
+}
+
+#[test]
+fn text_ids_versions_and_times_are_not_fields() {
+    for name in [
+        "dsmr502_spec_example.txt",
+        "belgium_fluvius_emucs_gas_water.txt",
+        "luxembourg_smarty_spec_gas_water.txt",
+        "iceland_veitur_iskra_ie5e_antonp1.txt",
+    ] {
+        for p in points(&fixture(name)) {
+            for (key, value) in &p.fields {
+                assert!(
+                    matches!(value, Value::Float(_)),
+                    "{name}: {key} = {value:?}"
+                );
+                assert!(
+                    !crate::encode::IDENTITY_NAMES.contains(&key.as_str())
+                        && !key.starts_with("text_message")
+                        && key != "meter_time",
+                    "{name}: {key}"
+                );
+            }
+        }
+    }
+    // The tariff indicator is a number: a float field.
+    let p = &points(&fixture("dsmr502_spec_example.txt"))[0];
+    assert_eq!(field(p, "tariff_indicator"), Some(2.0));
+}
+
+#[test]
+fn an_id_with_a_backslash_is_left_out() {
+    // 0-0:96.1.1 becomes `60\1#` (0x5c is a backslash).
+    let text = veitur_heat().replace("0-0:96.1.1(36303836383138373123)", "0-0:96.1.1(36305c3123)");
+    let r = reading(&text, 0);
+    assert_eq!(r.meter_id.as_deref(), Some("60\\1#"));
+    let p = &points(&text)[0];
+    assert_eq!(tag(p, "equipment_id"), None);
+    assert_eq!(tag(p, "meter"), Some("home"));
+}
+
+#[test]
+fn a_reading_without_numbers_is_skipped() {
+    let text = "/ISk5\\2MIE5E-200\r\n\r\n0-0:96.1.1(36303836383138373123)\r\n!\r\n";
+    let r = reading(text, 0);
+    assert_eq!(LineEncoder::new(Precision::S).encode(&r), None);
+}

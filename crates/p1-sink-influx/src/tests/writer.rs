@@ -1,0 +1,468 @@
+//! The writer against [`super::server`]: requests (URL, headers, gzip, credentials), how each
+//! answer maps to p1-core's outcomes, `Retry-After`, timeouts, and batching in the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use p1_core::{
+    AsyncSpool, ComponentKind, Deliver as _, DeliveryError, Reading, Registry, SinkContext,
+    SpoolConfig,
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::server::{Reply, Server};
+use super::{reading, veitur_heat};
+use crate::config::{InfluxConfig, Precision, Secret, Target};
+use crate::sink::{Influx, MAX_RETRY_AFTER, MIN_RETRY_AFTER, parse_retry_after};
+
+const TOKEN: &str = "t0ken-s3cret";
+
+fn v1(url: &str) -> InfluxConfig {
+    InfluxConfig::new(
+        url,
+        Target::V1 {
+            database: "p1".into(),
+            retention_policy: None,
+            credentials: None,
+        },
+    )
+}
+
+fn v2(url: &str) -> InfluxConfig {
+    InfluxConfig::new(
+        url,
+        Target::V2 {
+            org: "home".into(),
+            bucket: "p1".into(),
+            token: Secret::new(TOKEN),
+        },
+    )
+}
+
+fn records(n: u64) -> Vec<(u64, Vec<u8>)> {
+    (1..=n)
+        .map(|i| {
+            (
+                i,
+                format!("electricity,meter=home power_import={i} {i}\n").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn v1_posts_gzipped_lines_to_write_with_db_rp_precision_and_basic_auth() {
+    let mut server = Server::start().await;
+    let mut config = v1(&server.url);
+    config.target = Target::V1 {
+        database: "p 1".into(),
+        retention_policy: Some("week".into()),
+        credentials: Some(("gw".into(), Secret::new("s3cret"))),
+    };
+    config.precision = Precision::Ms;
+    let mut writer = Influx::new(config).expect("influx").writer();
+    let batch = records(3);
+    assert_eq!(writer.deliver(&batch).await, Ok(3));
+    let request = server.request().await;
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.target, "/write?db=p+1&rp=week&precision=ms");
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        request.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    // base64("gw:s3cret")
+    assert_eq!(request.header("authorization"), Some("Basic Z3c6czNjcmV0"));
+    let want: String = batch
+        .iter()
+        .map(|(_, r)| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    assert_eq!(request.body, want);
+}
+
+#[tokio::test]
+async fn v2_posts_to_api_v2_write_under_the_url_path_with_a_token() {
+    let mut server = Server::start().await;
+    let mut config = v2(&format!("{}/influx/", server.url));
+    config.precision = Precision::Us;
+    config.gzip = false;
+    let mut writer = Influx::new(config).expect("influx").writer();
+    assert_eq!(writer.deliver(&records(1)).await, Ok(1));
+    let request = server.request().await;
+    assert_eq!(
+        request.target,
+        "/influx/api/v2/write?org=home&bucket=p1&precision=us"
+    );
+    assert_eq!(request.header("authorization"), Some("Token t0ken-s3cret"));
+    assert_eq!(request.header("content-encoding"), None);
+    assert_eq!(request.body, "electricity,meter=home power_import=1 1\n");
+}
+
+#[tokio::test]
+async fn v1_without_credentials_sends_no_authorization() {
+    let mut server = Server::start().await;
+    let mut writer = Influx::new(v1(&server.url)).expect("influx").writer();
+    assert_eq!(writer.deliver(&records(1)).await, Ok(1));
+    let request = server.request().await;
+    assert_eq!(request.target, "/write?db=p1&precision=s");
+    assert_eq!(request.header("authorization"), None);
+}
+
+/// Status, headers and body of an answer.
+type Case = (u16, Vec<(&'static str, String)>, &'static str);
+
+#[tokio::test]
+async fn answers_map_to_acks_retries_and_drops() {
+    let date_in_90_s = jiff::fmt::rfc2822::DateTimePrinter::new()
+        .timestamp_to_rfc9110_string(
+            &(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(90)),
+        )
+        .expect("date");
+    let cases: Vec<Case> = vec![
+        (200, vec![], ""),
+        (204, vec![], ""),
+        (
+            400,
+            vec![],
+            r#"{"error":"unable to parse 'x': bad timestamp"}"#,
+        ),
+        (
+            401,
+            vec![],
+            r#"{"code":"unauthorized","message":"unauthorized access"}"#,
+        ),
+        (403, vec![], r#"{"error":"forbidden"}"#),
+        (404, vec![], r#"{"error":"database not found: \"p1\""}"#),
+        (413, vec![], r#"{"error":"request entity too large"}"#),
+        (408, vec![], ""),
+        (429, vec![("Retry-After", "7".into())], "slow down"),
+        (503, vec![("Retry-After", date_in_90_s)], "busy"),
+        (500, vec![], "oops"),
+        (502, vec![], ""),
+    ];
+    let mut server = Server::start().await;
+    let mut writer = Influx::new(v2(&server.url)).expect("influx").writer();
+    let batch = records(4);
+    for (status, headers, body) in cases {
+        server.reply(Reply::Answer(status, headers, body.to_owned()));
+        let got = writer.deliver(&batch).await;
+        server.request().await;
+        match status {
+            200 | 204 => assert_eq!(got, Ok(4)),
+            400..=407 | 409..=428 => {
+                let Err(DeliveryError::Permanent { message, records }) = &got else {
+                    panic!("{status}: permanent expected, got {got:?}");
+                };
+                assert_eq!(*records, 4, "{status}: the whole batch");
+                assert!(message.contains(&status.to_string()), "{message}");
+                assert!(message.contains(body), "{status}: the body in {message}");
+                assert!(!message.contains(TOKEN), "{message}");
+            }
+            _ => {
+                let Err(DeliveryError::Transient {
+                    message,
+                    retry_after,
+                }) = &got
+                else {
+                    panic!("{status}: transient expected, got {got:?}");
+                };
+                assert!(message.contains(&status.to_string()), "{message}");
+                assert!(!message.contains(TOKEN), "{message}");
+                match status {
+                    429 => assert_eq!(*retry_after, Some(Duration::from_secs(7))),
+                    503 => {
+                        let wait = retry_after.expect("a wait from the date");
+                        assert!(
+                            (Duration::from_secs(80)..=Duration::from_secs(91)).contains(&wait),
+                            "{wait:?}"
+                        );
+                    }
+                    _ => assert_eq!(*retry_after, None),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_server_is_transient() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut writer = Influx::new(v1(&format!("http://127.0.0.1:{port}")))
+        .expect("influx")
+        .writer();
+    let got = writer.deliver(&records(1)).await;
+    let Err(DeliveryError::Transient {
+        message,
+        retry_after: None,
+    }) = &got
+    else {
+        panic!("transient expected, got {got:?}");
+    };
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}/write")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_as_transient() {
+    let server = Server::start().await;
+    server.reply(Reply::Hang);
+    let mut config = v1(&server.url);
+    config.timeout = Duration::from_millis(300);
+    let mut writer = Influx::new(config).expect("influx").writer();
+    let got = tokio::time::timeout(Duration::from_secs(5), writer.deliver(&records(1)))
+        .await
+        .expect("the request timeout ends it");
+    assert!(
+        matches!(&got, Err(DeliveryError::Transient { message, .. }) if message.contains("timed out")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn retry_after_is_seconds_or_an_http_date_capped() {
+    let now: jiff::Timestamp = "2024-02-12T22:21:14Z".parse().expect("time");
+    assert_eq!(
+        parse_retry_after("120", now),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(
+        parse_retry_after(" 0 ", now),
+        Some(MIN_RETRY_AFTER),
+        "never a busy loop"
+    );
+    assert_eq!(
+        parse_retry_after("Mon, 12 Feb 2024 22:22:14 GMT", now),
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(
+        parse_retry_after("Mon, 12 Feb 2024 22:00:00 GMT", now),
+        Some(MIN_RETRY_AFTER),
+        "a date in the past: soon"
+    );
+    assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+    assert_eq!(
+        parse_retry_after("99999999999999999999999", now),
+        Some(MAX_RETRY_AFTER)
+    );
+    assert_eq!(parse_retry_after("soon", now), None);
+    assert_eq!(parse_retry_after("-5", now), None);
+    assert_eq!(parse_retry_after("", now), None);
+}
+
+#[test]
+fn bad_settings_are_refused_and_debug_hides_the_token() {
+    for url in [
+        "ftp://host",
+        "http://user:pw@host:8086",
+        "http://host:8086/?db=x",
+        "not a url",
+    ] {
+        let error = Influx::new(v1(url)).expect_err(url).to_string();
+        assert!(!error.contains("pw@"), "{error}");
+    }
+    let mut config = v1("http://localhost:8086");
+    config.batch_size = 0;
+    assert!(Influx::new(config).is_err());
+    let mut config = v2("http://localhost:8086");
+    config.target = Target::V2 {
+        org: "o".into(),
+        bucket: "b".into(),
+        token: Secret::new("bad\ntoken"),
+    };
+    assert!(Influx::new(config).is_err());
+
+    let influx = Influx::new(v2("http://localhost:8086")).expect("influx");
+    assert_eq!(
+        influx.write_url(),
+        "http://localhost:8086/api/v2/write?org=home&bucket=p1&precision=s"
+    );
+    let debug = format!("{influx:?} {:?}", v2("http://x"));
+    assert!(!debug.contains(TOKEN), "{debug}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// In the worker: batching.
+
+struct Worker {
+    tx: broadcast::Sender<Arc<Reading>>,
+    stop: CancellationToken,
+    spool: AsyncSpool,
+    run: tokio::task::JoinHandle<Result<(), p1_core::SinkError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn worker(config: InfluxConfig) -> Worker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::new();
+    let spool = AsyncSpool::open(
+        dir.path().join("influx.redb"),
+        "influx",
+        SpoolConfig::new(1 << 20),
+    )
+    .await
+    .expect("spool");
+    let stop = CancellationToken::new();
+    let cx = SinkContext {
+        name: "influx".into(),
+        health: registry
+            .register("sink:influx", ComponentKind::Sink)
+            .expect("register"),
+        spool: spool.clone(),
+        stop: stop.clone(),
+        hard: CancellationToken::new(),
+    };
+    let (tx, rx) = broadcast::channel(64);
+    let sink = Influx::new(config)
+        .expect("influx")
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .sink();
+    let run = tokio::spawn(sink.run(rx, cx));
+    Worker {
+        tx,
+        stop,
+        spool,
+        run,
+        _dir: dir,
+    }
+}
+
+impl Worker {
+    fn send(&self, n: i64) {
+        for i in 0..n {
+            // Distinct readings: a second apart.
+            let r = reading(&veitur_heat(), 1_700_000_000 + i);
+            let mut r = r.clone();
+            r.meter_time = None;
+            self.tx.send(Arc::new(r)).expect("worker listening");
+        }
+    }
+
+    async fn finish(self) {
+        drop(self.tx);
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the worker drains and ends")
+            .expect("task")
+            .expect("worker ok");
+        assert!(self.spool.is_empty(), "everything acknowledged");
+    }
+}
+
+fn readings_in(body: &str) -> usize {
+    body.lines()
+        .filter(|l| l.starts_with("electricity,"))
+        .count()
+}
+
+#[tokio::test]
+async fn full_batches_go_at_once_and_a_partial_one_waits_until_the_daemon_stops() {
+    let mut server = Server::start().await;
+    let mut config = v1(&server.url);
+    config.batch_size = 2;
+    config.batch_interval = Duration::from_secs(3600);
+    let w = worker(config).await;
+    w.send(5);
+    let first = server.request().await;
+    let second = server.request().await;
+    assert_eq!(readings_in(&first.body), 2, "{}", first.body);
+    assert_eq!(readings_in(&second.body), 2, "{}", second.body);
+    // The fifth waits for a batch to fill.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(server.try_request().is_none(), "the partial batch waits");
+    assert_eq!(w.spool.len(), 1);
+    w.stop.cancel();
+    let third = server.request().await;
+    assert_eq!(readings_in(&third.body), 1, "{}", third.body);
+    // Each reading was written exactly once, in order.
+    let all = format!("{}{}{}", first.body, second.body, third.body);
+    let stamps: Vec<&str> = all
+        .lines()
+        .filter(|l| l.starts_with("electricity,"))
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            "1700000000",
+            "1700000001",
+            "1700000002",
+            "1700000003",
+            "1700000004"
+        ]
+    );
+    w.finish().await;
+    assert!(server.try_request().is_none(), "no request after the drain");
+}
+
+#[tokio::test]
+async fn a_partial_batch_is_written_after_batch_interval_with_what_came_meanwhile() {
+    let mut server = Server::start().await;
+    let mut config = v2(&server.url);
+    config.batch_interval = Duration::from_secs(1);
+    let w = worker(config).await;
+    let sent = tokio::time::Instant::now();
+    w.send(3);
+    let request = server.request().await;
+    assert!(
+        sent.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        readings_in(&request.body),
+        3,
+        "one request: {}",
+        request.body
+    );
+    w.finish().await;
+    assert!(server.try_request().is_none(), "nothing written twice");
+}
+
+#[tokio::test]
+async fn a_refusal_keeps_the_batch_spooled_and_it_goes_once_when_the_server_takes_it() {
+    let mut server = Server::start().await;
+    server.reply(Reply::Answer(
+        503,
+        vec![("Retry-After", "0".into())],
+        "busy".into(),
+    ));
+    server.reply(Reply::Answer(500, vec![], "still".into()));
+    let mut config = v1(&server.url);
+    config.batch_interval = Duration::from_millis(50);
+    let w = worker(config).await;
+    w.send(2);
+    let a = server.request().await;
+    let b = server.request().await;
+    let c = server.request().await;
+    assert_eq!(a.body, b.body);
+    assert_eq!(b.body, c.body, "the same batch, retried");
+    assert_eq!(readings_in(&c.body), 2);
+    w.finish().await;
+    assert!(server.try_request().is_none());
+}
+
+#[tokio::test]
+async fn a_rejected_batch_is_dropped_and_the_next_goes_on() {
+    let mut server = Server::start().await;
+    server.reply(Reply::Answer(
+        400,
+        vec![],
+        r#"{"error":"unable to parse"}"#.into(),
+    ));
+    let mut config = v1(&server.url);
+    config.batch_interval = Duration::ZERO;
+    config.batch_size = 1;
+    let w = worker(config).await;
+    w.send(2);
+    let rejected = server.request().await;
+    let next = server.request().await;
+    assert_ne!(rejected.body, next.body, "not retried");
+    w.finish().await;
+}

@@ -1,0 +1,297 @@
+//! [`MqttSettings`]: everything an MQTT sink needs, validated and read by p1gw; and how they
+//! become rumqttc options and a rustls client configuration.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{LastWill, MqttOptions, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::BuildError;
+
+/// The largest MQTT packet sent or received. A state message of a three-phase meter with a
+/// power-failure log is a few KiB; rumqttc's 10 KiB default would drop the connection on a
+/// larger telegram (docs/dependencies.md §2.2).
+pub(crate) const MAX_PACKET_BYTES: usize = 256 * 1024;
+
+/// MQTT quality of service of every message the sink publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Qos {
+    /// QoS 0: no acknowledgement; a reading leaves the spool once it was written to the
+    /// socket, so a connection lost right then loses it.
+    AtMostOnce,
+    /// QoS 1 (the default): the broker's PUBACK deletes the reading from the spool.
+    #[default]
+    AtLeastOnce,
+    /// QoS 2: the broker's PUBCOMP deletes the reading from the spool. Across a reconnect the
+    /// spool resends like QoS 1, so it is not exactly-once either.
+    ExactlyOnce,
+}
+
+impl Qos {
+    pub(crate) fn mqtt(self) -> rumqttc::QoS {
+        match self {
+            Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+            Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+            Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        }
+    }
+}
+
+/// A client certificate and its private key, both PEM. `Debug` does not show the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &format_args!("***"))
+            .finish()
+    }
+}
+
+/// TLS for `mqtts://`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// PEM CA certificates to trust instead of the system's (`ca_file`). `None`: the system's
+    /// trust store, read with rustls-native-certs (`/etc/ssl/certs` on Debian, kept current by
+    /// the `ca-certificates` package; `SSL_CERT_FILE`/`SSL_CERT_DIR` override it).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate, for brokers that authenticate clients by certificate.
+    pub client: Option<ClientIdentity>,
+}
+
+/// Everything an MQTT sink needs. p1gw builds it from a validated `[[sink]]` entry; the
+/// defaults of [`MqttSettings::new`] are those of the configuration file.
+#[derive(Clone)]
+pub struct MqttSettings {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS, for `mqtts://`.
+    pub tls: Option<TlsSettings>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (only with a user name). `Debug` prints `***`.
+    pub password: Option<String>,
+    /// The fixed client id of the persistent session.
+    pub client_id: String,
+    /// MQTT keep-alive; 1 s or more.
+    pub keep_alive: Duration,
+    /// Quality of service of every message.
+    pub qos: Qos,
+    /// Publish readings (state and value topics) retained.
+    pub retain: bool,
+    /// First level of every topic, e.g. `p1gw`.
+    pub topic_prefix: String,
+    /// Second level of the availability topic `<topic_prefix>/<gateway>/status`: the first
+    /// meter's name (one connection has one last will, shared by all its meters).
+    pub gateway: String,
+    /// Home Assistant's discovery prefix, e.g. `homeassistant`; `None`: no discovery.
+    pub discovery_prefix: Option<String>,
+    /// Publish one topic per value besides the state topic (Home Assistant's sensors read
+    /// these).
+    pub value_topics: bool,
+    /// Publish a value topic only when its value changed.
+    pub only_on_change: bool,
+    /// The shortest time between two messages on one topic (by the readings' receive times);
+    /// zero: no limit.
+    pub min_interval: Duration,
+    /// MQTT messages per second at most while a backlog is sent (bursts of one second's worth
+    /// are allowed); at least 1.
+    pub backlog_rate: u32,
+    /// Reconnect backoff bounds.
+    pub reconnect_min: Duration,
+    /// See `reconnect_min`.
+    pub reconnect_max: Duration,
+    /// p1gw's version, for the discovery messages' `origin`.
+    pub sw_version: String,
+}
+
+impl fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("client_id", &self.client_id)
+            .field("keep_alive", &self.keep_alive)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("gateway", &self.gateway)
+            .field("discovery_prefix", &self.discovery_prefix)
+            .field("value_topics", &self.value_topics)
+            .field("only_on_change", &self.only_on_change)
+            .field("min_interval", &self.min_interval)
+            .field("backlog_rate", &self.backlog_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttSettings {
+    /// Settings for a broker at `host:port` in the clear, for the gateway (first meter) named
+    /// `gateway`, with the configuration file's defaults: client id `p1gw-<gateway>`, keep-alive
+    /// 30 s, QoS 1, not retained, prefix `p1gw`, discovery under `homeassistant`, value topics
+    /// on, every reading, 50 messages/s for a backlog, reconnect backoff 0.5–30 s.
+    pub fn new(host: impl Into<String>, port: u16, gateway: impl Into<String>) -> Self {
+        let gateway = gateway.into();
+        MqttSettings {
+            host: host.into(),
+            port,
+            tls: None,
+            username: None,
+            password: None,
+            client_id: format!("p1gw-{gateway}"),
+            keep_alive: Duration::from_secs(30),
+            qos: Qos::AtLeastOnce,
+            retain: false,
+            topic_prefix: "p1gw".to_owned(),
+            gateway,
+            discovery_prefix: Some("homeassistant".to_owned()),
+            value_topics: true,
+            only_on_change: false,
+            min_interval: Duration::ZERO,
+            backlog_rate: 50,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            sw_version: String::new(),
+        }
+    }
+
+    /// `<topic_prefix>/<gateway>/status`: `online`/`offline`, the last will.
+    pub fn status_topic(&self) -> String {
+        format!("{}/{}/status", self.topic_prefix, self.gateway)
+    }
+
+    /// `host:port`, for messages.
+    pub(crate) fn broker(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), BuildError> {
+        if self.host.is_empty() {
+            return Err(BuildError::Settings("empty broker host".to_owned()));
+        }
+        if self.client_id.is_empty() {
+            return Err(BuildError::Settings("empty client id".to_owned()));
+        }
+        if self.keep_alive < Duration::from_secs(1) {
+            return Err(BuildError::Settings(
+                "keep_alive must be 1 s or more".to_owned(),
+            ));
+        }
+        if self.backlog_rate == 0 {
+            return Err(BuildError::Settings(
+                "backlog_rate must be at least 1".to_owned(),
+            ));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(BuildError::Settings(
+                "a password needs a username".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rumqttc options of every connection: persistent session under the fixed client id,
+    /// keep-alive, last will, credentials, TLS.
+    pub(crate) fn options(&self, tls: Option<&Arc<rustls::ClientConfig>>) -> MqttOptions {
+        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        o.set_clean_session(false);
+        o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
+        o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        o.set_inflight(crate::connection::MAX_INFLIGHT);
+        o.set_request_channel_capacity(crate::connection::REQUEST_CAPACITY);
+        o.set_last_will(LastWill::new(
+            self.status_topic(),
+            "offline",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some(user) = &self.username {
+            o.set_credentials(user.clone(), self.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        o
+    }
+}
+
+/// Builds the rustls client configuration for `tls`, on the ring provider (explicitly, so it
+/// works whether or not a process-wide default provider was installed).
+pub(crate) fn client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, BuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| {
+                    BuildError::TrustAnchors(format!("ca_file: not a PEM certificate: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    BuildError::TrustAnchors(format!("ca_file: unusable certificate: {e}"))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(BuildError::TrustAnchors(
+                    "ca_file: no PEM certificate in it".to_owned(),
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "none found".to_owned(), ToString::to_string);
+                return Err(BuildError::TrustAnchors(format!(
+                    "no system CA certificates ({why}); install the ca-certificates package or set ca_file"
+                )));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| BuildError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    let config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let certs = CertificateDer::pem_slice_iter(&id.cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| BuildError::ClientCert(format!("not a PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(BuildError::ClientCert(
+                    "no PEM certificate in client_cert_file".to_owned(),
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(&id.key_pem).map_err(|e| {
+                BuildError::ClientCert(format!("client_key_file: no usable private key: {e}"))
+            })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| BuildError::ClientCert(e.to_string()))?
+        }
+    };
+    Ok(Arc::new(config))
+}

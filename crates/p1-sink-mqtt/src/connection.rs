@@ -1,0 +1,695 @@
+//! The connection task: owns the MQTT client, maps the broker's acks back to spool records,
+//! reconnects with backoff, paces backlogs, and keeps status and discovery published.
+//!
+//! # Acks
+//!
+//! rumqttc gives a packet id to each QoS 1/2 publish only when its event loop takes it from the
+//! request channel, and reports that as `Outgoing::Publish(pkid)`, in request order. So every
+//! `try_publish` pushes a [`Tag`] on a FIFO, each `Outgoing::Publish(pkid)` pops the oldest tag
+//! and files it under `pkid`, and the broker's `PubAck(pkid)` (QoS 1) or `PubComp(pkid)`
+//! (QoS 2) settles it; for QoS 0 the `Outgoing::Publish(0)` itself (emitted after the socket
+//! flush) settles it. A record ([`Job`]) is acked to delivery when all its messages are settled.
+//! rumqttc's packet-id collision (`AwaitAck(pkid)`, only with out-of-order acks) parks the tag
+//! until the same pkid is published.
+//!
+//! # One client per connection
+//!
+//! Each connection attempt gets a fresh `AsyncClient` + `EventLoop` pair whose event loop runs
+//! in its own poller task until its first error. Nothing queued for an old connection can then
+//! leak into a new one and shift the FIFO, and rumqttc's own resend queue is never used: after
+//! a lost connection every unsettled record is reported [`Report::Lost`] and stays in the
+//! spool, from which delivery sends it again once connected. The session itself is persistent
+//! (`clean_session = false`, fixed client id), so the broker keeps our subscription to Home
+//! Assistant's status topic and queues its birth message while we are away.
+//!
+//! # Pacing
+//!
+//! Data messages pass a token bucket of `backlog_rate` tokens per second holding one second's
+//! worth: live readings (a few messages every 10 s) go at once, a backlog at `backlog_rate`.
+//! Status and discovery messages are not paced and go before data. At most [`WINDOW`]
+//! messages are unsettled at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use p1_core::{Backoff, HealthHandle};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::MqttSettings;
+use crate::discovery::Configs;
+use crate::encode::Message;
+
+/// rumqttc's in-flight limit (packet ids 1..=this).
+pub(crate) const MAX_INFLIGHT: u16 = 100;
+/// rumqttc's request channel; more than [`WINDOW`] plus status and subscribe requests.
+pub(crate) const REQUEST_CAPACITY: usize = 256;
+/// Messages handed to rumqttc and not yet settled, at most. Below [`MAX_INFLIGHT`], so that
+/// packet ids are not reused while in flight when the broker acks in order.
+pub(crate) const WINDOW: usize = 64;
+/// Data messages queued here at most before more jobs are taken from delivery.
+const QUEUE_LIMIT: usize = 1024;
+/// How long a clean stop waits for the broker to take `offline` and the DISCONNECT.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// One spool record to publish: all messages of one reading.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// Delivery's attempt number; reports carry it back.
+    pub(crate) epoch: u64,
+    /// The record's spool sequence number.
+    pub(crate) seq: u64,
+    /// Its messages (topics relative to the prefix).
+    pub(crate) messages: Vec<Message>,
+}
+
+/// What the connection task tells delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// Every message of record `seq` was settled by the broker.
+    Acked { epoch: u64, seq: u64 },
+    /// The connection was lost (or never there): the attempt's unsettled records are not
+    /// delivered.
+    Lost { epoch: u64, reason: String },
+}
+
+/// The connection as delivery sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ConnState {
+    /// A CONNACK was received and the connection has not failed since.
+    pub(crate) connected: bool,
+    /// Failed connections (attempts and drops) so far.
+    pub(crate) failures: u64,
+    /// Why the last one failed.
+    pub(crate) last_error: Option<String>,
+}
+
+/// What a published message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    /// A message of spool record `seq`, sent in delivery attempt `epoch`.
+    Data { epoch: u64, seq: u64 },
+    /// Status or discovery: nobody waits for its ack.
+    Control,
+}
+
+/// A message waiting to be published.
+#[derive(Debug)]
+struct Out {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    tag: Tag,
+}
+
+/// Token bucket for data messages.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn new(rate: u32, now: Instant) -> Bucket {
+        let rate = f64::from(rate.max(1));
+        Bucket {
+            rate,
+            capacity: rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token is there.
+    pub(crate) fn next_at(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.last + Duration::from_secs_f64(missing / self.rate)
+    }
+}
+
+/// The live connection of the moment.
+struct Live {
+    client: AsyncClient,
+    poller: JoinHandle<()>,
+    connected: bool,
+}
+
+/// The connection task's inputs and outputs.
+pub(crate) struct Connection {
+    pub(crate) settings: Arc<MqttSettings>,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) jobs: mpsc::Receiver<Job>,
+    pub(crate) reports: mpsc::Sender<Report>,
+    pub(crate) state: watch::Sender<ConnState>,
+    pub(crate) discovery: Option<watch::Receiver<Arc<Configs>>>,
+    /// Delivery's current attempt: data of older attempts (which delivery no longer waits
+    /// for, and will send again) is dropped instead of published, so that nothing overtakes
+    /// the resend.
+    pub(crate) attempt: Arc<AtomicU64>,
+    /// Clean stop: publish `offline`, disconnect, end.
+    pub(crate) stop: CancellationToken,
+    /// Hard stop: end at once.
+    pub(crate) hard: CancellationToken,
+    pub(crate) health: HealthHandle,
+    pub(crate) name: String,
+}
+
+/// The task's own state, apart from its inputs.
+struct Run {
+    settings: Arc<MqttSettings>,
+    qos: rumqttc::QoS,
+    status_topic: String,
+    ha_status_topic: Option<String>,
+    live: Option<Live>,
+    /// Tags of messages handed to rumqttc, not yet seen as `Outgoing::Publish`.
+    fifo: VecDeque<Tag>,
+    /// Tags by packet id, waiting for PUBACK/PUBCOMP.
+    inflight: HashMap<u16, Tag>,
+    /// A tag parked by a packet-id collision.
+    collided: Option<(u16, Tag)>,
+    control: VecDeque<Out>,
+    data: VecDeque<Out>,
+    /// Unsettled messages per (epoch, seq).
+    remaining: HashMap<(u64, u64), usize>,
+    /// The newest delivery attempt seen.
+    epoch: u64,
+    /// Attempts up to this one lost their connection: their jobs still arriving are refused.
+    dead_epoch: u64,
+    bucket: Bucket,
+    /// The configs on the broker as far as we know (kept across connections, so that
+    /// removals made while offline are published after the reconnect).
+    published: Configs,
+    last_logged_error: Option<String>,
+}
+
+impl Connection {
+    /// Runs until a clean stop (after `offline` and the DISCONNECT went out, or
+    /// [`STOP_GRACE`]) or the hard stop.
+    pub(crate) async fn run(mut self) {
+        let (events_tx, mut events) = mpsc::channel::<(u64, Result<Event, ConnectionError>)>(256);
+        let mut run = Run {
+            qos: self.settings.qos.mqtt(),
+            status_topic: self.settings.status_topic(),
+            ha_status_topic: self
+                .settings
+                .discovery_prefix
+                .as_ref()
+                .map(|p| format!("{p}/status")),
+            settings: self.settings.clone(),
+            live: None,
+            fifo: VecDeque::new(),
+            inflight: HashMap::new(),
+            collided: None,
+            control: VecDeque::new(),
+            data: VecDeque::new(),
+            remaining: HashMap::new(),
+            epoch: 0,
+            dead_epoch: 0,
+            bucket: Bucket::new(self.settings.backlog_rate, Instant::now()),
+            published: Configs::new(),
+            last_logged_error: None,
+        };
+        let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
+        let mut generation = 0_u64;
+        let mut reconnect_at = Instant::now();
+        let mut stopping: Option<Instant> = None;
+        let mut jobs_open = true;
+
+        loop {
+            run.pump(&self);
+            let connected = run.live.as_ref().is_some_and(|l| l.connected);
+            let paced = connected
+                && run.control.is_empty()
+                && !run.data.is_empty()
+                && run.outstanding() < WINDOW;
+            let token_at = run.bucket.next_at();
+            let take_jobs = jobs_open && stopping.is_none() && run.data.len() < QUEUE_LIMIT;
+            let watch_discovery = connected && self.discovery.is_some();
+            tokio::select! {
+                biased;
+                () = self.hard.cancelled() => break,
+                () = self.stop.cancelled(), if stopping.is_none() => {
+                    stopping = Some(Instant::now() + STOP_GRACE);
+                    match &run.live {
+                        Some(live) if live.connected => {
+                            // Our own retained `offline`: a clean DISCONNECT suppresses the will.
+                            let offline = live.client.try_publish(
+                                run.status_topic.clone(), rumqttc::QoS::AtLeastOnce, true, "offline");
+                            if offline.is_ok() {
+                                run.fifo.push_back(Tag::Control);
+                            }
+                            if live.client.try_disconnect().is_err() {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                () = tokio::time::sleep_until(stopping.unwrap_or_else(Instant::now)), if stopping.is_some() => break,
+                Some((g, event)) = events.recv() => {
+                    if g != generation {
+                        continue;
+                    }
+                    match event {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) if stopping.is_some() => break,
+                        Ok(event) => {
+                            if run.handle(event, &self) {
+                                backoff.reset();
+                            }
+                        }
+                        Err(e) => {
+                            let reason = describe(&e, &self.settings);
+                            run.lost(&self, reason);
+                            if stopping.is_some() {
+                                break;
+                            }
+                            reconnect_at = Instant::now() + backoff.next_delay();
+                        }
+                    }
+                }
+                job = self.jobs.recv(), if take_jobs => {
+                    let Some(job) = job else {
+                        // Delivery is gone (the sink is ending); wait for the stop.
+                        jobs_open = false;
+                        continue;
+                    };
+                    run.accept(job, &self);
+                }
+                () = tokio::time::sleep_until(reconnect_at), if run.live.is_none() && stopping.is_none() => {
+                    generation += 1;
+                    let options = self.settings.options(self.tls.as_ref());
+                    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+                    let poller = tokio::spawn(poll(generation, eventloop, events_tx.clone()));
+                    tracing::debug!(sink = %self.name, broker = %self.settings.broker(), "Connecting to the MQTT broker.");
+                    run.live = Some(Live { client, poller, connected: false });
+                }
+                () = tokio::time::sleep_until(token_at), if paced => {}
+                changed = wait_changed(self.discovery.as_mut()), if watch_discovery => {
+                    if changed {
+                        run.queue_config_changes(&self);
+                    } else {
+                        self.discovery = None;
+                    }
+                }
+            }
+        }
+        if let Some(live) = run.live.take() {
+            live.poller.abort();
+        }
+        self.state.send_modify(|s| s.connected = false);
+    }
+}
+
+/// Waits for a change of the discovery model; false when its sender is gone.
+async fn wait_changed(rx: Option<&mut watch::Receiver<Arc<Configs>>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection's event loop, polled to its first error. Never cancelled mid-poll except
+/// when the whole connection is dropped.
+async fn poll(
+    generation: u64,
+    mut eventloop: EventLoop,
+    tx: mpsc::Sender<(u64, Result<Event, ConnectionError>)>,
+) {
+    loop {
+        let event = eventloop.poll().await;
+        if event.is_err() {
+            // rumqttc reads packets in bulk: a PUBACK read together with the end of the
+            // connection is handled but left in its event queue when the read fails. Hand
+            // those on first, or the ack would be lost and the reading sent twice.
+            while let Some(buffered) = eventloop.state.events.pop_front() {
+                if tx.send((generation, Ok(buffered))).await.is_err() {
+                    return;
+                }
+            }
+            tx.send((generation, event)).await.ok();
+            return;
+        }
+        if tx.send((generation, event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Run {
+    fn outstanding(&self) -> usize {
+        self.fifo.len() + self.inflight.len() + usize::from(self.collided.is_some())
+    }
+
+    /// Hands queued messages to rumqttc: control first, data as the bucket allows.
+    fn pump(&mut self, cx: &Connection) {
+        let Some(live) = self.live.as_ref().filter(|l| l.connected) else {
+            return;
+        };
+        while self.outstanding() < WINDOW {
+            let now = Instant::now();
+            let out = if let Some(out) = self.control.pop_front() {
+                out
+            } else if let Some(stale) = self.data.front().and_then(|out| match out.tag {
+                Tag::Data { epoch, seq } if epoch < cx.attempt.load(Ordering::Acquire) => {
+                    Some((epoch, seq))
+                }
+                _ => None,
+            }) {
+                // Abandoned by delivery, which sends it again: never publish it ahead.
+                self.data.pop_front();
+                self.remaining.remove(&stale);
+                continue;
+            } else if !self.data.is_empty() && self.bucket.try_take(now) {
+                match self.data.pop_front() {
+                    Some(out) => out,
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            let qos = match out.tag {
+                // Status and discovery always at least once, whatever the readings use.
+                Tag::Control => rumqttc::QoS::AtLeastOnce,
+                Tag::Data { .. } => self.qos,
+            };
+            match live
+                .client
+                .try_publish(out.topic.clone(), qos, out.retain, out.payload.clone())
+            {
+                Ok(()) => self.fifo.push_back(out.tag),
+                Err(_) => {
+                    // The request channel is full (or the event loop just ended, which its
+                    // error event reports): try again after the next event.
+                    tracing::debug!(sink = %cx.name, "MQTT request channel full; waiting.");
+                    match out.tag {
+                        Tag::Control => self.control.push_front(out),
+                        Tag::Data { .. } => self.data.push_front(out),
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes a job from delivery.
+    fn accept(&mut self, job: Job, cx: &Connection) {
+        self.epoch = self.epoch.max(job.epoch);
+        let connected = self.live.as_ref().is_some_and(|l| l.connected);
+        if job.epoch < cx.attempt.load(Ordering::Acquire) {
+            // Delivery gave up on this attempt; it sends the record again.
+            return;
+        }
+        if !connected || job.epoch <= self.dead_epoch {
+            let reason = cx
+                .state
+                .borrow()
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "not connected to the broker yet".to_owned());
+            report(
+                cx,
+                Report::Lost {
+                    epoch: job.epoch,
+                    reason,
+                },
+            );
+            return;
+        }
+        if job.messages.is_empty() {
+            report(
+                cx,
+                Report::Acked {
+                    epoch: job.epoch,
+                    seq: job.seq,
+                },
+            );
+            return;
+        }
+        let tag = Tag::Data {
+            epoch: job.epoch,
+            seq: job.seq,
+        };
+        self.remaining
+            .insert((job.epoch, job.seq), job.messages.len());
+        for m in job.messages {
+            self.data.push_back(Out {
+                topic: format!("{}/{}", self.settings.topic_prefix, m.topic),
+                payload: m.payload,
+                retain: m.retain,
+                tag,
+            });
+        }
+    }
+
+    /// Handles one event of the live connection; true on a CONNACK.
+    fn handle(&mut self, event: Event, cx: &Connection) -> bool {
+        match event {
+            Event::Incoming(Incoming::ConnAck(ack)) => {
+                if let Some(live) = &mut self.live {
+                    live.connected = true;
+                }
+                tracing::info!(sink = %cx.name, broker = %self.settings.broker(), session_present = ack.session_present, "Connected to the MQTT broker.");
+                self.last_logged_error = None;
+                cx.state.send_modify(|s| s.connected = true);
+                cx.health.ok();
+                self.on_connect(cx);
+                return true;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let tag = match self.collided {
+                    Some((parked, tag)) if parked == pkid && !self.inflight.contains_key(&pkid) => {
+                        self.collided = None;
+                        Some(tag)
+                    }
+                    _ => self.fifo.pop_front(),
+                };
+                match (tag, pkid) {
+                    (Some(tag), 0) => self.settle(tag, cx),
+                    (Some(tag), pkid) => {
+                        self.inflight.insert(pkid, tag);
+                    }
+                    (None, _) => {
+                        tracing::warn!(sink = %cx.name, pkid, "MQTT publish without a tag; ignored.");
+                    }
+                }
+            }
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                if let Some(tag) = self.fifo.pop_front() {
+                    self.collided = Some((pkid, tag));
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => self.acked(ack.pkid, cx),
+            Event::Incoming(Incoming::PubComp(comp)) => self.acked(comp.pkid, cx),
+            Event::Incoming(Incoming::Publish(p))
+                if self.ha_status_topic.as_deref() == Some(p.topic.as_str())
+                    && p.payload.as_ref() == b"online" =>
+            {
+                tracing::info!(sink = %cx.name, "Home Assistant is online; publishing discovery again.");
+                self.queue_all_configs(cx);
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn acked(&mut self, pkid: u16, cx: &Connection) {
+        if let Some(tag) = self.inflight.remove(&pkid) {
+            self.settle(tag, cx);
+        }
+    }
+
+    /// One message of `tag` is settled.
+    fn settle(&mut self, tag: Tag, cx: &Connection) {
+        let Tag::Data { epoch, seq } = tag else {
+            return;
+        };
+        let key = (epoch, seq);
+        let done = match self.remaining.get_mut(&key) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
+        if done {
+            self.remaining.remove(&key);
+            report(cx, Report::Acked { epoch, seq });
+        }
+    }
+
+    /// After a CONNACK: `online`, the subscription to Home Assistant's status, every config.
+    fn on_connect(&mut self, cx: &Connection) {
+        self.control.push_back(Out {
+            topic: self.status_topic.clone(),
+            payload: b"online".to_vec(),
+            retain: true,
+            tag: Tag::Control,
+        });
+        if let (Some(topic), Some(live)) = (&self.ha_status_topic, &self.live)
+            && live
+                .client
+                .try_subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
+                .is_err()
+        {
+            tracing::warn!(sink = %cx.name, "Could not subscribe to Home Assistant's status topic.");
+        }
+        self.queue_all_configs(cx);
+    }
+
+    /// Every config, and an empty one for each removed entity not yet cleared.
+    fn queue_all_configs(&mut self, cx: &Connection) {
+        let Some(rx) = &cx.discovery else { return };
+        let desired = rx.borrow().clone();
+        let removed: Vec<String> = self
+            .published
+            .keys()
+            .filter(|t| !desired.contains_key(*t))
+            .cloned()
+            .collect();
+        for topic in removed {
+            self.control.push_back(config_out(topic, Vec::new()));
+        }
+        for (topic, payload) in desired.iter() {
+            self.control
+                .push_back(config_out(topic.clone(), payload.as_bytes().to_vec()));
+        }
+        self.published = (*desired).clone();
+    }
+
+    /// Only what changed since the last publication.
+    fn queue_config_changes(&mut self, cx: &Connection) {
+        let Some(rx) = &cx.discovery else { return };
+        let desired = rx.borrow().clone();
+        for (topic, payload) in desired.iter() {
+            if self.published.get(topic) != Some(payload) {
+                self.control
+                    .push_back(config_out(topic.clone(), payload.as_bytes().to_vec()));
+            }
+        }
+        let removed: Vec<String> = self
+            .published
+            .keys()
+            .filter(|t| !desired.contains_key(*t))
+            .cloned()
+            .collect();
+        for topic in removed {
+            tracing::info!(sink = %cx.name, topic, "A value is gone; removing its Home Assistant entity.");
+            self.control.push_back(config_out(topic, Vec::new()));
+        }
+        self.published = (*desired).clone();
+    }
+
+    /// The connection failed: every unsettled record of the attempt is lost to this
+    /// connection (it stays spooled), state and health say why.
+    fn lost(&mut self, cx: &Connection, reason: String) {
+        if let Some(live) = self.live.take() {
+            live.poller.abort();
+        }
+        let had_data = !self.remaining.is_empty();
+        self.dead_epoch = self.epoch;
+        self.fifo.clear();
+        self.inflight.clear();
+        self.collided = None;
+        self.control.clear();
+        self.data.clear();
+        self.remaining.clear();
+        if had_data {
+            report(
+                cx,
+                Report::Lost {
+                    epoch: self.epoch,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        cx.state.send_modify(|s| {
+            s.connected = false;
+            s.failures += 1;
+            s.last_error = Some(reason.clone());
+        });
+        cx.health.error(reason.clone());
+        cx.health
+            .degraded(format!("MQTT: {reason}; readings stay spooled"));
+        cx.health.add_counter("reconnects", 1);
+        if self.last_logged_error.as_deref() == Some(reason.as_str()) {
+            tracing::debug!(sink = %cx.name, error = %reason, "MQTT connection failed again.");
+        } else {
+            tracing::warn!(sink = %cx.name, error = %reason, "MQTT connection failed; readings stay spooled, retrying.");
+            self.last_logged_error = Some(reason);
+        }
+    }
+}
+
+fn config_out(topic: String, payload: Vec<u8>) -> Out {
+    Out {
+        topic,
+        payload,
+        retain: true,
+        tag: Tag::Control,
+    }
+}
+
+fn report(cx: &Connection, report: Report) {
+    // The channel holds more than delivery can have outstanding; a full one would mean a
+    // record is resent (a duplicate), never lost.
+    if cx.reports.try_send(report).is_err() {
+        tracing::debug!(sink = %cx.name, "Delivery is not listening for MQTT acks.");
+    }
+}
+
+/// A one-line reason for a failed connection, with a hint where one helps. No secrets.
+pub(crate) fn describe(e: &ConnectionError, settings: &MqttSettings) -> String {
+    use rumqttc::ConnectReturnCode as Code;
+    let broker = settings.broker();
+    match e {
+        ConnectionError::ConnectionRefused(Code::BadUserNamePassword) => format!(
+            "the broker {broker} refused the login: bad user name or password (check username and password_file or P1GW_MQTT_PASSWORD)"
+        ),
+        ConnectionError::ConnectionRefused(Code::NotAuthorized) => format!(
+            "the broker {broker} refused the connection: not authorized (check username and password_file or P1GW_MQTT_PASSWORD, and the broker's ACL)"
+        ),
+        ConnectionError::ConnectionRefused(Code::BadClientId) => format!(
+            "the broker {broker} refused the client id {:?}",
+            settings.client_id
+        ),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the broker {broker} refused the connection: {code:?}")
+        }
+        ConnectionError::Io(io) => format!("cannot reach the broker {broker}: {io}"),
+        ConnectionError::Tls(tls) => format!("TLS with the broker {broker} failed: {tls}"),
+        ConnectionError::NetworkTimeout => {
+            format!("no answer from the broker {broker} in time")
+        }
+        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
+            format!("the broker {broker} stopped answering (keep-alive ping not acknowledged)")
+        }
+        ConnectionError::MqttState(state) => {
+            format!("connection to the broker {broker} lost: {state}")
+        }
+        other => format!("connection to the broker {broker} failed: {other}"),
+    }
+}

@@ -1,0 +1,18 @@
+//! The crate's error type.
+
+/// Why an MQTT sink could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is out of range.
+    #[error("{0}")]
+    Settings(String),
+    /// The CA certificates (the CA file, or the system's) gave no usable certificate.
+    #[error("{0}")]
+    TrustAnchors(String),
+    /// The client certificate or key cannot be used.
+    #[error("client certificate: {0}")]
+    ClientCert(String),
+    /// rustls refused the configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
+}

@@ -1,0 +1,281 @@
+//! [`MqttSink`]: the generic spool-backed worker with an MQTT [`Deliver`], plus the connection
+//! task it feeds.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use p1_core::sink::BoxFuture;
+use p1_core::{Deliver, DeliveryError, Reading, Sink, SinkContext, SinkError, Spooled};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::client_config;
+use crate::connection::{ConnState, Connection, Job, Report};
+use crate::discovery::Discovery;
+use crate::encode::{Publisher, decode_record};
+use crate::{BuildError, MqttSettings};
+
+/// The sink kind in config (and the metrics' `sink` label's kind).
+pub const KIND: &str = "mqtt";
+
+/// Records per delivery attempt.
+const MAX_BATCH: usize = 64;
+/// How long one delivery attempt waits for a connection before it reports a failure (it
+/// returns earlier when a connection attempt fails).
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How long one delivery attempt waits for the broker's next ack before giving up on the rest
+/// (they are sent again: a duplicate, never a loss).
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long the sink waits for the connection task's clean stop (`offline`, DISCONNECT).
+const STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// A configured MQTT sink; [`MqttSink::make`] gives a fresh instance for each (re)start.
+#[derive(Clone)]
+pub struct MqttSink {
+    settings: Arc<MqttSettings>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for MqttSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSink")
+            .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Checks `settings` and builds the TLS configuration (reading the system's CA certificates
+/// when no CA file was given).
+///
+/// # Errors
+/// Settings out of range, no usable CA certificate, an unusable client certificate or key.
+pub fn build(settings: MqttSettings) -> Result<MqttSink, BuildError> {
+    settings.check()?;
+    let tls = settings.tls.as_ref().map(client_config).transpose()?;
+    Ok(MqttSink {
+        settings: Arc::new(settings),
+        tls,
+    })
+}
+
+impl MqttSink {
+    /// The settings.
+    pub fn settings(&self) -> &MqttSettings {
+        &self.settings
+    }
+
+    /// A fresh sink instance for the supervisor.
+    pub fn make(&self) -> Box<dyn Sink> {
+        Box::new(self.clone())
+    }
+}
+
+impl Sink for MqttSink {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn run(
+        self: Box<Self>,
+        input: broadcast::Receiver<Arc<Reading>>,
+        cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), SinkError>> {
+        Box::pin(run(*self, input, cx))
+    }
+}
+
+async fn run(
+    sink: MqttSink,
+    input: broadcast::Receiver<Arc<Reading>>,
+    cx: SinkContext,
+) -> Result<(), SinkError> {
+    let settings = sink.settings.clone();
+    let (jobs_tx, jobs_rx) = mpsc::channel(MAX_BATCH);
+    // Holds every report delivery can have outstanding (one per job) twice over.
+    let (reports_tx, reports_rx) = mpsc::channel(4 * MAX_BATCH);
+    let (state_tx, state_rx) = watch::channel(ConnState::default());
+    let (discovery, discovery_rx) = match &settings.discovery_prefix {
+        Some(prefix) => {
+            let (d, rx) = Discovery::new(&settings, prefix);
+            (Some(d), Some(rx))
+        }
+        None => (None, None),
+    };
+    let stop = CancellationToken::new();
+    let attempt = Arc::new(AtomicU64::new(0));
+    let connection = Connection {
+        settings: settings.clone(),
+        tls: sink.tls.clone(),
+        jobs: jobs_rx,
+        reports: reports_tx,
+        state: state_tx,
+        discovery: discovery_rx,
+        attempt: attempt.clone(),
+        stop: stop.clone(),
+        hard: cx.hard.clone(),
+        health: cx.health.clone(),
+        name: cx.name.clone(),
+    };
+    let connection = tokio::spawn(connection.run());
+
+    let publisher = Publisher::new(settings.clone(), discovery);
+    let deliver = MqttDeliver {
+        jobs: jobs_tx,
+        reports: reports_rx,
+        state: state_rx,
+        epoch: 0,
+        attempt,
+    };
+    // Delivery retries come soon: each attempt itself waits for the connection, whose own
+    // backoff paces the broker.
+    let worker = Spooled::new(KIND, publisher, deliver)
+        .with_backoff(Duration::from_millis(200), Duration::from_secs(5));
+    let result = Box::new(worker).run(input, cx.clone()).await;
+
+    stop.cancel();
+    tokio::select! {
+        joined = connection => {
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                tracing::error!(sink = %cx.name, "The MQTT connection task panicked.");
+            }
+        }
+        () = tokio::time::sleep(STOP_WAIT) => {
+            tracing::warn!(sink = %cx.name, "The MQTT connection did not close in time.");
+        }
+    }
+    result
+}
+
+/// Hands spool records to the connection task and waits for the broker's acks.
+struct MqttDeliver {
+    jobs: mpsc::Sender<Job>,
+    reports: mpsc::Receiver<Report>,
+    state: watch::Receiver<ConnState>,
+    /// Attempt number, so that reports of an earlier attempt are ignored.
+    epoch: u64,
+    /// The same, for the connection task (it drops data of abandoned attempts).
+    attempt: Arc<AtomicU64>,
+}
+
+fn transient(message: impl Into<String>) -> DeliveryError {
+    DeliveryError::Transient {
+        message: message.into(),
+        retry_after: None,
+    }
+}
+
+impl MqttDeliver {
+    /// Waits until connected; an error when a connection attempt fails meanwhile or none
+    /// succeeds within [`CONNECT_WAIT`].
+    async fn connected(&mut self) -> Result<(), DeliveryError> {
+        let failures_before = self.state.borrow().failures;
+        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+        loop {
+            let s = self.state.borrow_and_update().clone();
+            if s.connected {
+                return Ok(());
+            }
+            if s.failures > failures_before {
+                return Err(transient(
+                    s.last_error
+                        .unwrap_or_else(|| "not connected to the broker".to_owned()),
+                ));
+            }
+            match tokio::time::timeout_at(deadline, self.state.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(transient("the MQTT connection task ended")),
+                Err(_) => {
+                    return Err(transient(s.last_error.unwrap_or_else(|| {
+                        format!(
+                            "not connected to the broker after {} s",
+                            CONNECT_WAIT.as_secs()
+                        )
+                    })));
+                }
+            }
+        }
+    }
+}
+
+impl Deliver for MqttDeliver {
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        records: &'a [(u64, Vec<u8>)],
+    ) -> BoxFuture<'a, Result<usize, DeliveryError>> {
+        Box::pin(async move {
+            self.epoch += 1;
+            let epoch = self.epoch;
+            self.attempt.store(epoch, Ordering::Release);
+            // Reports of an earlier, abandoned attempt.
+            while self.reports.try_recv().is_ok() {}
+            self.connected().await?;
+
+            let mut sent = Vec::with_capacity(records.len());
+            for (seq, record) in records {
+                let messages = match decode_record(record) {
+                    Ok(messages) => messages,
+                    Err(e) if sent.is_empty() => {
+                        return Err(DeliveryError::Permanent {
+                            message: format!("spool record {seq} is not an MQTT record: {e}"),
+                            records: 1,
+                        });
+                    }
+                    // Deliver the good ones first; the bad one leads the next batch.
+                    Err(_) => break,
+                };
+                let job = Job {
+                    epoch,
+                    seq: *seq,
+                    messages,
+                };
+                if self.jobs.send(job).await.is_err() {
+                    return Err(transient("the MQTT connection task ended"));
+                }
+                sent.push(*seq);
+            }
+
+            // Acks come in order; count the acknowledged prefix.
+            let mut acked: HashSet<u64> = HashSet::with_capacity(sent.len());
+            let mut prefix = 0;
+            let failure = loop {
+                while prefix < sent.len() && acked.contains(&sent[prefix]) {
+                    prefix += 1;
+                }
+                if prefix == sent.len() {
+                    return Ok(prefix);
+                }
+                match tokio::time::timeout(ACK_WAIT, self.reports.recv()).await {
+                    Ok(Some(Report::Acked { epoch: e, seq })) if e == epoch => {
+                        acked.insert(seq);
+                    }
+                    Ok(Some(Report::Lost { epoch: e, reason })) if e == epoch => break reason,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break "the MQTT connection task ended".to_owned(),
+                    Err(_) => {
+                        break format!(
+                            "no acknowledgement from the broker within {} s",
+                            ACK_WAIT.as_secs()
+                        );
+                    }
+                }
+            };
+            // This attempt is over: the connection task drops what it still holds of it, so
+            // that nothing of it is published after (ahead of) the resend.
+            self.attempt.store(epoch + 1, Ordering::Release);
+            if prefix > 0 {
+                Ok(prefix)
+            } else {
+                Err(transient(failure))
+            }
+        })
+    }
+}

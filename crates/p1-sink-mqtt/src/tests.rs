@@ -1,0 +1,444 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use p1_core::Reading;
+use serde_json::Value;
+
+use crate::MqttSettings;
+use crate::connection::Bucket;
+use crate::discovery::{Discovery, EXPIRE_READINGS, maker, spec};
+use crate::encode::{Message, Publisher, decode_record, encode_record, format_number, values};
+
+/// A Veitur-like telegram: energy register `kwh`, heat/hot-water submeter on channel 1.
+fn veitur(kwh: f64, with_heat: bool) -> String {
+    let mut t = format!(
+        "/ISk5\\2MIE5E-200\r\n\r\n0-0:96.1.0(86818632)\r\n1-0:0.9.1(211309)\r\n1-0:0.9.2(240501)\r\n\
+         0-0:96.1.1(36303836383138363631)\r\n1-0:1.7.0(00.588*kW)\r\n1-0:1.8.0({kwh:010.3}*kWh)\r\n\
+         1-0:2.8.0(000000.000*kWh)\r\n1-0:32.7.0(231.3*V)\r\n"
+    );
+    if with_heat {
+        t.push_str(
+            "0-1:24.2.1(0366.475*m3)\r\n0-1:24.2.2(0000.090*m3/h)\r\n0-1:24.2.3(000074.8*degC)\r\n\
+             0-1:24.2.4(000031.3*degC)\r\n0-1:24.2.5(0019.078*Wh)\r\n",
+        );
+    }
+    t.push_str("!\r\n");
+    t
+}
+
+fn reading_at(text: &str, meter: &str, at_ms: i64) -> Reading {
+    let tz = jiff::tz::TimeZone::UTC;
+    let t = p1_telegram::Telegram::parse(text.as_bytes(), p1_telegram::ParseOptions::default())
+        .expect("telegram");
+    Reading::from_telegram(
+        Arc::from(meter),
+        Arc::from("test"),
+        &t,
+        &tz,
+        jiff::Timestamp::from_millisecond(at_ms).expect("time"),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/telegrams")
+        .join(name);
+    std::fs::read_to_string(path).expect("fixture")
+}
+
+fn settings() -> MqttSettings {
+    let mut s = MqttSettings::new("127.0.0.1", 1883, "home");
+    s.sw_version = "test".to_owned();
+    s
+}
+
+fn topics(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.topic.as_str()).collect()
+}
+
+#[test]
+fn records_round_trip_and_broken_ones_are_errors() {
+    let messages = vec![
+        Message {
+            topic: "home/state".to_owned(),
+            payload: b"{\"a\":1}".to_vec(),
+            retain: false,
+        },
+        Message {
+            topic: "home/gas_1/gas_volume".to_owned(),
+            payload: Vec::new(),
+            retain: true,
+        },
+    ];
+    let record = encode_record(&messages);
+    assert_eq!(decode_record(&record), Ok(messages));
+    assert_eq!(decode_record(&encode_record(&[])), Ok(Vec::new()));
+    assert!(decode_record(&[]).is_err());
+    assert!(decode_record(&[9, 0]).is_err(), "unknown version");
+    for cut in 1..record.len() - 1 {
+        let err = decode_record(&record[..record.len() - cut]).expect_err("truncated");
+        assert!(err.starts_with("record truncated in"), "{cut}: {err}");
+    }
+}
+
+#[test]
+fn value_topics_use_canonical_names_units_and_submeter_paths() {
+    let r = reading_at(&veitur(1988.284, true), "home", 0);
+    let items = values(&r);
+    let got: Vec<(&str, &str)> = items
+        .iter()
+        .map(|v| (v.path.as_str(), v.payload.as_str()))
+        .collect();
+    for expected in [
+        ("energy_import_total", "1988.284"),
+        ("power_import", "0.588"),
+        ("voltage_l1", "231.3"),
+        ("hot_water_1/hot_water_volume", "366.475"),
+        ("hot_water_1/heat_flow", "0.09"),
+        ("hot_water_1/heat_supply_temperature", "74.8"),
+        // Veitur's heat "Wh": as sent, not scaled (field-notes §f).
+        ("hot_water_1/heat_energy", "19.078"),
+        ("meter_time", "2024-05-01T21:13:09Z"),
+    ] {
+        assert!(got.contains(&expected), "{expected:?} not in {got:?}");
+    }
+    // W → kW: Aidon sends W and Wh.
+    let aidon = reading_at(&fixture("sweden_aidon_6560_ct_meter_spec.txt"), "se", 0);
+    let items = values(&aidon);
+    let power = items
+        .iter()
+        .find(|v| v.path == "power_import")
+        .expect("power_import");
+    assert_eq!(power.unit.as_deref(), Some("W"));
+    let raw: f64 = aidon
+        .get("power_import")
+        .and_then(|m| m.value.as_f64())
+        .expect("W");
+    assert_eq!(power.payload, format_number(raw / 1000.0));
+    assert_eq!(format_number(-0.0), "0");
+}
+
+#[test]
+fn min_interval_limits_each_topic_by_the_readings_times() {
+    let mut s = settings();
+    s.min_interval = Duration::from_secs(5);
+    s.discovery_prefix = None;
+    let mut p = Publisher::new(Arc::new(s), None);
+    let mut published = Vec::new();
+    for i in 0..12 {
+        let r = reading_at(&veitur(f64::from(i), false), "home", i64::from(i) * 1000);
+        let m = p.messages(&r);
+        if topics(&m).contains(&"home/state") {
+            published.push(i);
+        }
+    }
+    assert_eq!(
+        published,
+        [0, 5, 10],
+        "one state message per 5 s of readings"
+    );
+    // Per topic, per meter: another meter is not held back by this one.
+    let other = reading_at(&veitur(1.0, false), "cabin", 11_000);
+    assert!(topics(&p.messages(&other)).contains(&"cabin/state"));
+}
+
+#[test]
+fn only_on_change_skips_unchanged_values_but_never_the_state() {
+    let mut s = settings();
+    s.only_on_change = true;
+    let mut p = Publisher::new(Arc::new(s), None);
+    let first = p.messages(&reading_at(&veitur(1.0, false), "home", 0));
+    assert!(topics(&first).contains(&"home/voltage_l1"));
+    assert!(topics(&first).contains(&"home/energy_import_total"));
+    let second = p.messages(&reading_at(&veitur(2.0, false), "home", 1000));
+    let t = topics(&second);
+    assert!(t.contains(&"home/state"));
+    assert!(t.contains(&"home/energy_import_total"), "changed: {t:?}");
+    assert!(!t.contains(&"home/voltage_l1"), "unchanged: {t:?}");
+    assert!(!t.contains(&"home/power_import"), "unchanged: {t:?}");
+    // Without value topics, only the state.
+    let mut s = settings();
+    s.value_topics = false;
+    let mut p = Publisher::new(Arc::new(s), None);
+    let only = p.messages(&reading_at(&veitur(1.0, true), "home", 0));
+    assert_eq!(topics(&only), ["home/state"]);
+    let state: Value = serde_json::from_slice(&only[0].payload).expect("json");
+    assert_eq!(state["meter"], "home");
+}
+
+#[test]
+fn the_home_assistant_mapping_follows_field_notes_f() {
+    let check =
+        |name: &str, unit: Option<&str>, dc: Option<&str>, sc: Option<&str>, u: Option<&str>| {
+            let s = spec(name, unit, true).expect(name);
+            assert_eq!(
+                (s.device_class, s.state_class, s.unit.as_deref()),
+                (dc, sc, u),
+                "{name} in {unit:?}"
+            );
+        };
+    let ti = Some("total_increasing");
+    let m = Some("measurement");
+    check(
+        "energy_import_total",
+        Some("kWh"),
+        Some("energy"),
+        ti,
+        Some("kWh"),
+    );
+    check(
+        "energy_import_tariff2",
+        Some("Wh"),
+        Some("energy"),
+        ti,
+        Some("kWh"),
+    );
+    check(
+        "energy_export_tariff1",
+        Some("kWh"),
+        Some("energy"),
+        ti,
+        Some("kWh"),
+    );
+    check(
+        "reactive_energy_import_total",
+        Some("kvarh"),
+        Some("reactive_energy"),
+        ti,
+        Some("kvarh"),
+    );
+    check("power_import_l2", Some("W"), Some("power"), m, Some("kW"));
+    check(
+        "reactive_power_export_l3",
+        Some("kVAr"),
+        Some("reactive_power"),
+        m,
+        Some("kvar"),
+    );
+    check(
+        "apparent_power_import",
+        Some("kVA"),
+        Some("apparent_power"),
+        m,
+        Some("kVA"),
+    );
+    check("voltage_l1", Some("V"), Some("voltage"), m, Some("V"));
+    check("current_l3", Some("A"), Some("current"), m, Some("A"));
+    check("frequency", Some("Hz"), Some("frequency"), m, Some("Hz"));
+    check("power_factor_l1", None, Some("power_factor"), m, None);
+    check("power_failures", None, None, ti, None);
+    check("gas_volume", Some("m3"), Some("gas"), ti, Some("m³"));
+    check("water_volume", Some("m3"), Some("water"), ti, Some("m³"));
+    check(
+        "hot_water_volume",
+        Some("m3"),
+        Some("water"),
+        ti,
+        Some("m³"),
+    );
+    check("heat_energy", Some("GJ"), Some("energy"), ti, Some("GJ"));
+    check("heat_energy", Some("Wh"), None, m, Some("Wh"));
+    check("heat_energy_2", Some("Wh"), None, m, Some("Wh"));
+    check(
+        "heat_flow",
+        Some("m3/h"),
+        Some("volume_flow_rate"),
+        m,
+        Some("m³/h"),
+    );
+    check(
+        "heat_supply_temperature",
+        Some("degC"),
+        Some("temperature"),
+        m,
+        Some("°C"),
+    );
+    check(
+        "limiter_threshold",
+        Some("kW"),
+        Some("power"),
+        m,
+        Some("kW"),
+    );
+    check(
+        "limiter_threshold",
+        Some("A"),
+        Some("current"),
+        m,
+        Some("A"),
+    );
+    check(
+        "limiter_threshold",
+        Some("kVA"),
+        Some("apparent_power"),
+        m,
+        Some("kVA"),
+    );
+
+    let tariff = spec("tariff_indicator", None, true).expect("tariff");
+    assert_eq!(tariff.device_class, Some("enum"));
+    assert!(tariff.diagnostic);
+    assert!(tariff.options.is_some_and(|o| o.contains(&"2")));
+    let id = spec("equipment_id", None, false).expect("id");
+    assert_eq!((id.device_class, id.diagnostic), (None, true));
+    assert!(spec("power_failure_log", None, false).is_none());
+}
+
+#[test]
+fn maker_codes_give_manufacturer_and_model() {
+    let cases = [
+        ("ISk5\\2MIE5E-200", "Iskraemeco", "IE.5"),
+        ("ISk5\\2MIE5T-200", "Iskraemeco", "IE.5"),
+        ("ISK5\\2M550T-1012", "Iskraemeco", "AM550"),
+        ("ISk5\\2MT382-1000", "Iskraemeco", "MT382"),
+        ("KFM5KAIFA-METER", "Kaifa", "KAIFA-METER"),
+        ("Ene5\\T210-D ESMR5.0", "Sagemcom", "T210-D ESMR5.0"),
+        ("FLU5\\253769484_A", "Fluvius", "53769484_A"),
+        ("Lux5\\253694471_M", "Sagemcom (Luxmetering)", "53694471_M"),
+        ("ADN9 6534", "Aidon", "6534"),
+        ("ELL5\\253833635_A", "Landis+Gyr", "53833635_A"),
+        ("ESY5Q3DA1004 V3.04", "EasyMeter", "Q3DA1004 V3.04"),
+        ("NWA-WARMTELINK", "Warmtelink", "WARMTELINK"),
+        ("WARMTELINK-VI\\", "Warmtelink", "VI"),
+        ("XYZ5ABC", "XYZ5ABC", "XYZ5ABC"),
+    ];
+    for (header, company, model) in cases {
+        assert_eq!(
+            maker(header),
+            (company.to_owned(), model.to_owned()),
+            "{header}"
+        );
+    }
+}
+
+fn config_of(d: &Discovery, object: &str) -> Option<Value> {
+    let topic = format!("homeassistant/sensor/p1gw_home/{object}/config");
+    d.configs()
+        .get(&topic)
+        .map(|p| serde_json::from_str(p).expect("json"))
+}
+
+#[test]
+fn discovery_builds_devices_and_removes_vanished_values() {
+    let s = settings();
+    let (mut d, rx) = Discovery::new(&s, "homeassistant");
+    let r = reading_at(&veitur(5.0, true), "home", 0);
+    d.observe(&r, &values(&r));
+
+    let energy = config_of(&d, "energy_import_total").expect("energy");
+    assert_eq!(energy["device_class"], "energy");
+    assert_eq!(energy["state_class"], "total_increasing");
+    assert_eq!(energy["unit_of_measurement"], "kWh");
+    assert_eq!(energy["state_topic"], "p1gw/home/energy_import_total");
+    assert_eq!(energy["availability_topic"], "p1gw/home/status");
+    assert_eq!(energy["unique_id"], "p1gw_home_energy_import_total");
+    assert_eq!(energy["device"]["manufacturer"], "Iskraemeco");
+    assert_eq!(energy["device"]["model"], "IE.5");
+    assert_eq!(energy["device"]["serial_number"], "6086818661");
+
+    let water = config_of(&d, "hot_water_1_hot_water_volume").expect("hot water");
+    assert_eq!(water["device_class"], "water");
+    assert_eq!(water["state_class"], "total_increasing");
+    assert_eq!(water["unit_of_measurement"], "m³");
+    assert_eq!(water["device"]["identifiers"][0], "p1gw_home_hot_water_1");
+    assert_eq!(water["device"]["via_device"], "p1gw_home");
+    let heat = config_of(&d, "hot_water_1_heat_energy").expect("heat");
+    assert!(heat.get("device_class").is_none(), "{heat}");
+    assert_eq!(heat["state_class"], "measurement");
+    let time = config_of(&d, "meter_time").expect("meter_time");
+    assert_eq!(time["device_class"], "timestamp");
+    assert_eq!(time["entity_category"], "diagnostic");
+
+    // The heat submeter goes away: its entities survive EXPIRE_READINGS - 1 readings.
+    assert!(rx.has_changed().expect("sender"));
+    for i in 1..EXPIRE_READINGS {
+        let r = reading_at(&veitur(5.0, false), "home", i64::from(i));
+        d.observe(&r, &values(&r));
+        assert!(
+            config_of(&d, "hot_water_1_hot_water_volume").is_some(),
+            "{i}"
+        );
+    }
+    let r = reading_at(&veitur(5.0, false), "home", 99);
+    d.observe(&r, &values(&r));
+    assert!(config_of(&d, "hot_water_1_hot_water_volume").is_none());
+    assert!(config_of(&d, "energy_import_total").is_some());
+}
+
+#[test]
+fn gas_and_water_submeters_get_their_classes() {
+    let s = settings();
+    let (mut d, _rx) = Discovery::new(&s, "homeassistant");
+    let r = reading_at(&fixture("belgium_fluvius_emucs_gas_water.txt"), "home", 0);
+    d.observe(&r, &values(&r));
+    let gas = config_of(&d, "gas_1_gas_volume").expect("gas");
+    assert_eq!(
+        (
+            &gas["device_class"],
+            &gas["state_class"],
+            &gas["unit_of_measurement"]
+        ),
+        (&"gas".into(), &"total_increasing".into(), &"m³".into())
+    );
+    let water = config_of(&d, "water_2_water_volume").expect("water");
+    assert_eq!(water["device_class"], "water");
+    assert_eq!(water["unit_of_measurement"], "m³");
+    let tariff = config_of(&d, "tariff_indicator").expect("tariff");
+    assert_eq!(tariff["device_class"], "enum");
+    assert_eq!(tariff["entity_category"], "diagnostic");
+    let t1 = config_of(&d, "energy_import_tariff1").expect("tariff 1");
+    assert_eq!(t1["device"]["manufacturer"], "Fluvius");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backlog_bucket_allows_a_second_s_burst_then_the_rate() {
+    let start = tokio::time::Instant::now();
+    let mut b = Bucket::new(10, start);
+    let burst = (0..20).filter(|_| b.try_take(start)).count();
+    assert_eq!(burst, 10, "one second's worth at once");
+    assert_eq!(b.next_at(), start + Duration::from_millis(100));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let now = tokio::time::Instant::now();
+    let later = (0..50).filter(|_| b.try_take(now)).count();
+    assert_eq!(later, 10, "never more than the bucket holds");
+    let mut taken = 0;
+    for _ in 0..30 {
+        tokio::time::sleep_until(b.next_at()).await;
+        assert!(b.try_take(tokio::time::Instant::now()));
+        taken += 1;
+    }
+    let elapsed = tokio::time::Instant::now() - now;
+    assert_eq!(taken, 30);
+    assert!(
+        (Duration::from_millis(2990)..=Duration::from_millis(3010)).contains(&elapsed),
+        "30 messages at 10/s take 3 s, took {elapsed:?}"
+    );
+}
+
+#[test]
+fn settings_print_no_secrets() {
+    let mut s = settings();
+    s.username = Some("gw".to_owned());
+    s.password = Some("hunter2".to_owned());
+    s.tls = Some(crate::TlsSettings {
+        ca_pem: None,
+        client: Some(crate::ClientIdentity {
+            cert_pem: b"cert".to_vec(),
+            key_pem: b"very secret key".to_vec(),
+        }),
+    });
+    let shown = format!("{s:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("very secret"),
+        "{shown}"
+    );
+    assert!(
+        crate::build(s.clone()).is_err(),
+        "no certificate in the PEM"
+    );
+    let mut bad = settings();
+    bad.backlog_rate = 0;
+    assert!(crate::build(bad).is_err());
+    assert!(crate::build(settings()).is_ok());
+    assert_eq!(settings().status_topic(), "p1gw/home/status");
+}

@@ -1,0 +1,859 @@
+//! `p1gw run` with an influx sink against real servers, started by `scripts/servers` and
+//! stopped by pid when a test ends, however it ends:
+//!
+//! * InfluxDB 1.x (v1 API): every value equals what `p1gw parse` gives; the database stops
+//!   mid-run and comes back on the same data and port, and nothing is missing or doubled.
+//! * VictoriaMetrics (v2 API, org/bucket/token): the same value check, read back with
+//!   `/api/v1/export`.
+//! * An unknown database: a permanent rejection, logged with InfluxDB's answer and counted.
+//! * Every InfluxQL query of the Grafana dashboard returns data.
+//!
+//! The servers come from Debian packages (`influxdb`, `victoria-metrics`), which scripts/test
+//! installs; without them these tests fail, naming the package.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Daemon, get, root, stop, wait_for};
+
+// ---------------------------------------------------------------------------------------------
+// Servers.
+
+/// A server started by `scripts/servers`; stopped (and its directory removed) on drop.
+struct Server {
+    vars: HashMap<String, String>,
+    pid: String,
+    running: bool,
+}
+
+/// Fails (not skips) when a server's binary is missing.
+fn require(binary: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()));
+    assert!(
+        found,
+        "{binary} not found: install the Debian package {package} (scripts/test does)"
+    );
+}
+
+/// Undoes bash's `printf %q` for the values scripts/servers prints (paths, ports, URLs).
+fn unquote(value: &str) -> String {
+    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        return inner.to_owned();
+    }
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Server {
+    fn start(kind: &str, args: &[&str]) -> Server {
+        match kind {
+            "influxdb" => require("influxd", "influxdb"),
+            "victoria-metrics" => require("victoria-metrics", "victoria-metrics"),
+            _ => panic!("unknown server {kind}"),
+        }
+        let out = Command::new(root().join("scripts/servers"))
+            .arg("start")
+            .arg(kind)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/servers");
+        assert!(
+            out.status.success(),
+            "scripts/servers start {kind} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), unquote(v)))
+            .collect();
+        let pid = vars.get("PID").expect("PID printed").clone();
+        Server {
+            vars,
+            pid,
+            running: true,
+        }
+    }
+
+    fn var(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} printed"))
+    }
+
+    fn dir(&self) -> PathBuf {
+        PathBuf::from(self.var("DIR"))
+    }
+
+    /// `scripts/servers stop PID [--keep]`; whether it worked.
+    fn stop(&mut self, keep: bool) -> bool {
+        let mut command = Command::new(root().join("scripts/servers"));
+        command.args(["stop", &self.pid]);
+        if keep {
+            command.arg("--keep");
+        }
+        self.running = false;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running {
+            // No panic here: the test may be unwinding already.
+            self.stop(false);
+        } else {
+            // Stopped with --keep (and maybe run again from its directory): remove it now.
+            std::fs::remove_dir_all(self.dir()).ok();
+        }
+    }
+}
+
+/// InfluxDB started again from a stopped server's directory (same config, data and port);
+/// killed on drop.
+struct Restarted(Child);
+
+impl Restarted {
+    fn influxd(dir: &Path, port: u16) -> Restarted {
+        let log = std::fs::File::create(dir.join("influxd-again.log")).expect("log");
+        let child = Command::new("influxd")
+            .args(["run", "-config"])
+            .arg(dir.join("influxdb.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start influxd again");
+        let again = Restarted(child);
+        wait_for(
+            Duration::from_secs(15),
+            "influxd answering /ping again",
+            || get(port, "/ping").filter(|(status, _)| *status == 204),
+        );
+        again
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP and metrics.
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An InfluxQL query; the JSON answer (any HTTP status other than 200 fails).
+fn influxql(port: u16, db: &str, query: &str) -> Value {
+    let path = format!("/query?db={db}&epoch=ms&q={}", encode(query));
+    let (status, body) = get(port, &path).unwrap_or_else(|| panic!("no answer to {query}"));
+    assert_eq!(status, 200, "{query}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"))
+}
+
+/// A sample of a Prometheus text exposition: the first line of `name` with all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn metrics(daemon: &Daemon) -> String {
+    daemon
+        .get("/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+fn sink_metric(daemon: &Daemon, name: &str) -> f64 {
+    metric(&metrics(daemon), name, &[("sink", "influx")]).unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the points must be: `p1gw parse`, by the schema of docs/influx.md.
+
+const MEASUREMENTS: [&str; 7] = [
+    "electricity",
+    "gas",
+    "water",
+    "heat",
+    "hot_water",
+    "cooling",
+    "unknown",
+];
+
+/// Names that are never fields (they identify rather than measure).
+const IDENTITY: [&str; 7] = [
+    "p1_version",
+    "equipment_id",
+    "meter_serial",
+    "meter_id",
+    "mbus_equipment_id",
+    "mbus_device_type",
+    "logical_device_name",
+];
+
+/// The points of one telegram: by channel (0: the meter), the fields in canonical units.
+#[derive(Debug)]
+struct Expected {
+    source: String,
+    /// The meter's clock in ms, when the telegram has one.
+    time: Option<i64>,
+    points: BTreeMap<u8, BTreeMap<String, f64>>,
+    device_types: BTreeMap<u8, i64>,
+}
+
+/// The factor to the canonical unit (field-notes §c), written out independently of p1-core.
+fn scale(name: &str, unit: Option<&str>) -> f64 {
+    if name.starts_with("heat_energy") {
+        return 1.0;
+    }
+    match unit.map(str::to_ascii_lowercase).as_deref() {
+        Some("w" | "wh" | "var" | "varh" | "va" | "vah") => 0.001,
+        Some("kv" | "ka" | "khz") => 1000.0,
+        _ => 1.0,
+    }
+}
+
+fn expected(path: &Path) -> Vec<Expected> {
+    let out = Command::new(env!("CARGO_BIN_EXE_p1gw"))
+        .args(["parse", "--tz", "Atlantic/Reykjavik"])
+        .arg(path)
+        .current_dir(root())
+        .output()
+        .expect("p1gw parse");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let t: Value = serde_json::from_str(line).expect("json");
+            let time = t["meter_time"].as_str().map(|s| {
+                s.parse::<jiff::Timestamp>()
+                    .expect("RFC 3339")
+                    .as_millisecond()
+            });
+            let mut points: BTreeMap<u8, BTreeMap<String, f64>> = BTreeMap::new();
+            let mut device_types = BTreeMap::new();
+            for o in t["objects"].as_array().expect("objects") {
+                let channel = o["channel"].as_u64().map_or(0, |c| c as u8);
+                let (Some(name), Some(value)) = (o["name"].as_str(), o["value"].as_f64()) else {
+                    continue;
+                };
+                if o.get("events").is_some() {
+                    // A log (failures, monthly peaks): no single value to write.
+                    continue;
+                }
+                if name == "mbus_device_type" {
+                    device_types.insert(channel, value as i64);
+                }
+                if IDENTITY.contains(&name) {
+                    continue;
+                }
+                points
+                    .entry(channel)
+                    .or_default()
+                    .entry(name.to_owned())
+                    .or_insert(value * scale(name, o["unit"].as_str()));
+            }
+            Expected {
+                source: t["source"].as_str().unwrap_or("").to_owned(),
+                time,
+                points,
+                device_types,
+            }
+        })
+        .collect()
+}
+
+/// A point as read back.
+#[derive(Debug, Clone)]
+struct Row {
+    measurement: String,
+    time: i64,
+    channel: u8,
+    fields: BTreeMap<String, f64>,
+}
+
+/// Every point of meter "home" in InfluxDB.
+fn influx_rows(port: u16) -> Vec<Row> {
+    let from: Vec<String> = MEASUREMENTS.iter().map(|m| format!("\"{m}\"")).collect();
+    let answer = influxql(
+        port,
+        "p1",
+        &format!("SELECT * FROM {} WHERE \"meter\" = 'home'", from.join(",")),
+    );
+    let result = &answer["results"][0];
+    assert!(result["error"].is_null(), "{answer}");
+    let mut rows = Vec::new();
+    for series in result["series"].as_array().into_iter().flatten() {
+        let measurement = series["name"].as_str().expect("name");
+        let columns: Vec<&str> = series["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c.as_str().expect("column"))
+            .collect();
+        for values in series["values"].as_array().expect("values") {
+            let values = values.as_array().expect("row");
+            let mut row = Row {
+                measurement: measurement.to_owned(),
+                time: 0,
+                channel: 0,
+                fields: BTreeMap::new(),
+            };
+            for (column, value) in columns.iter().zip(values) {
+                match *column {
+                    "time" => row.time = value.as_i64().expect("epoch ms"),
+                    "channel" => {
+                        row.channel = value.as_str().map_or(0, |c| c.parse().expect("channel"));
+                    }
+                    "meter" | "equipment_id" => {}
+                    field => {
+                        if let Some(v) = value.as_f64() {
+                            row.fields.insert(field.to_owned(), v);
+                        } else {
+                            assert!(value.is_null(), "{field} = {value}: only floats");
+                        }
+                    }
+                }
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Checks `rows` against `expected`: each telegram's points exactly once, at its timestamp (the
+/// meter's clock; the telegrams without one in replay order), with exactly its values.
+fn check(expected: &[Expected], rows: &[Row]) {
+    let meter_times: Vec<i64> = expected.iter().filter_map(|e| e.time).collect();
+    let mut received: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.channel == 0 && !meter_times.contains(&r.time))
+        .map(|r| r.time)
+        .collect();
+    received.sort_unstable();
+    received.dedup();
+    let without_clock = expected.iter().filter(|e| e.time.is_none()).count();
+    assert_eq!(
+        received.len(),
+        without_clock,
+        "one point in time per telegram without a meter clock"
+    );
+    let mut received = received.into_iter();
+    let mut matched = 0;
+    for e in expected {
+        let time = match e.time {
+            Some(t) => t,
+            None => received.next().expect("a time for each"),
+        };
+        for (channel, fields) in &e.points {
+            let found: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.time == time && r.channel == *channel)
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "{}: channel {channel} at {time}: one point, got {found:?}",
+                e.source
+            );
+            let row = found[0];
+            let measurement = match (*channel, e.device_types.get(channel)) {
+                (0, _) => "electricity",
+                (_, Some(3)) => "gas",
+                (_, Some(7)) => "water",
+                (_, Some(4 | 12)) => "heat",
+                (_, Some(6)) => "hot_water",
+                (_, Some(10 | 11 | 13)) => "cooling",
+                _ => row.measurement.as_str(),
+            };
+            assert_eq!(
+                row.measurement, measurement,
+                "{}: channel {channel}",
+                e.source
+            );
+            let keys: Vec<&String> = fields.keys().collect();
+            let got: Vec<&String> = row.fields.keys().collect();
+            assert_eq!(got, keys, "{}: the fields of channel {channel}", e.source);
+            for (name, want) in fields {
+                let value = row.fields[name];
+                assert!(
+                    (value - want).abs() <= 1e-9 * want.abs().max(1.0),
+                    "{}: {name} = {value}, p1gw parse says {want}",
+                    e.source
+                );
+            }
+            matched += 1;
+        }
+    }
+    assert_eq!(rows.len(), matched, "no point more than the telegrams give");
+}
+
+/// Every point in VictoriaMetrics: its series `<measurement>_<field>` (tags as labels, ms
+/// timestamps) put back together by measurement, time and channel.
+fn vm_export(port: u16) -> BTreeMap<(String, i64, u8), BTreeMap<String, f64>> {
+    let selector = format!("{{__name__=~\"({})_.+\"}}", MEASUREMENTS.join("|"));
+    let (status, body) = get(
+        port,
+        &format!("/api/v1/export?match%5B%5D={}", encode(&selector)),
+    )
+    .expect("export");
+    assert_eq!(status, 200, "{body}");
+    let mut points: BTreeMap<(String, i64, u8), BTreeMap<String, f64>> = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let series: Value = serde_json::from_str(line).expect("export line");
+        let metric = &series["metric"];
+        assert_eq!(metric["meter"], "home", "{line}");
+        let name = metric["__name__"].as_str().expect("name");
+        let measurement = MEASUREMENTS
+            .iter()
+            .filter(|m| name.starts_with(&format!("{m}_")))
+            .max_by_key(|m| m.len())
+            .expect("a known measurement");
+        let field = &name[measurement.len() + 1..];
+        let channel = metric["channel"]
+            .as_str()
+            .map_or(0, |c| c.parse().expect("channel"));
+        let times = series["timestamps"].as_array().expect("timestamps");
+        let values = series["values"].as_array().expect("values");
+        let mut seen = std::collections::BTreeSet::new();
+        for (t, v) in times.iter().zip(values) {
+            let t = t.as_i64().expect("ms");
+            assert!(seen.insert(t), "{name}: one sample per timestamp");
+            let previous = points
+                .entry(((*measurement).to_owned(), t, channel))
+                .or_default()
+                .insert(field.to_owned(), v.as_f64().expect("a number"));
+            assert!(previous.is_none(), "{name} at {t} twice");
+        }
+    }
+    points
+}
+
+fn replay_config(path: &Path, interval: &str, sink: &str) -> String {
+    format!(
+        r#"
+[meter]
+name = "home"
+tz = "Atlantic/Reykjavik"
+
+[source]
+kind = "replay"
+path = "{}"
+interval = "{interval}"
+
+[[sink]]
+kind = "influx"
+{sink}
+
+[spool]
+dir = "{{dir}}/spool"
+"#,
+        path.display()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn influxdb_v1_holds_exactly_what_p1gw_parse_gives_across_a_database_restart() {
+    let mut influx = Server::start("influxdb", &["--db", "p1"]);
+    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let fixtures = root().join("fixtures/telegrams");
+    let want = expected(&fixtures);
+    assert_eq!(want.len(), 23);
+    let points: usize = want.iter().map(|e| e.points.len()).sum();
+    let sink = format!(
+        "url = \"{}\"\napi = \"v1\"\ndatabase = \"p1\"\nprecision = \"ms\"\nbatch_size = 5\nbatch_interval = \"200ms\"",
+        influx.var("INFLUX_URL")
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&fixtures, "250ms", &sink), &[]);
+
+    // Some points are in; then the database goes away and p1gw keeps the readings spooled.
+    wait_for(Duration::from_secs(20), "the first points", || {
+        (influx_rows(port).len() >= 3).then_some(())
+    });
+    assert!(influx.stop(true), "InfluxDB stopped, its data kept");
+    wait_for(
+        Duration::from_secs(20),
+        "failed deliveries and readings spooled while InfluxDB is down",
+        || {
+            (sink_metric(&daemon, "p1gw_sink_failed_total") >= 1.0
+                && sink_metric(&daemon, "p1gw_spool_records") >= 2.0)
+                .then_some(())
+        },
+    );
+    let _again = Restarted::influxd(&influx.dir(), port);
+
+    wait_for(
+        Duration::from_secs(40),
+        "every reading delivered and the spool empty",
+        || {
+            let m = metrics(&daemon);
+            let sent = metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")])?;
+            let spooled = metric(&m, "p1gw_spool_records", &[("sink", "influx")])?;
+            (sent >= 23.0 && spooled == 0.0).then_some(())
+        },
+    );
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_sink_spooled_total", &[("sink", "influx")]),
+        Some(23.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "p1gw_sink_dropped_total",
+            &[("sink", "influx"), ("reason", "rejected")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+    let rows = influx_rows(port);
+    assert_eq!(rows.len(), points, "nothing missing, nothing doubled");
+    check(&want, &rows);
+    let with_values = want.iter().filter(|e| e.points.contains_key(&0)).count();
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.measurement == "electricity")
+            .count(),
+        with_values,
+        "one electricity point per telegram with values"
+    );
+    drop(daemon);
+}
+
+/// Veitur telegrams with the meter's clock set to `at` (UTC, as Reykjavik keeps).
+fn veitur_at(text: &str, at: jiff::Timestamp) -> String {
+    // A timestamp formats in UTC.
+    let utc = at;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("1-0:0.9.1(") {
+            out.push_str(&utc.strftime("1-0:0.9.1(%H%M%S)").to_string());
+        } else if line.starts_with("1-0:0.9.2(") {
+            out.push_str(&utc.strftime("1-0:0.9.2(%y%m%d)").to_string());
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    if !out.contains("\n!") {
+        out.push_str("!\r\n");
+    }
+    out
+}
+
+#[test]
+fn victoria_metrics_v2_holds_exactly_what_p1gw_parse_gives() {
+    let vm = Server::start("victoria-metrics", &[]);
+    let port: u16 = vm.var("VM_PORT").parse().expect("port");
+    // VictoriaMetrics keeps one day here: Veitur's telegrams with a recent clock, and the
+    // telegrams without a clock (stamped when received).
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("recording");
+    std::fs::create_dir(&recording).expect("mkdir");
+    let fixtures = root().join("fixtures/telegrams");
+    let now = jiff::Timestamp::now();
+    for (i, name) in [
+        "iceland_veitur_iskra_ie5e_antonp1.txt",
+        "iceland_veitur_iskra_ie5e_esphome_log.txt",
+        "iceland_veitur_iskra_ie5e_heat_submeter_raw.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let text = std::fs::read_to_string(fixtures.join(name)).expect("fixture");
+        let at = now - jiff::SignedDuration::from_secs(600 - 60 * i as i64);
+        std::fs::write(recording.join(format!("a{i}_{name}")), veitur_at(&text, at))
+            .expect("write");
+    }
+    for name in [
+        "dsmr30_spec_example.txt",
+        "germany_easymeter_q3d_com1_gateway_nocrc.txt",
+        "netherlands_iskra_mt382_dsmr22_nocrc.txt",
+        "netherlands_mcs_dsmr50_empty_mbus.txt",
+        "sweden_finland_aidon_6534_spec_nocrc.txt",
+    ] {
+        std::fs::copy(fixtures.join(name), recording.join(format!("b_{name}"))).expect("copy");
+    }
+    let want = expected(&recording);
+    assert_eq!(want.len(), 8);
+    let token = work.path().join("token");
+    std::fs::write(&token, "vm-token\n").expect("token");
+    let sink = format!(
+        "url = \"{}\"\napi = \"v2\"\norg = \"home\"\nbucket = \"p1\"\ntoken_file = \"{}\"\nprecision = \"ms\"\nbatch_interval = \"200ms\"",
+        vm.var("VM_URL"),
+        token.display()
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&recording, "100ms", &sink), &[]);
+    wait_for(Duration::from_secs(30), "all 8 readings delivered", || {
+        (sink_metric(&daemon, "p1gw_sink_sent_total") >= 8.0).then_some(())
+    });
+
+    let samples: usize = want
+        .iter()
+        .flat_map(|e| e.points.values())
+        .map(BTreeMap::len)
+        .sum();
+    // Written samples become searchable shortly after the write, force_flush or not.
+    let points = wait_for(Duration::from_secs(20), "every sample exported", || {
+        let (status, _) = get(port, "/internal/force_flush")?;
+        assert_eq!(status, 200);
+        let points = vm_export(port);
+        let exported: usize = points.values().map(BTreeMap::len).sum();
+        (exported >= samples).then_some(points)
+    });
+    let rows: Vec<Row> = points
+        .into_iter()
+        .map(|((measurement, time, channel), fields)| Row {
+            measurement,
+            time,
+            channel,
+            fields,
+        })
+        .collect();
+    check(&want, &rows);
+    drop(daemon);
+}
+
+#[test]
+fn an_unknown_database_is_rejected_logged_with_influxdbs_answer_and_counted() {
+    let influx = Server::start("influxdb", &[]);
+    let fixture = root().join("fixtures/telegrams/iceland_veitur_iskra_ie5e_antonp1.txt");
+    let sink = format!(
+        "url = \"{}\"\napi = \"v1\"\ndatabase = \"nope\"\nbatch_interval = \"100ms\"",
+        influx.var("INFLUX_URL")
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&fixture, "100ms", &sink), &[]);
+    let dropped = wait_for(Duration::from_secs(20), "a rejected reading", || {
+        metric(
+            &metrics(&daemon),
+            "p1gw_sink_dropped_total",
+            &[("sink", "influx"), ("reason", "rejected")],
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert_eq!(dropped, 1.0, "the one reading");
+    let log = wait_for(Duration::from_secs(5), "the error in the log", || {
+        let log = daemon.log();
+        log.contains("InfluxDB has no such database").then_some(log)
+    });
+    assert!(
+        log.contains(r#"database not found: \"nope\""#)
+            || log.contains(r#"database not found: "nope""#),
+        "InfluxDB's answer is in the log:\n{log}"
+    );
+    assert!(log.contains("404"), "{log}");
+    // The rejected reading leaves the spool (right after it is counted).
+    wait_for(Duration::from_secs(5), "an empty spool", || {
+        (metric(
+            &metrics(&daemon),
+            "p1gw_spool_records",
+            &[("sink", "influx")],
+        ) == Some(0.0))
+        .then_some(())
+    });
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")]).unwrap_or(0.0),
+        0.0
+    );
+    drop(daemon);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The InfluxQL dashboard.
+
+/// Three days of hourly telegrams of a Veitur meter (hot water) and a DSMR 5 meter (tariffs,
+/// three phases, gas), values rising, from 2024-02-10T00:00Z.
+fn three_days() -> String {
+    let start: jiff::Timestamp = "2024-02-10T00:00:00Z".parse().expect("time");
+    let mut out = String::new();
+    for h in 0..72_i64 {
+        let at = start + jiff::SignedDuration::from_hours(h);
+        let x = h as f64;
+        out.push_str(&format!(
+            "/ISk5\\2MIE5E-200\r\n\r\n\
+             0-0:96.1.1(36303836383138373123)\r\n\
+             1-0:0.9.1({})\r\n1-0:0.9.2({})\r\n\
+             1-0:1.7.0({:05.3}*kW)\r\n1-0:2.7.0(00.000*kW)\r\n\
+             1-0:31.7.0(002*A)\r\n1-0:32.7.0({:05.1}*V)\r\n\
+             1-0:1.8.0({:010.3}*kWh)\r\n1-0:2.8.0({:010.3}*kWh)\r\n\
+             0-1:24.2.1({:08.3}*m3)\r\n0-1:24.2.2(0000.090*m3/h)\r\n\
+             0-1:24.2.3({:08.1}*degC)\r\n0-1:24.2.4(000031.3*degC)\r\n!\r\n",
+            at.strftime("%H%M%S"),
+            at.strftime("%y%m%d"),
+            0.2 + (h % 7) as f64 * 0.1,
+            228.0 + (h % 5) as f64,
+            1988.284 + x * 0.75,
+            x * 0.05,
+            366.475 + x * 0.02,
+            70.0 + (h % 4) as f64,
+        ));
+        let half = at + jiff::SignedDuration::from_mins(30);
+        out.push_str(&format!(
+            "/ISK5\\2M550T-1012\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({}W)\r\n\
+             0-0:96.1.1(4530303434303037313331363130323137)\r\n\
+             1-0:1.8.1({:010.3}*kWh)\r\n1-0:1.8.2({:010.3}*kWh)\r\n\
+             1-0:2.8.1({:010.3}*kWh)\r\n1-0:2.8.2({:010.3}*kWh)\r\n0-0:96.14.0(0002)\r\n\
+             1-0:1.7.0(00.500*kW)\r\n1-0:2.7.0(00.000*kW)\r\n\
+             1-0:32.7.0(230.1*V)\r\n1-0:52.7.0(231.2*V)\r\n1-0:72.7.0(229.9*V)\r\n\
+             1-0:31.7.0(001*A)\r\n1-0:51.7.0(002*A)\r\n1-0:71.7.0(003*A)\r\n\
+             0-1:24.1.0(003)\r\n0-1:96.1.0(4730303139333430333231313139313139)\r\n\
+             0-1:24.2.1({}W)({:09.3}*m3)\r\n!\r\n",
+            half.strftime("%y%m%d%H%M%S"),
+            1234.567 + x * 0.3,
+            2345.678 + x * 0.2,
+            1.0 + x * 0.1,
+            2.0 + x * 0.05,
+            half.strftime("%y%m%d%H%M%S"),
+            123.456 + x * 0.04,
+        ));
+    }
+    out
+}
+
+/// Every InfluxQL query of the dashboard, with the variables' values of `substitute` put in.
+fn dashboard_queries(substitute: &dyn Fn(&str) -> String) -> Vec<(String, String)> {
+    let path = root().join("deploy/grafana/dashboards/p1gw-influxql.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("json");
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let query = target["query"].as_str().expect("query");
+            out.push((
+                format!("{} {}", panel["title"], target["refId"]),
+                substitute(query),
+            ));
+        }
+    }
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if var["type"] == "query" {
+            let query = var["query"].as_str().expect("query");
+            out.push((format!("variable {}", var["name"]), substitute(query)));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_influxql_query_of_the_dashboard_returns_data() {
+    let influx = Server::start("influxdb", &["--db", "p1"]);
+    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("three-days.txt");
+    std::fs::write(&recording, three_days()).expect("write");
+    let sink = format!(
+        "url = \"{}\"\napi = \"v1\"\ndatabase = \"p1\"\nbatch_interval = \"100ms\"",
+        influx.var("INFLUX_URL")
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&recording, "0s", &sink), &[]);
+    wait_for(
+        Duration::from_secs(30),
+        "all 144 readings delivered",
+        || (sink_metric(&daemon, "p1gw_sink_sent_total") >= 144.0).then_some(()),
+    );
+
+    // The dashboard's variables at their defaults; Grafana's macros as Grafana fills them.
+    let path = root().join("deploy/grafana/dashboards/p1gw-influxql.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("json");
+    let tz = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == "tz")
+        .and_then(|v| v["current"]["value"].as_str())
+        .expect("tz default")
+        .to_owned();
+    let substitute = move |query: &str| {
+        query
+            .replace(
+                "$timeFilter",
+                "time >= '2024-02-09T00:00:00Z' AND time <= '2024-02-14T00:00:00Z'",
+            )
+            .replace("$__interval", "1h")
+            .replace("$meter", "home")
+            .replace("$tz", &tz)
+    };
+    let queries = dashboard_queries(&substitute);
+    assert!(queries.len() >= 15, "{}", queries.len());
+    for (what, query) in queries {
+        assert!(
+            !query.replace("$/", "").contains('$'),
+            "{what}: a variable left in {query}"
+        );
+        let answer = influxql(port, "p1", &query);
+        let result = &answer["results"][0];
+        assert!(result["error"].is_null(), "{what}: {query}: {answer}");
+        let series = result["series"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no data from {query}: {answer}"));
+        let values = series
+            .iter()
+            .flat_map(|s| s["values"].as_array().into_iter().flatten())
+            .flat_map(|row| row.as_array().into_iter().flatten().skip(1))
+            .filter(|v| !v.is_null())
+            .count();
+        assert!(values > 0, "{what}: only nulls from {query}: {answer}");
+    }
+    drop(daemon);
+}
+
+#[test]
+fn the_compose_stacks_config_is_valid() {
+    let out = Command::new(env!("CARGO_BIN_EXE_p1gw"))
+        .args(["check-config", "deploy/p1gw/p1gw.toml"])
+        .current_dir(root())
+        .output()
+        .expect("p1gw check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
