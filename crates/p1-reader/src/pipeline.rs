@@ -88,17 +88,13 @@ impl Pipeline {
             .increment(bytes.len() as u64);
         let mut rest = bytes;
         while let Some(result) = self.decoder.next_frame(&mut rest) {
-            let outcome = match result {
-                Ok(frame) => Self::publish_frame(
-                    frame.bytes,
-                    &self.meter,
-                    &self.source,
-                    self.tz.as_ref(),
-                    &mut self.zones,
-                )
-                .map_err(|e| (e, frame.offset)),
-                Err(e) => Err((e, 0)),
-            };
+            let outcome = Self::outcome(
+                result,
+                &self.meter,
+                &self.source,
+                self.tz.as_ref(),
+                &mut self.zones,
+            );
             self.settle(outcome);
         }
     }
@@ -107,18 +103,30 @@ impl Pipeline {
     /// being collected is published if whole, else counted as truncated.
     pub fn finish(&mut self) {
         if let Some(result) = self.decoder.finish() {
-            let outcome = match result {
-                Ok(frame) => Self::publish_frame(
-                    frame.bytes,
-                    &self.meter,
-                    &self.source,
-                    self.tz.as_ref(),
-                    &mut self.zones,
-                )
-                .map_err(|e| (e, frame.offset)),
-                Err(e) => Err((e, 0)),
-            };
+            let outcome = Self::outcome(
+                result,
+                &self.meter,
+                &self.source,
+                self.tz.as_ref(),
+                &mut self.zones,
+            );
             self.settle(outcome);
+        }
+    }
+
+    /// A decoder result as a reading, or the error with the frame's offset.
+    /// Takes the fields it needs, not `self`: the frame borrows the decoder.
+    fn outcome(
+        result: Result<p1_telegram::Frame<'_>, p1_telegram::Error>,
+        meter: &Arc<str>,
+        source: &Arc<str>,
+        tz: Option<&TimeZone>,
+        zones: &mut HashMap<&'static str, TimeZone>,
+    ) -> Result<Arc<Reading>, (p1_telegram::Error, u64)> {
+        match result {
+            Ok(frame) => Self::publish_frame(frame.bytes, meter, source, tz, zones)
+                .map_err(|e| (e, frame.offset)),
+            Err(e) => Err((e, 0)),
         }
     }
 
