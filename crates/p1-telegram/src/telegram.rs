@@ -500,83 +500,83 @@ fn groups(raw: &[u8]) -> Groups<'_> {
 /// gives the same result for the ones this takes (property-tested).
 #[inline]
 fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
+    /// 1–3 decimal digits from the front of `s`.
     #[inline(always)]
-    fn number(line: &[u8], i: &mut usize) -> Option<u8> {
-        let start = *i;
+    fn number(s: &mut &[u8]) -> Option<u8> {
         let mut n: u32 = 0;
-        while let Some(&c) = line.get(*i) {
+        let mut digits = 0;
+        while let [c, tail @ ..] = *s {
             let d = c.wrapping_sub(b'0');
             if d > 9 {
                 break;
             }
-            if *i - start == 3 {
+            if digits == 3 {
                 // A fourth digit: not an OBIS group (and no overflow).
                 return None;
             }
             n = n * 10 + u32::from(d);
-            *i += 1;
+            digits += 1;
+            *s = tail;
         }
-        if *i == start {
+        if digits == 0 {
             return None;
         }
         u8::try_from(n).ok()
     }
+    /// Takes one byte from the front of `s` if `ok` accepts it.
     #[inline(always)]
-    fn sep(line: &[u8], i: &mut usize, ok: impl Fn(u8) -> bool) -> Option<()> {
-        let c = *line.get(*i)?;
-        ok(c).then(|| *i += 1)
+    fn sep(s: &mut &[u8], ok: impl Fn(u8) -> bool) -> Option<u8> {
+        match *s {
+            [c, tail @ ..] if ok(*c) => {
+                *s = tail;
+                Some(*c)
+            }
+            _ => None,
+        }
     }
     let line = &body[start..];
-    let mut i = 0;
-    let a = number(line, &mut i)?;
-    sep(line, &mut i, |c| c == b'-')?;
-    let b = number(line, &mut i)?;
-    sep(line, &mut i, |c| c == b':')?;
-    let c = number(line, &mut i)?;
-    sep(line, &mut i, |c| c == b'.' || c == b':')?;
-    let d = number(line, &mut i)?;
-    sep(line, &mut i, |c| c == b'.' || c == b':')?;
-    let e = number(line, &mut i)?;
-    let f = match line.get(i)? {
-        b'(' => None,
-        b'.' | b'*' => {
-            i += 1;
-            let f = number(line, &mut i)?;
+    let mut s = line;
+    let a = number(&mut s)?;
+    sep(&mut s, |c| c == b'-')?;
+    let b = number(&mut s)?;
+    sep(&mut s, |c| c == b':')?;
+    let c = number(&mut s)?;
+    sep(&mut s, |c| c == b'.' || c == b':')?;
+    let d = number(&mut s)?;
+    sep(&mut s, |c| c == b'.' || c == b':')?;
+    let e = number(&mut s)?;
+    let f = match sep(&mut s, |c| c == b'.' || c == b'*') {
+        Some(_) => {
+            let f = number(&mut s)?;
             (f != 255).then_some(f)
         }
-        _ => return None,
+        None => None,
     };
-    let open = i;
-    if line.get(open) != Some(&b'(') {
-        return None;
-    }
-    // The group: find ')' and the first '*' in the same loop.
-    let mut star = None;
-    let mut j = open + 1;
-    loop {
-        match *line.get(j)? {
-            b')' => break,
-            b'*' if star.is_none() => star = Some(j),
-            b'\n' => return None,
-            _ => {}
-        }
-        j += 1;
-    }
-    let close = j;
-    let next = match line.get(close + 1) {
-        None => close + 1,
-        Some(b'\n') => close + 2,
-        Some(b'\r') if line.get(close + 2) == Some(&b'\n') => close + 3,
+    let open = line.len() - s.len();
+    let group_and_rest = s.strip_prefix(b"(")?;
+    // The group ends at ')'; a line end first means an unclosed group.
+    let close_at = group_and_rest
+        .iter()
+        .position(|&b| b == b')' || b == b'\n')?;
+    let inner = &group_and_rest[..close_at];
+    let after = &group_and_rest[close_at..];
+    let after = after.strip_prefix(b")")?;
+    let line_end = match after {
+        [] => 0,
+        [b'\n', ..] => 1,
+        [b'\r', b'\n', ..] => 2,
         // More groups, junk, or a lone CR: the general path.
         _ => return None,
     };
-    let group = match star {
-        Some(s) => Group {
-            value: &line[open + 1..s],
-            unit: Some(&line[s + 1..close]),
+    let close = open + 1 + close_at;
+    let next = close + 1 + line_end;
+    let group = match inner.iter().position(|&b| b == b'*') {
+        Some(star) => Group {
+            value: &inner[..star],
+            unit: Some(&inner[star + 1..]),
         },
         None => Group {
-            value: &line[open + 1..close],
+            value: inner,
             unit: None,
         },
     };
