@@ -48,9 +48,11 @@
 //!
 //! Labelled `meter`: `p1gw_telegrams_total` (good telegrams),
 //! `p1gw_telegrams_rejected_total{reason}` (`crc`, `truncated`, `oversize`,
-//! `invalid_crc`, `no_header`), `p1gw_bytes_read_total`,
+//! `invalid_crc`, `garbled`, `no_header`), `p1gw_bytes_read_total`,
 //! `p1gw_reconnects_total` (successful reopens after a disconnect),
-//! `p1gw_serial_errors_total{kind}` (`parity`, `framing`), gauge
+//! `p1gw_serial_errors_total{kind}` (`parity`, `framing`),
+//! `p1gw_meter_clock_anomalies_total{kind}` (`backwards`, `future`, `dst_flag`: see
+//! [`ClockCheck`]; the readings are kept), gauge
 //! `p1gw_last_telegram_timestamp_seconds`. Health counters (for the live
 //! page): `telegrams_ok`, `telegrams_rejected`, `reconnects`,
 //! `parity_errors`, `line_errors`. While a serial or TCP source is
@@ -69,7 +71,7 @@ mod source;
 
 pub use crate::error::Error;
 pub use crate::handle::{ReaderHandle, ReaderStatus};
-pub use crate::pipeline::Pipeline;
+pub use crate::pipeline::{CLOCK_AHEAD_TOLERANCE, ClockCheck, Pipeline};
 pub use crate::request::{FakeLine, LineKind, RequestConfig, RequestLine, RequestMode};
 pub use crate::serial::{
     Consume, LineFilter, LineSettings, LineStats, Parity, Port, Preset, SerialSource, Session,
@@ -86,7 +88,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "p1gw_telegrams_rejected_total",
-        "Telegrams rejected, by reason (crc, truncated, oversize, invalid_crc, no_header)."
+        "Telegrams rejected, by reason (crc, truncated, oversize, invalid_crc, garbled, no_header)."
     );
     metrics::describe_counter!(
         "p1gw_bytes_read_total",
@@ -99,6 +101,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "p1gw_serial_errors_total",
         "Serial line errors, by kind (parity: parity bit wrong, checked in software; framing: bytes the OS marked as errors)."
+    );
+    metrics::describe_counter!(
+        "p1gw_meter_clock_anomalies_total",
+        "Readings whose meter clock was odd, by kind (backwards: earlier than the previous reading; future: more than 5 min ahead of the gateway; dst_flag: the S/W flag contradicts the zone). The readings are kept."
     );
     metrics::describe_gauge!(
         "p1gw_last_telegram_timestamp_seconds",

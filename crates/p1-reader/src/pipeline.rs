@@ -23,6 +23,68 @@ pub struct Pipeline {
     rejected: u64,
     /// When each rejection reason was last logged (rate limit: once a minute).
     logged: HashMap<&'static str, tokio::time::Instant>,
+    /// The meter's clock, watched for jumps.
+    clock: ClockCheck,
+    /// When each clock anomaly was last logged (once a minute per kind).
+    clock_logged: HashMap<&'static str, tokio::time::Instant>,
+}
+
+/// How far the meter's clock may run ahead of the gateway's before it is flagged: more than
+/// transmission delay and drift, less than a wrongly configured time zone's hour.
+pub const CLOCK_AHEAD_TOLERANCE: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// Watches one meter's clock (`meter_time`) for oddities. They never stop a reading; each is
+/// counted in `p1gw_meter_clock_anomalies_total{meter,kind}` and logged at WARN at most once a
+/// minute per kind:
+///
+/// * `backwards`: earlier than the previous reading's (the meter's clock was set back, or
+///   a recording started over);
+/// * `future`: more than [`CLOCK_AHEAD_TOLERANCE`] ahead of the time the gateway received
+///   it (a wrong meter clock, a wrong `tz`, or a gateway clock not yet synchronised);
+/// * `dst_flag`: the telegram's `S`/`W` flag contradicts the configured zone at that time
+///   (summer time flagged in winter, or in a zone without summer time).
+#[derive(Debug, Clone, Default)]
+pub struct ClockCheck {
+    last: Option<jiff::Timestamp>,
+}
+
+impl ClockCheck {
+    /// The anomalies of one reading: its meter time, when it arrived, and whether its DST
+    /// flag contradicts the zone. Remembers the meter time for the next call.
+    pub fn check(
+        &mut self,
+        meter_time: Option<jiff::Timestamp>,
+        received_at: jiff::Timestamp,
+        dst_contradicts_zone: bool,
+    ) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        if let Some(t) = meter_time {
+            if self.last.is_some_and(|last| t < last) {
+                found.push("backwards");
+            }
+            if t.duration_since(received_at) > CLOCK_AHEAD_TOLERANCE {
+                found.push("future");
+            }
+            self.last = Some(t);
+        }
+        if dst_contradicts_zone {
+            found.push("dst_flag");
+        }
+        found
+    }
+}
+
+/// Whether a telegram's DST flag (`S` summer, `W` winter) contradicts `tz` at the instant it
+/// names. No flag, no time, or an ambiguous autumn hour (which the flag itself resolves) never
+/// does.
+pub(crate) fn dst_contradicts(telegram: &Telegram<'_>, tz: &TimeZone) -> bool {
+    let Some(local) = telegram.meter_local_time() else {
+        return false;
+    };
+    let (Some(summer), Some(at)) = (local.dst, local.to_timestamp(tz)) else {
+        return false;
+    };
+    tz.to_offset_info(at).dst().is_dst() != summer
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -64,12 +126,19 @@ impl Pipeline {
             ok: 0,
             rejected: 0,
             logged: HashMap::new(),
+            clock: ClockCheck::default(),
+            clock_logged: HashMap::new(),
         }
     }
 
     /// The meter's name.
     pub fn meter(&self) -> &Arc<str> {
         &self.meter
+    }
+
+    /// Readings on the channel that the slowest sink has not taken yet.
+    pub fn channel_backlog(&self) -> usize {
+        self.tx.len()
     }
 
     /// Good telegrams so far.
@@ -122,7 +191,7 @@ impl Pipeline {
         source: &Arc<str>,
         tz: Option<&TimeZone>,
         zones: &mut HashMap<&'static str, TimeZone>,
-    ) -> Result<Arc<Reading>, (p1_telegram::Error, u64)> {
+    ) -> Result<(Arc<Reading>, bool), (p1_telegram::Error, u64)> {
         match result {
             Ok(frame) => Self::publish_frame(frame.bytes, meter, source, tz, zones)
                 .map_err(|e| (e, frame.offset)),
@@ -136,7 +205,7 @@ impl Pipeline {
         source: &Arc<str>,
         tz: Option<&TimeZone>,
         zones: &mut HashMap<&'static str, TimeZone>,
-    ) -> Result<Arc<Reading>, p1_telegram::Error> {
+    ) -> Result<(Arc<Reading>, bool), p1_telegram::Error> {
         let telegram = Telegram::parse(bytes, ParseOptions::default())?;
         let tz = match tz {
             Some(tz) => tz,
@@ -147,18 +216,47 @@ impl Pipeline {
                     .or_insert_with(|| jiff::tz::db().get(name).unwrap_or(TimeZone::UTC))
             }
         };
-        Ok(Arc::new(Reading::from_telegram(
+        let reading = Arc::new(Reading::from_telegram(
             meter.clone(),
             source.clone(),
             &telegram,
             tz,
             jiff::Timestamp::now(),
-        )))
+        ));
+        Ok((reading, dst_contradicts(&telegram, tz)))
     }
 
-    fn settle(&mut self, outcome: Result<Arc<Reading>, (p1_telegram::Error, u64)>) {
+    /// Counts and (rate-limited) logs the oddities of the meter's clock; the reading goes on.
+    fn watch_clock(&mut self, reading: &Reading, dst_contradicts: bool) {
+        for kind in self
+            .clock
+            .check(reading.meter_time, reading.received_at, dst_contradicts)
+        {
+            metrics::counter!("p1gw_meter_clock_anomalies_total", "meter" => self.meter.to_string(), "kind" => kind)
+                .increment(1);
+            let now = tokio::time::Instant::now();
+            let due = self
+                .clock_logged
+                .get(kind)
+                .is_none_or(|last| now.duration_since(*last) >= std::time::Duration::from_secs(60));
+            if due {
+                self.clock_logged.insert(kind, now);
+                let meter_time = reading.meter_time.map(|t| t.to_string());
+                tracing::warn!(
+                    meter = %self.meter,
+                    kind,
+                    meter_time = meter_time.as_deref().unwrap_or("-"),
+                    received_at = %reading.received_at,
+                    "Meter clock anomaly; the reading is kept (further ones of this kind are counted, logged at most once a minute)."
+                );
+            }
+        }
+    }
+
+    fn settle(&mut self, outcome: Result<(Arc<Reading>, bool), (p1_telegram::Error, u64)>) {
         match outcome {
-            Ok(reading) => {
+            Ok((reading, dst_contradicts)) => {
+                self.watch_clock(&reading, dst_contradicts);
                 self.ok += 1;
                 metrics::counter!("p1gw_telegrams_total", "meter" => self.meter.to_string())
                     .increment(1);

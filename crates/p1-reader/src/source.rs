@@ -14,6 +14,11 @@ use crate::handle::{Command, Control};
 use crate::serial::{SerialOpener, SerialSource};
 use crate::{Pipeline, Profile, SimulatedMeter};
 
+/// A fast replay waits while more readings than this wait on the channel
+/// (a quarter of its capacity in p1gw), so the sinks keep up and nothing is
+/// dropped as lagged.
+const FAST_REPLAY_BACKLOG: usize = 256;
+
 /// How fast a recording is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
@@ -318,7 +323,21 @@ impl Replay<'_> {
     /// says. False when `stop` fired or the last handle was dropped.
     async fn bytes(&mut self, bytes: &[u8], pace: Pace) -> bool {
         if pace == Pace::Fast {
-            for chunk in bytes.chunks(64 * 1024) {
+            // Small chunks, and room on the channel before each: a recording
+            // replayed as fast as possible must not outrun the sinks (a live
+            // meter never does), or readings would be dropped as lagged.
+            for chunk in bytes.chunks(8 * 1024) {
+                // At most a second per chunk: a stalled consumer (an SSE
+                // client that stopped reading) must not stop the replay.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while self.pipeline.channel_backlog() > FAST_REPLAY_BACKLOG
+                    && tokio::time::Instant::now() < deadline
+                {
+                    if self.stop.is_cancelled() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 self.pipeline.feed(chunk);
                 if self.stop.is_cancelled() || !self.control.serve_waiting(counters(self.pipeline))
                 {

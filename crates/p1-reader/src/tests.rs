@@ -348,3 +348,92 @@ async fn a_stopped_reader_answers_reader_gone() {
     let e = handle.status().await.expect_err("gone");
     assert_eq!(e.to_string(), "the reader of meter \"once\" has stopped");
 }
+
+#[test]
+fn the_meter_clock_is_watched_for_jumps_the_future_and_contradicting_dst_flags() {
+    let t = |s: &str| s.parse::<jiff::Timestamp>().expect("timestamp");
+    let now = t("2024-03-01T12:00:00Z");
+    let mut clock = ClockCheck::default();
+    let none: [&str; 0] = [];
+    assert_eq!(
+        clock.check(Some(t("2024-03-01T11:59:59Z")), now, false),
+        none
+    );
+    assert_eq!(
+        clock.check(Some(t("2024-03-01T11:00:00Z")), now, false),
+        ["backwards"]
+    );
+    // Four minutes ahead is drift, tolerated; years ahead is not.
+    assert_eq!(
+        clock.check(Some(t("2024-03-01T12:04:00Z")), now, false),
+        none
+    );
+    assert_eq!(
+        clock.check(Some(t("2030-01-01T00:00:00Z")), now, false),
+        ["future"]
+    );
+    // Back from the future is a jump backwards too.
+    assert_eq!(
+        clock.check(Some(t("2024-03-01T12:00:01Z")), now, false),
+        ["backwards"]
+    );
+    // A reading without a clock is never odd by time, and is not remembered.
+    assert_eq!(clock.check(None, now, false), none);
+    assert_eq!(
+        clock.check(Some(t("2024-03-01T12:00:02Z")), now, true),
+        ["dst_flag"]
+    );
+
+    let dst = |zone: &str, stamp: &str| {
+        let frame = format!("/ISK5\\2M550T-1012\r\n\r\n0-0:1.0.0({stamp})\r\n!\r\n");
+        let telegram =
+            p1_telegram::Telegram::parse(frame.as_bytes(), Default::default()).expect("telegram");
+        let tz = jiff::tz::db().get(zone).expect("zone");
+        crate::pipeline::dst_contradicts(&telegram, &tz)
+    };
+    let ams = "Europe/Amsterdam";
+    assert!(!dst(ams, "240115120000W"));
+    assert!(dst(ams, "240115120000S"), "summer time flagged in January");
+    assert!(!dst(ams, "240715120000S"));
+    assert!(dst(ams, "240715120000W"), "winter time flagged in July");
+    // The repeated autumn hour: the flag picks which one, so it never contradicts.
+    assert!(!dst(ams, "241027023000S"));
+    assert!(!dst(ams, "241027023000W"));
+    // Reykjavik keeps no summer time; no flag, nothing to contradict.
+    assert!(dst("Atlantic/Reykjavik", "240715120000S"));
+    assert!(!dst("Atlantic/Reykjavik", "240715120000W"));
+    assert!(!dst(ams, "240715120000"));
+}
+
+#[test]
+fn odd_meter_clocks_are_flagged_but_every_reading_flows() {
+    let (tx, mut rx) = broadcast::channel(16);
+    let (latest, _) = watch::channel(None);
+    let registry = Registry::new();
+    let health = registry
+        .register("reader:clock", ComponentKind::Reader)
+        .expect("register");
+    let tz = jiff::tz::db().get("Europe/Amsterdam").expect("zone");
+    let mut pipeline = Pipeline::new(
+        Arc::from("clock"),
+        Arc::from("test"),
+        Some(tz),
+        16 * 1024,
+        tx,
+        latest,
+        health,
+    );
+    for stamp in [
+        "240115120000W",
+        "240115110000W",
+        "240115120000S",
+        "391231235959W",
+    ] {
+        let frame = format!("/ISK5\\2M550T-1012\r\n\r\n0-0:1.0.0({stamp})\r\n!\r\n");
+        pipeline.feed(frame.as_bytes());
+    }
+    assert_eq!(pipeline.telegrams_ok(), 4);
+    for _ in 0..4 {
+        assert!(rx.try_recv().is_ok(), "every reading is published");
+    }
+}

@@ -5,9 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use p1_mqtt_transport::{ClientIdentity, TlsSettings};
 use rumqttc::{LastWill, MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::BuildError;
 
@@ -38,35 +37,6 @@ impl Qos {
             Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
         }
     }
-}
-
-/// A client certificate and its private key, both PEM. `Debug` does not show the key.
-#[derive(Clone)]
-pub struct ClientIdentity {
-    /// The certificate chain, leaf first.
-    pub cert_pem: Vec<u8>,
-    /// The private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_pem: Vec<u8>,
-}
-
-impl fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientIdentity")
-            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
-            .field("key_pem", &format_args!("***"))
-            .finish()
-    }
-}
-
-/// TLS for `mqtts://`.
-#[derive(Debug, Clone, Default)]
-pub struct TlsSettings {
-    /// PEM CA certificates to trust instead of the system's (`ca_file`). `None`: the system's
-    /// trust store, read with rustls-native-certs (`/etc/ssl/certs` on Debian, kept current by
-    /// the `ca-certificates` package; `SSL_CERT_FILE`/`SSL_CERT_DIR` override it).
-    pub ca_pem: Option<Vec<u8>>,
-    /// A client certificate, for brokers that authenticate clients by certificate.
-    pub client: Option<ClientIdentity>,
 }
 
 /// Everything an MQTT sink needs. p1gw builds it from a validated `[[sink]]` entry; the
@@ -234,64 +204,7 @@ impl MqttSettings {
     }
 }
 
-/// Builds the rustls client configuration for `tls`, on the ring provider (explicitly, so it
-/// works whether or not a process-wide default provider was installed).
+/// Builds the rustls client configuration for `tls` (see [`p1_mqtt_transport::client_config`]).
 pub(crate) fn client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, BuildError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| {
-                    BuildError::TrustAnchors(format!("ca_file: not a PEM certificate: {e}"))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    BuildError::TrustAnchors(format!("ca_file: unusable certificate: {e}"))
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(BuildError::TrustAnchors(
-                    "ca_file: no PEM certificate in it".to_owned(),
-                ));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map_or_else(|| "none found".to_owned(), ToString::to_string);
-                return Err(BuildError::TrustAnchors(format!(
-                    "no system CA certificates ({why}); install the ca-certificates package or set ca_file"
-                )));
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| BuildError::Tls(e.to_string()))?
-    .with_root_certificates(roots);
-    let config = match &tls.client {
-        None => builder.with_no_client_auth(),
-        Some(id) => {
-            let certs = CertificateDer::pem_slice_iter(&id.cert_pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| BuildError::ClientCert(format!("not a PEM certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(BuildError::ClientCert(
-                    "no PEM certificate in client_cert_file".to_owned(),
-                ));
-            }
-            let key = PrivateKeyDer::from_pem_slice(&id.key_pem).map_err(|e| {
-                BuildError::ClientCert(format!("client_key_file: no usable private key: {e}"))
-            })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| BuildError::ClientCert(e.to_string()))?
-        }
-    };
-    Ok(Arc::new(config))
+    p1_mqtt_transport::client_config(tls).map_err(BuildError::from)
 }

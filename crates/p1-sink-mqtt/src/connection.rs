@@ -3,14 +3,10 @@
 //!
 //! # Acks
 //!
-//! rumqttc gives a packet id to each QoS 1/2 publish only when its event loop takes it from the
-//! request channel, and reports that as `Outgoing::Publish(pkid)`, in request order. So every
-//! `try_publish` pushes a [`Tag`] on a FIFO, each `Outgoing::Publish(pkid)` pops the oldest tag
-//! and files it under `pkid`, and the broker's `PubAck(pkid)` (QoS 1) or `PubComp(pkid)`
-//! (QoS 2) settles it; for QoS 0 the `Outgoing::Publish(0)` itself (emitted after the socket
-//! flush) settles it. A record ([`Job`]) is acked to delivery when all its messages are settled.
-//! rumqttc's packet-id collision (`AwaitAck(pkid)`, only with out-of-order acks) parks the tag
-//! until the same pkid is published.
+//! Every `try_publish` hands a [`Tag`] to p1-mqtt-transport's [`Acks`], which maps rumqttc's
+//! packet ids back to it: the broker's `PubAck(pkid)` (QoS 1) or `PubComp(pkid)` (QoS 2)
+//! settles it; for QoS 0 the `Outgoing::Publish(0)` itself (emitted after the socket flush)
+//! settles it. A record ([`Job`]) is acked to delivery when all its messages are settled.
 //!
 //! # One client per connection
 //!
@@ -35,7 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use p1_core::{Backoff, HealthHandle};
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing};
+use p1_mqtt_transport::{Acks, Polled, poll_events};
+use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, Outgoing};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -185,12 +182,8 @@ struct Run {
     status_topic: String,
     ha_status_topic: Option<String>,
     live: Option<Live>,
-    /// Tags of messages handed to rumqttc, not yet seen as `Outgoing::Publish`.
-    fifo: VecDeque<Tag>,
-    /// Tags by packet id, waiting for PUBACK/PUBCOMP.
-    inflight: HashMap<u16, Tag>,
-    /// A tag parked by a packet-id collision.
-    collided: Option<(u16, Tag)>,
+    /// Messages handed to rumqttc and not settled yet, by packet id.
+    acks: Acks<Tag>,
     control: VecDeque<Out>,
     data: VecDeque<Out>,
     /// Unsettled messages per (epoch, seq).
@@ -210,7 +203,7 @@ impl Connection {
     /// Runs until a clean stop (after `offline` and the DISCONNECT went out, or
     /// [`STOP_GRACE`]) or the hard stop.
     pub(crate) async fn run(mut self) {
-        let (events_tx, mut events) = mpsc::channel::<(u64, Result<Event, ConnectionError>)>(256);
+        let (events_tx, mut events) = mpsc::channel::<Polled>(256);
         let mut run = Run {
             qos: self.settings.qos.mqtt(),
             status_topic: self.settings.status_topic(),
@@ -221,9 +214,7 @@ impl Connection {
                 .map(|p| format!("{p}/status")),
             settings: self.settings.clone(),
             live: None,
-            fifo: VecDeque::new(),
-            inflight: HashMap::new(),
-            collided: None,
+            acks: Acks::new(),
             control: VecDeque::new(),
             data: VecDeque::new(),
             remaining: HashMap::new(),
@@ -260,7 +251,7 @@ impl Connection {
                             let offline = live.client.try_publish(
                                 run.status_topic.clone(), rumqttc::QoS::AtLeastOnce, true, "offline");
                             if offline.is_ok() {
-                                run.fifo.push_back(Tag::Control);
+                                run.acks.handed(Tag::Control);
                             }
                             if live.client.try_disconnect().is_err() {
                                 break;
@@ -303,7 +294,7 @@ impl Connection {
                     generation += 1;
                     let options = self.settings.options(self.tls.as_ref());
                     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-                    let poller = tokio::spawn(poll(generation, eventloop, events_tx.clone()));
+                    let poller = tokio::spawn(poll_events(generation, eventloop, events_tx.clone()));
                     tracing::debug!(sink = %self.name, broker = %self.settings.broker(), "Connecting to the MQTT broker.");
                     run.live = Some(Live { client, poller, connected: false });
                 }
@@ -332,36 +323,9 @@ async fn wait_changed(rx: Option<&mut watch::Receiver<Arc<Configs>>>) -> bool {
     }
 }
 
-/// One connection's event loop, polled to its first error. Never cancelled mid-poll except
-/// when the whole connection is dropped.
-async fn poll(
-    generation: u64,
-    mut eventloop: EventLoop,
-    tx: mpsc::Sender<(u64, Result<Event, ConnectionError>)>,
-) {
-    loop {
-        let event = eventloop.poll().await;
-        if event.is_err() {
-            // rumqttc reads packets in bulk: a PUBACK read together with the end of the
-            // connection is handled but left in its event queue when the read fails. Hand
-            // those on first, or the ack would be lost and the reading sent twice.
-            while let Some(buffered) = eventloop.state.events.pop_front() {
-                if tx.send((generation, Ok(buffered))).await.is_err() {
-                    return;
-                }
-            }
-            tx.send((generation, event)).await.ok();
-            return;
-        }
-        if tx.send((generation, event)).await.is_err() {
-            return;
-        }
-    }
-}
-
 impl Run {
     fn outstanding(&self) -> usize {
-        self.fifo.len() + self.inflight.len() + usize::from(self.collided.is_some())
+        self.acks.len()
     }
 
     /// Hands queued messages to rumqttc: control first, data as the bucket allows.
@@ -400,7 +364,7 @@ impl Run {
                 .client
                 .try_publish(out.topic.clone(), qos, out.retain, out.payload.clone())
             {
-                Ok(()) => self.fifo.push_back(out.tag),
+                Ok(()) => self.acks.handed(out.tag),
                 Err(_) => {
                     // The request channel is full (or the event loop just ended, which its
                     // error event reports): try again after the next event.
@@ -467,6 +431,10 @@ impl Run {
 
     /// Handles one event of the live connection; true on a CONNACK.
     fn handle(&mut self, event: Event, cx: &Connection) -> bool {
+        if let Some(tag) = self.acks.on_event(&event) {
+            self.settle(tag, cx);
+            return false;
+        }
         match event {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 if let Some(live) = &mut self.live {
@@ -479,31 +447,6 @@ impl Run {
                 self.on_connect(cx);
                 return true;
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let tag = match self.collided {
-                    Some((parked, tag)) if parked == pkid && !self.inflight.contains_key(&pkid) => {
-                        self.collided = None;
-                        Some(tag)
-                    }
-                    _ => self.fifo.pop_front(),
-                };
-                match (tag, pkid) {
-                    (Some(tag), 0) => self.settle(tag, cx),
-                    (Some(tag), pkid) => {
-                        self.inflight.insert(pkid, tag);
-                    }
-                    (None, _) => {
-                        tracing::warn!(sink = %cx.name, pkid, "MQTT publish without a tag; ignored.");
-                    }
-                }
-            }
-            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
-                if let Some(tag) = self.fifo.pop_front() {
-                    self.collided = Some((pkid, tag));
-                }
-            }
-            Event::Incoming(Incoming::PubAck(ack)) => self.acked(ack.pkid, cx),
-            Event::Incoming(Incoming::PubComp(comp)) => self.acked(comp.pkid, cx),
             Event::Incoming(Incoming::Publish(p))
                 if self.ha_status_topic.as_deref() == Some(p.topic.as_str())
                     && p.payload.as_ref() == b"online" =>
@@ -514,12 +457,6 @@ impl Run {
             _ => {}
         }
         false
-    }
-
-    fn acked(&mut self, pkid: u16, cx: &Connection) {
-        if let Some(tag) = self.inflight.remove(&pkid) {
-            self.settle(tag, cx);
-        }
     }
 
     /// One message of `tag` is settled.
@@ -611,9 +548,7 @@ impl Run {
         }
         let had_data = !self.remaining.is_empty();
         self.dead_epoch = self.epoch;
-        self.fifo.clear();
-        self.inflight.clear();
-        self.collided = None;
+        self.acks.clear();
         self.control.clear();
         self.data.clear();
         self.remaining.clear();

@@ -16,3 +16,14 @@ pub enum BuildError {
     #[error("TLS: {0}")]
     Tls(String),
 }
+
+impl From<p1_mqtt_transport::TlsError> for BuildError {
+    fn from(e: p1_mqtt_transport::TlsError) -> Self {
+        use p1_mqtt_transport::TlsError;
+        match e {
+            TlsError::TrustAnchors(m) => BuildError::TrustAnchors(m),
+            TlsError::ClientCert(m) => BuildError::ClientCert(m),
+            TlsError::Tls(m) => BuildError::Tls(m),
+        }
+    }
+}

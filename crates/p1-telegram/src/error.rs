@@ -37,6 +37,17 @@ pub enum Error {
         /// The text after `!`, lossily decoded.
         text: String,
     },
+    /// A telegram without a CRC holds a byte no meter sends (anything but printable ASCII,
+    /// tab, CR and LF): line noise, a wrong baud rate, or half a telegram glued to garbage
+    /// that happened to end in a `!` line. Only when CRCs are checked; a valid CRC vouches
+    /// for the bytes and skips this check.
+    #[error("garbled telegram without a CRC: byte 0x{byte:02X} at frame offset {at} is not text")]
+    Garbled {
+        /// Offset of the first such byte in the frame.
+        at: usize,
+        /// The byte.
+        byte: u8,
+    },
     /// The bytes handed to [`crate::Telegram::parse`] do not start with `/`.
     #[error("not a telegram: the first byte is not '/'")]
     NoHeader,
@@ -50,6 +61,7 @@ impl Error {
             Error::Oversize { .. } => "oversize",
             Error::CrcMismatch { .. } => "crc",
             Error::InvalidCrc { .. } => "invalid_crc",
+            Error::Garbled { .. } => "garbled",
             Error::NoHeader => "no_header",
         }
     }

@@ -47,6 +47,16 @@ impl Default for ParseOptions {
     }
 }
 
+/// The offset of the first byte that is not printable ASCII, tab, CR or LF. The common case
+/// (all text) is one branch-free pass the compiler vectorises.
+fn first_non_text(frame: &[u8]) -> Option<usize> {
+    let is_text = |b: u8| (0x20..0x7f).contains(&b) || matches!(b, b'\r' | b'\n' | b'\t');
+    if frame.iter().fold(true, |all, &b| all & is_text(b)) {
+        return None;
+    }
+    frame.iter().position(|&b| !is_text(b))
+}
+
 /// A typed value of a data line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value<'a> {
@@ -252,6 +262,17 @@ impl<'a> Telegram<'a> {
         } else {
             (&frame[header_end.min(body_end_guess)..], CrcStatus::Absent)
         };
+        // Nothing vouches for the bytes of a telegram without a CRC: one holding a byte no
+        // meter sends is noise (or half a telegram glued to garbage), not a reading.
+        if options.check_crc
+            && crc == CrcStatus::Absent
+            && let Some(at) = first_non_text(frame)
+        {
+            return Err(Error::Garbled {
+                at,
+                byte: frame[at],
+            });
+        }
 
         // One SIMD pass finds the line ends; a telegram line is ~25 bytes.
         let mut objects = Vec::with_capacity(body.len() / 24 + 4);

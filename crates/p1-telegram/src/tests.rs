@@ -94,6 +94,40 @@ fn crc_mismatch_is_an_error_with_both_values_or_kept_when_asked() {
 }
 
 #[test]
+fn a_telegram_without_crc_holding_binary_bytes_is_garbled_unless_a_crc_vouches_for_it() {
+    // Half a Veitur telegram glued to line noise that happened to end in a `!` line.
+    let glued = b"/ISk5\\2MIE5E-200\r\n\r\n1-0:1.8.0(001988.284*kWh)\r\n1-0:2.8.\x8f\x03q\r\n!\r\n";
+    assert_eq!(
+        Telegram::parse(glued, ParseOptions::default()),
+        Err(Error::Garbled { at: 55, byte: 0x8f })
+    );
+    assert_eq!(Error::Garbled { at: 0, byte: 0 }.reason(), "garbled");
+    // With checks off (`p1gw parse --no-crc`) it is shown as it is.
+    assert!(Telegram::parse(glued, ParseOptions { check_crc: false }).is_ok());
+    // A NUL (what the OS puts in for a framing error) counts too; a tab does not.
+    let nul = b"/X5\r\n\r\n1-0:1.8.0(1*kWh)\x00\r\n!\r\n";
+    assert!(matches!(
+        Telegram::parse(nul, ParseOptions::default()),
+        Err(Error::Garbled { byte: 0, .. })
+    ));
+    assert!(
+        Telegram::parse(
+            b"/X5\r\n\t1-0:1.8.0(1*kWh)\r\n!\r\n",
+            ParseOptions::default()
+        )
+        .is_ok()
+    );
+    // A valid CRC vouches for the bytes: they are what the meter sent.
+    let vouched = with_crc("/X5\r\n\r\n0-0:96.13.0(\u{e9})\r\n!");
+    assert_eq!(
+        Telegram::parse(&vouched, ParseOptions::default())
+            .expect("valid CRC")
+            .crc,
+        CrcStatus::Valid
+    );
+}
+
+#[test]
 fn decimals_keep_the_digits_sent() {
     let cases = [
         ("001988.284", "1988.284"),
@@ -415,7 +449,13 @@ fn json_is_the_design_shape() {
 
 #[test]
 fn json_escapes_control_characters_and_invalid_utf8() {
-    let t = parse(b"/X5\x01\xff\r\n\r\n0-0:96.13.0(\x02\"\\)\r\n!\r\n");
+    // Without a CRC such bytes are `Garbled` unless checks are off (`p1gw parse --no-crc`),
+    // which is how they reach the writer.
+    let t = Telegram::parse(
+        b"/X5\x01\xff\r\n\r\n0-0:96.13.0(\x02\"\\)\r\n!\r\n",
+        ParseOptions { check_crc: false },
+    )
+    .expect("kept with checks off");
     let mut out = String::new();
     json::write_telegram(&mut out, "s", &t, &jiff::tz::TimeZone::UTC);
     let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");

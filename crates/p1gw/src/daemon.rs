@@ -68,6 +68,7 @@ pub(crate) async fn run(
     plan: Plan,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
     reload: Option<Reload<'_>>,
+    signals: &mut crate::signals::Signals,
 ) -> anyhow::Result<Option<Plan>> {
     let registry = Registry::new();
     let shutdown = Shutdown::new();
@@ -186,7 +187,8 @@ pub(crate) async fn run(
     crate::systemd::ready();
     let watchdog = tokio::spawn(crate::systemd::watchdog(registry.clone(), weak));
 
-    let mut signals = crate::signals::Signals::new()?;
+    // The signal streams outlive each run: a SIGTERM that arrives while a
+    // reload drains the old run is still there for the next one.
     let next = loop {
         match signals.next().await {
             crate::signals::Signal::Stop(name) => {

@@ -29,7 +29,7 @@ pub(crate) struct Overrides {
 ///
 /// # Errors
 /// Exit 78 for a source or sink kind this build cannot run yet, 74 when a
-/// secret file cannot be read.
+/// secret file cannot be read, 66 when a replay's recording is missing.
 pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Result<Plan> {
     let mut meters = Vec::new();
     for meter in &config.meters {
@@ -46,6 +46,18 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
                 },
                 p1_telegram::DEFAULT_MAX_TELEGRAM_BYTES,
             ),
+            // A recording missing at start is an input error (exit 66, and systemd's
+            // Restart= tries again), not a daemon that looks healthy with a stopped reader.
+            ValidSource::Replay(r) if r.path.as_os_str() != "-" && !r.path.exists() => {
+                return Err(Coded::error(
+                    Exit::NO_INPUT,
+                    format!(
+                        "meter {:?}: source.path: the recording {} does not exist",
+                        meter.name,
+                        r.path.display()
+                    ),
+                ));
+            }
             ValidSource::Replay(r) => (
                 SourceConfig::Replay {
                     path: r.path.clone(),
@@ -116,15 +128,21 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
                 })?;
                 (p1_sink_influx::KIND, Arc::new(move || built.sink()))
             }
-            other => {
-                return Err(Coded::error(
-                    Exit::CONFIG,
-                    format!(
-                        "sink {:?}: kind \"{}\" is not available in this build yet",
-                        sink.name,
-                        other.kind()
-                    ),
-                ));
+            ValidSinkKind::AzureIot(azure) => {
+                let settings = azure
+                    .settings()
+                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
+                // Errors name the connection string's field (never its key) and where it is.
+                let built = p1_sink_azure::build(settings).map_err(|e| {
+                    Coded::error(
+                        Exit::CONFIG,
+                        format!(
+                            "sink {:?}: {e} (connection string from the {})",
+                            sink.name, azure.connection_string
+                        ),
+                    )
+                })?;
+                (p1_sink_azure::KIND, Arc::new(move || built.make()))
             }
         };
         sinks.push(SinkPlan {
@@ -138,7 +156,12 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
         Some(source) => Some(
             source
                 .read()
-                .map_err(|e| Coded::error(Exit::IO, format!("http token: cannot read it: {e}")))?
+                .map_err(|e| {
+                    Coded::error(
+                        Exit::IO,
+                        format!("http token: cannot read the {source}: {e}"),
+                    )
+                })?
                 .expose()
                 .to_owned(),
         ),

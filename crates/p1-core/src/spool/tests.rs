@@ -10,6 +10,9 @@ use super::*;
 const CHILD_ENV: &str = "P1_SPOOL_CRASH_CHILD";
 const CHILD_MODE_ENV: &str = "P1_SPOOL_CRASH_MODE";
 const CHILD_RUN_ENV: &str = "P1_SPOOL_CRASH_RUN";
+/// How many kill-and-reopen runs [`spool_survives_sigkill`] makes (default 100, about 12 s on
+/// two cores; scripts/soak asks for more).
+const RUNS_ENV: &str = "P1_SPOOL_CRASH_RUNS";
 
 fn open(path: &Path, max_bytes: u64) -> Spool {
     Spool::open(path, "test", SpoolConfig::new(max_bytes)).expect("open spool")
@@ -748,7 +751,10 @@ fn crash_child_writer() {
 
 #[test]
 fn spool_survives_sigkill() {
-    const RUNS: u32 = 24;
+    let runs: u32 = std::env::var(RUNS_ENV)
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(100);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("crash.redb");
     let exe = std::env::current_exe().expect("test binary path");
@@ -756,7 +762,7 @@ fn spool_survives_sigkill() {
     let mut reported: Vec<u64> = Vec::new(); // every seq any child said was stored
     let mut acked_upto = 0u64; // highest prefix any child announced acking
 
-    for run in 0..RUNS {
+    for run in 0..runs {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -868,7 +874,7 @@ fn spool_survives_sigkill() {
         );
     }
     assert!(
-        reported.len() >= RUNS as usize,
+        reported.len() >= runs as usize,
         "children stored too little to mean much"
     );
 }

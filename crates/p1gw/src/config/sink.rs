@@ -1,5 +1,6 @@
 //! `[[sink]]`: where readings go, each entry chosen by `kind`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use super::secret::{
 };
 use super::source::{non_empty_path, positive};
 use super::value::{
-    Endpoint, RawDuration, check_name, check_topic_prefix, format_duration, parse_duration,
+    Endpoint, RawDuration, RawSize, check_name, check_topic_prefix, format_duration, format_size,
+    parse_duration, parse_size,
 };
 
 /// The `kind`s of sink, as spelled in the file (and in the metrics' `sink` label).
@@ -239,9 +241,28 @@ pub(crate) struct AzureIotConfig {
     #[serde(default = "default_azure_interval")]
     pub(crate) interval: RawDuration,
     /// The most messages sent in a day (UTC); `interval` must fit in it. Default 8000, the free
-    /// tier's limit.
+    /// tier's limit. Counted as the hub counts: one per started `message_chunk` of a message.
+    /// When it is used up, readings stay spooled until 00:00 UTC.
     #[serde(default = "default_daily_message_budget")]
     pub(crate) daily_message_budget: u32,
+    /// IoT Hub meters messages in chunks of this size: `"512B"` on the free tier (the default),
+    /// `"4KiB"` on the basic and standard tiers.
+    #[serde(default = "default_message_chunk")]
+    pub(crate) message_chunk: RawSize,
+    /// How long each SAS token is valid, from `"1m"`; the connection is renewed with a fresh
+    /// token at 80 % of it. Default `"1h"`.
+    #[serde(default = "default_token_lifetime")]
+    pub(crate) token_lifetime: RawDuration,
+    /// Application properties added to every message, for IoT Hub message routing, e.g.
+    /// `properties = { meter = "home", kind = "electricity" }`. Names must not start with `$`.
+    #[serde(default)]
+    pub(crate) properties: BTreeMap<String, String>,
+    /// A PEM file of CA certificates to trust instead of the system's (a test hub, an IoT Edge
+    /// gateway with its own CA).
+    pub(crate) ca_file: Option<PathBuf>,
+    /// The hub's MQTT port. Default 8883; change it only for a test hub or a TLS proxy.
+    #[serde(default = "default_azure_port")]
+    pub(crate) port: u16,
 }
 
 /// `kind = "jsonl"`.
@@ -300,6 +321,15 @@ fn default_azure_interval() -> RawDuration {
 }
 fn default_daily_message_budget() -> u32 {
     8000
+}
+fn default_message_chunk() -> RawSize {
+    RawSize::new("512B")
+}
+fn default_token_lifetime() -> RawDuration {
+    RawDuration::new("1h")
+}
+fn default_azure_port() -> u16 {
+    8883
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,6 +494,16 @@ pub(crate) struct ValidAzureIot {
     pub(crate) interval: Duration,
     /// Messages per day at most.
     pub(crate) daily_message_budget: u32,
+    /// Metering chunk, 1 B to 256 KiB.
+    pub(crate) message_chunk: u32,
+    /// SAS token lifetime, 1 min or more.
+    pub(crate) token_lifetime: Duration,
+    /// Application properties, by name.
+    pub(crate) properties: BTreeMap<String, String>,
+    /// CA certificates to trust instead of the system's.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// The hub's MQTT port.
+    pub(crate) port: u16,
 }
 
 /// A validated JSON-lines sink.
@@ -1029,13 +1069,105 @@ impl AzureIotConfig {
                 return None;
             }
         }
+        let chunk = problems
+            .ok(&at.key("message_chunk"), parse_size(&self.message_chunk))
+            .and_then(|bytes| {
+                if (1..=256 * 1024).contains(&bytes) {
+                    u32::try_from(bytes).ok()
+                } else {
+                    problems.value(
+                        at.key("message_chunk"),
+                        format!(
+                            "{}: message_chunk is from 1B to 256KiB (\"512B\" free tier, \"4KiB\" paid tiers)",
+                            format_size(bytes)
+                        ),
+                    );
+                    None
+                }
+            });
+        let lifetime = positive(&self.token_lifetime, &at.key("token_lifetime"), problems)
+            .and_then(|d| {
+                if d < Duration::from_secs(60) {
+                    problems.value(
+                        at.key("token_lifetime"),
+                        format!("{}: token_lifetime is \"1m\" or more", format_duration(d)),
+                    );
+                    None
+                } else {
+                    Some(d)
+                }
+            });
+        let mut properties_ok = true;
+        for name in self.properties.keys() {
+            if name.is_empty() || name.starts_with('$') {
+                problems.value(
+                    at.key("properties"),
+                    format!("{name:?}: property names must not be empty or start with '$' (IoT Hub's system properties)"),
+                );
+                properties_ok = false;
+            }
+        }
+        let ca = optional_path(self.ca_file.as_ref(), &at.key("ca_file"), problems);
+        let port = if self.port == 0 {
+            problems.value(at.key("port"), "must not be 0");
+            None
+        } else {
+            Some(self.port)
+        };
         file?;
+        ca?;
         Some(ValidAzureIot {
             connection_string: connection_string?,
             client_cert: cert?,
             interval: interval?,
             daily_message_budget: budget?,
+            message_chunk: chunk?,
+            token_lifetime: lifetime?,
+            properties: properties_ok.then(|| self.properties.clone())?,
+            ca_file: self.ca_file.clone(),
+            port: port?,
         })
+    }
+}
+
+impl ValidAzureIot {
+    /// The Azure IoT Hub sink's settings, with the connection string, the CA file and the
+    /// client certificate read (errors name where they come from, never a secret; the caller
+    /// maps them to exit 74). The connection string is parsed by `p1_sink_azure::build`.
+    pub(crate) fn settings(&self) -> Result<p1_sink_azure::AzureSettings, String> {
+        let connection_string = self.connection_string.read().map_err(|e| {
+            format!(
+                "connection string: cannot read the {}: {e}",
+                self.connection_string
+            )
+        })?;
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+        };
+        let mut s = p1_sink_azure::AzureSettings::new(connection_string.expose());
+        s.ca_pem = self
+            .ca_file
+            .as_deref()
+            .map(|p| read("ca_file", p))
+            .transpose()?;
+        s.client = match &self.client_cert {
+            None => None,
+            Some(c) => Some(p1_sink_azure::ClientIdentity {
+                cert_pem: read("client_cert_file", &c.cert_file)?,
+                key_pem: read("client_key_file", &c.key_file)?,
+            }),
+        };
+        s.port = self.port;
+        s.token_lifetime = self.token_lifetime;
+        s.interval = self.interval;
+        s.daily_message_budget = self.daily_message_budget;
+        s.message_chunk = self.message_chunk;
+        s.properties = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(s)
     }
 }
 
@@ -1177,5 +1309,180 @@ mod mqtt_tests {
         assert!(!m.value_topics);
         let e = error(&[base, "only_on_change = \"yes\""]);
         assert!(e.contains("only_on_change"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod azure_tests {
+    //! The Azure IoT Hub part of `[[sink]]`: defaults, the keys added for the Azure sink, their
+    //! errors, and the settings handed to p1-sink-azure.
+
+    use std::time::Duration;
+
+    use super::super::{ValidConfig, parse_str};
+    use super::ValidSinkKind;
+
+    fn config(sink: &[&str]) -> String {
+        let mut text = String::from(
+            "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n[source]\nkind = \"simulate\"\n[[sink]]\nkind = \"azure-iot\"\n",
+        );
+        for line in sink {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    }
+
+    fn check_env(sink: &[&str], env: &[(&str, &str)]) -> Result<ValidConfig, Vec<String>> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        parse_str("test.toml", config(sink), &lookup)
+            .and_then(|c| c.validate())
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
+    fn azure(sink: &[&str]) -> super::ValidAzureIot {
+        match check_env(sink, &[]) {
+            Ok(valid) => match &valid.sinks[0].kind {
+                ValidSinkKind::AzureIot(a) => a.clone(),
+                other => panic!("not azure-iot: {other:?}"),
+            },
+            Err(errors) => panic!("{errors:#?}"),
+        }
+    }
+
+    fn error(sink: &[&str]) -> String {
+        match check_env(sink, &[]) {
+            Ok(_) => panic!("{sink:?} should be an error"),
+            Err(errors) => {
+                assert_eq!(errors.len(), 1, "{errors:#?}");
+                errors[0].clone()
+            }
+        }
+    }
+
+    const FILE: &str = r#"connection_string_file = "/etc/p1gw/azure.conn""#;
+
+    #[test]
+    fn defaults_of_the_azure_keys() {
+        let a = azure(&[FILE]);
+        assert_eq!(a.interval, Duration::from_secs(60));
+        assert_eq!(a.daily_message_budget, 8000);
+        assert_eq!(a.message_chunk, 512);
+        assert_eq!(a.token_lifetime, Duration::from_secs(3600));
+        assert_eq!(a.port, 8883);
+        assert!(a.properties.is_empty() && a.ca_file.is_none() && a.client_cert.is_none());
+    }
+
+    #[test]
+    fn the_azure_keys_reach_the_sink_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = dir.path().join("azure.conn");
+        std::fs::write(
+            &conn,
+            "HostName=hub.azure-devices.net;DeviceId=meter-1;SharedAccessKey=c2VjcmV0\n",
+        )
+        .expect("write");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let a = azure(&[
+            &format!("connection_string_file = {:?}", conn.display().to_string()),
+            &format!("ca_file = {:?}", ca.display().to_string()),
+            r#"interval = "5m""#,
+            "daily_message_budget = 400000",
+            r#"message_chunk = "4KiB""#,
+            r#"token_lifetime = "30m""#,
+            "port = 18883",
+            r#"properties = { meter = "home", kind = "electricity" }"#,
+        ]);
+        let s = a.settings().expect("settings");
+        assert_eq!(
+            s.connection_string,
+            "HostName=hub.azure-devices.net;DeviceId=meter-1;SharedAccessKey=c2VjcmV0"
+        );
+        assert_eq!(s.interval, Duration::from_secs(300));
+        assert_eq!(s.daily_message_budget, 400_000);
+        assert_eq!(s.message_chunk, 4096);
+        assert_eq!(s.token_lifetime, Duration::from_secs(1800));
+        assert_eq!(s.port, 18883);
+        assert_eq!(
+            s.properties,
+            [
+                ("kind".to_owned(), "electricity".to_owned()),
+                ("meter".to_owned(), "home".to_owned())
+            ]
+        );
+        assert_eq!(
+            s.ca_pem.as_deref(),
+            Some(&b"-----BEGIN CERTIFICATE-----\n"[..])
+        );
+        assert!(!format!("{s:?}").contains("c2VjcmV0"), "{s:?}");
+        // The CA file holds no certificate: building the sink says so.
+        let built = p1_sink_azure::build(s);
+        assert!(
+            built.is_err_and(|e| e.to_string().contains("ca_file")),
+            "a broken CA file is reported"
+        );
+        // A missing connection string file names the file, never a content.
+        std::fs::remove_file(&conn).expect("remove");
+        let err = a.settings().expect_err("no file");
+        assert!(err.contains("azure.conn"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_connection_string_names_the_field_never_the_key() {
+        let valid = check_env(
+            &[],
+            &[(
+                "P1GW_AZURE_CONNECTION_STRING",
+                "HostName=hub.azure-devices.net;SharedAccessKey=dG9wLXNlY3JldA==",
+            )],
+        )
+        .expect("valid");
+        let ValidSinkKind::AzureIot(a) = &valid.sinks[0].kind else {
+            panic!("azure-iot");
+        };
+        let e = p1_sink_azure::build(a.settings().expect("settings"))
+            .expect_err("no DeviceId")
+            .to_string();
+        assert!(e.starts_with("connection string: missing DeviceId"), "{e}");
+        assert!(!e.contains("dG9wLXNlY3JldA"), "{e}");
+        assert_eq!(
+            a.connection_string.to_string(),
+            "environment variable P1GW_AZURE_CONNECTION_STRING"
+        );
+    }
+
+    #[test]
+    fn azure_key_errors_are_located() {
+        let e = error(&[FILE, r#"message_chunk = "0B""#]);
+        assert!(
+            e.contains("sink[0].message_chunk") && e.contains("1B to 256KiB"),
+            "{e}"
+        );
+        let e = error(&[FILE, r#"message_chunk = "1MiB""#]);
+        assert!(e.contains("1MiB: message_chunk"), "{e}");
+        let e = error(&[FILE, r#"token_lifetime = "30s""#]);
+        assert!(
+            e.contains("sink[0].token_lifetime") && e.contains("\"1m\" or more"),
+            "{e}"
+        );
+        let e = error(&[FILE, r#"properties = { "$.ct" = "text/plain" }"#]);
+        assert!(
+            e.contains("sink[0].properties") && e.contains("\"$.ct\""),
+            "{e}"
+        );
+        let e = error(&[FILE, "port = 0"]);
+        assert!(e.contains("sink[0].port"), "{e}");
+        let e = error(&[FILE, r#"ca_file = """#]);
+        assert!(
+            e.contains("sink[0].ca_file") && e.contains("empty path"),
+            "{e}"
+        );
+        let e = error(&[FILE, "properties = { meter = 1 }"]);
+        assert!(e.contains("properties"), "{e}");
     }
 }

@@ -1977,3 +1977,213 @@ fn influx_settings_read_the_password_and_token_and_name_a_missing_file() {
         }
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Arbitrary TOML-ish text through load and validate: never a panic, and every error names the
+// file and a position inside the text. (What a fuzz target would do: the configuration lives
+// in this binary crate, out of a fuzz target's reach without moving it.)
+
+mod arbitrary_text {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One line: a known or made-up section, a known or made-up key with a value of any of
+    /// TOML's shapes (plausible or not), or printable noise.
+    fn line() -> impl Strategy<Value = String> {
+        let section = prop_oneof![
+            Just("[meter]".to_owned()),
+            Just("[source]".to_owned()),
+            Just("[[sink]]".to_owned()),
+            Just("[[meters]]".to_owned()),
+            Just("[http]".to_owned()),
+            Just("[spool]".to_owned()),
+            Just("[log]".to_owned()),
+            Just("[source.request]".to_owned()),
+            "\\[{1,2}[a-z.]{1,10}\\]{1,2}",
+        ];
+        let key = prop_oneof![
+            Just("name"),
+            Just("tz"),
+            Just("kind"),
+            Just("port"),
+            Just("preset"),
+            Just("path"),
+            Just("address"),
+            Just("interval"),
+            Just("url"),
+            Just("api"),
+            Just("database"),
+            Just("token_file"),
+            Just("password_file"),
+            Just("username"),
+            Just("qos"),
+            Just("listen"),
+            Just("dir"),
+            Just("max_bytes"),
+            Just("level"),
+            Just("request"),
+            Just("reconnect"),
+            Just("baud"),
+            Just("batch_size"),
+            Just("history"),
+        ]
+        .prop_map(str::to_owned)
+        .boxed()
+        .prop_union("[a-z_]{1,12}".boxed());
+        let value = prop_oneof![
+            "\"[ -~]{0,16}\"",
+            "-?[0-9]{1,12}",
+            "-?[0-9]{1,4}\\.[0-9]{0,4}",
+            Just("true".to_owned()),
+            "\"[0-9]{1,6}(ms|s|m|h|d|KiB|MiB|GiB|B|x)?\"",
+            "\"(mqtt|mqtts|http|https|tcp|ftp)://[a-z0-9.:]{0,20}\"",
+            "\"(simulate|replay|tcp|serial|mqtt|influx|jsonl|stdout|azure-iot|v1|v2)\"",
+            "\"(Atlantic/Reykjavik|Europe/Amsterdam|UTC|Mars/Base)\"",
+            "\\[(\"[a-z]{0,4}\", ?){0,3}\\]",
+            "\\{ ?([a-z]{1,8} = \"[a-z0-9:]{0,8}\",? ?){0,3}\\}",
+            Just("1979-05-27T07:32:00Z".to_owned()),
+            "\"\"\"[ -~\n]{0,20}\"\"\"",
+        ];
+        prop_oneof![
+            2 => section,
+            6 => (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            1 => "[ -~\t]{0,40}",
+            1 => any::<String>().prop_map(|s| s.chars().take(40).collect()),
+        ]
+    }
+
+    const GOOD_FOR_MUTATION: &str = r#"[[meters]]
+name = "home"
+tz = "Atlantic/Reykjavik"
+source = { kind = "serial", port = "/dev/ttyUSB0", preset = "veitur", request = { line = "rts", mode = "poll", interval = "10s" }, reconnect = { min = "1s", max = "60s" } }
+
+[[meters]]
+name = "cabin"
+tz = "Europe/Amsterdam"
+source = { kind = "tcp", address = "192.168.1.20:8088" }
+
+[[sink]]
+kind = "mqtt"
+url = "mqtts://broker.local:8883"
+username = "p1gw"
+password_file = "/etc/p1gw/mqtt.pass"
+qos = 1
+min_interval = "10s"
+
+[[sink]]
+kind = "influx"
+url = "http://localhost:8086"
+api = "v2"
+org = "home"
+bucket = "p1"
+token_file = "/etc/p1gw/influx.token"
+batch_size = 100
+
+[[sink]]
+kind = "jsonl"
+path = "/var/lib/p1gw/readings.jsonl"
+
+[http]
+listen = "127.0.0.1:9600"
+history = "1h"
+
+[spool]
+dir = "/var/lib/p1gw"
+max_bytes = "64MiB"
+
+[log]
+level = "info"
+format = "auto"
+"#;
+
+    #[test]
+    fn the_config_to_mutate_is_valid() {
+        let config = parse_str("fuzz.toml", GOOD_FOR_MUTATION.to_owned(), &no_env);
+        assert!(config.and_then(|c| c.validate()).is_ok());
+    }
+
+    /// Every error names the file and, when it has a position, one inside the text.
+    fn check_errors(text: &str, errors: &[ConfigError]) -> Result<(), TestCaseError> {
+        prop_assert!(!errors.is_empty(), "an Err without errors");
+        let lines = text.split('\n').count();
+        for e in errors {
+            let shown = e.to_string();
+            prop_assert!(shown.starts_with("fuzz.toml"), "{}", shown);
+            prop_assert!(!shown.contains('\n'), "one line: {:?}", shown);
+            prop_assert!(e.exit_code() == 78, "{}: exit {}", shown, e.exit_code());
+            if let Some(at) = e.location() {
+                prop_assert!(
+                    at.line >= 1 && at.line <= lines && at.column >= 1,
+                    "{} outside the {} lines of {:?}",
+                    shown,
+                    lines,
+                    text
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// 1024 cases per property; `PROPTEST_CASES` asks for more (scripts/soak runs a million).
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1024)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_toml_never_panics_and_errors_are_located_in_the_text(
+            lines in proptest::collection::vec(line(), 0..40),
+        ) {
+            let text = lines.join("\n");
+            let config = match parse_str("fuzz.toml", text.clone(), &no_env) {
+                Ok(config) => config,
+                Err(errors) => return check_errors(&text, &errors),
+            };
+            match config.validate() {
+                // What validates renders back to TOML that validates again.
+                Ok(_) => {
+                    let again = parse_str("fuzz.toml", config.to_toml(), &no_env)
+                        .and_then(|c| c.validate());
+                    prop_assert!(again.is_ok(), "{:?}", again.err());
+                }
+                Err(errors) => check_errors(&text, &errors)?,
+            }
+        }
+
+        #[test]
+        fn mutated_good_configs_never_panic_and_errors_are_located(
+            edits in proptest::collection::vec((0usize..64, 0u8..3, line()), 1..4),
+        ) {
+            // A config that uses every section, then lines replaced, inserted or dropped.
+            let mut lines: Vec<String> = GOOD_FOR_MUTATION.lines().map(str::to_owned).collect();
+            for (at, how, new) in edits {
+                let at = at % (lines.len() + 1);
+                match how {
+                    0 if at < lines.len() => lines[at] = new,
+                    1 if at < lines.len() => {
+                        lines.remove(at);
+                    }
+                    _ => lines.insert(at, new),
+                }
+            }
+            let text = lines.join("\n");
+            match parse_str("fuzz.toml", text.clone(), &no_env).and_then(|c| c.validate()) {
+                Ok(_) => {}
+                Err(errors) => check_errors(&text, &errors)?,
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_are_located_in_it(text in any::<String>()) {
+            if let Err(errors) = parse_str("fuzz.toml", text.clone(), &no_env).and_then(|c| c.validate()) {
+                check_errors(&text, &errors)?;
+            }
+        }
+    }
+}

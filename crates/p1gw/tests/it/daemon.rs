@@ -272,3 +272,40 @@ fn built_in_demo_serves_the_veitur_meter_without_any_setup() {
     assert!(started.elapsed() < Duration::from_secs(20));
     crate::support::stop(&mut child);
 }
+
+#[test]
+fn sigterm_during_a_reload_is_not_lost() {
+    // A sink that cannot deliver makes the old run drain for its whole grace
+    // period; the SIGTERM sent meanwhile must still stop the gateway.
+    let config = r#"
+[meter]
+name = "m"
+tz = "Atlantic/Reykjavik"
+
+[source]
+kind = "simulate"
+interval = "100ms"
+
+[[sink]]
+kind = "jsonl"
+path = "{dir}"
+
+[spool]
+dir = "{dir}/spool"
+"#;
+    let (mut daemon, _dir) = Daemon::start(config, &[]);
+    wait_for(Duration::from_secs(20), "readings flowing", || {
+        daemon.get("/readyz").filter(|(s, _)| *s == 200)
+    });
+    daemon.signal("HUP");
+    wait_for(Duration::from_secs(20), "the reload to start", || {
+        daemon.log().contains("restarting with it").then_some(())
+    });
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+}

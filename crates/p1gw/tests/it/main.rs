@@ -6,12 +6,14 @@
     reason = "these blocking tests run no tokio runtime: deadlines use std::time::Instant"
 )]
 
+mod azure;
 mod check_config;
 mod daemon;
 mod influx;
 mod live_page;
 mod meters;
 mod mqtt;
+mod packaging;
 mod parse;
 mod serial;
 mod support;

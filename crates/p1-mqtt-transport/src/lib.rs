@@ -1,0 +1,34 @@
+//! p1-mqtt-transport: the MQTT plumbing the `mqtt` and `azure-iot` sinks share.
+//!
+//! Both sinks speak MQTT 3.1.1 through rumqttc over rustls (ring), delete a spool record only
+//! on the broker's acknowledgement, and run one fresh rumqttc event loop per connection. What
+//! that takes, beyond each sink's own protocol, lives here once:
+//!
+//! * [`tls`]: [`TlsSettings`] / [`ClientIdentity`] and [`client_config`], a rustls client
+//!   configuration on the ring provider with a CA file or the system's trust store and an
+//!   optional client certificate.
+//! * [`poll`]: [`poll_events`], which polls one connection's event loop to its first error and
+//!   forwards its events, working around rumqttc dropping a PUBACK that arrives in the same
+//!   read as the end of the connection.
+//! * [`acks`]: [`Acks`], which maps rumqttc's packet ids back to what the caller published, so
+//!   that a PUBACK (or PUBCOMP) settles exactly the message it belongs to.
+//!
+//! # Place in the graph
+//!
+//! `p1-mqtt-transport <- p1-sink-mqtt | p1-sink-azure`. It knows nothing of readings, spools,
+//! topics or configuration files: its callers hand it bytes (PEM) and events.
+//!
+//! # Never
+//!
+//! * No secrets in errors or logs: a client key is shown as `***`, errors name the setting.
+//! * No reconnect policy: backoff is the caller's (rumqttc would retry at once,
+//!   docs/dependencies.md §2.2).
+#![warn(missing_docs)]
+
+pub mod acks;
+pub mod poll;
+pub mod tls;
+
+pub use acks::Acks;
+pub use poll::{Polled, poll_events};
+pub use tls::{ClientIdentity, TlsError, TlsSettings, client_config};
