@@ -13,6 +13,7 @@ mod influx;
 mod live_page;
 mod meters;
 mod mqtt;
+mod notify;
 mod packaging;
 mod parse;
 mod serial;
