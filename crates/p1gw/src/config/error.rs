@@ -81,8 +81,8 @@ impl ConfigError {
         ConfigError {
             file,
             location,
-            key: key.into(),
-            message: message.into(),
+            key: one_line(key.into()),
+            message: one_line(message.into()),
             kind,
         }
     }
@@ -136,6 +136,24 @@ impl fmt::Display for ConfigError {
         }
         write!(f, ": {}", self.message)
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): messages quote values from the
+/// file (`unknown variant `...``), and a multi-line string there must not break the one-line
+/// error (found by the property tests of `config/tests.rs`).
+fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The exit code for a list of errors: that of the first one, 78 (configuration error) for an

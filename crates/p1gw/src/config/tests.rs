@@ -2098,6 +2098,21 @@ format = "auto"
 "#;
 
     #[test]
+    fn a_multi_line_value_quoted_in_an_error_stays_on_one_line() {
+        // Found by `mutated_good_configs_never_panic_and_errors_are_located` (200 000 cases).
+        let text = GOOD_FOR_MUTATION.replacen("api = \"v2\"", "api = \"\"\"\n\n\"\"\"", 1);
+        let errors = parse_str("fuzz.toml", text.clone(), &no_env)
+            .and_then(|c| c.validate())
+            .expect_err("api is not v1 or v2");
+        check_errors(&text, &errors).expect("one located line");
+        assert!(
+            errors[0].to_string().contains("sink[1].api"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
     fn the_config_to_mutate_is_valid() {
         let config = parse_str("fuzz.toml", GOOD_FOR_MUTATION.to_owned(), &no_env);
         assert!(config.and_then(|c| c.validate()).is_ok());

@@ -1,0 +1,166 @@
+//! Scenario 2: a silent network cut. A proxy between p1gw and both backends stops forwarding
+//! for 10 s (30 s under `P1GW_SOAK=1`) without closing anything, as a dead Wi-Fi link or a
+//! pulled cable behind a switch would: no RST, no FIN, only silence. p1gw has to notice
+//! (MQTT keep-alive, the InfluxDB request timeout), spool, reconnect through the cut once it
+//! heals, and deliver everything: at least once, duplicates counted.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Broker, Daemon, Influx, Row, Subscriber, Tally, collect, influx_sink, jsonl_ids, jsonl_sink,
+    mqtt_sink, pick, replay_meter, spool, wait_for, write_recording,
+};
+use crate::proxy::{Mode, Proxy};
+
+const RATE: u64 = 10;
+
+#[test]
+fn a_silent_network_cut_loses_nothing() {
+    let _lane = crate::harness::shared();
+    let secs = pick(10, 30);
+    let n = (3 + secs + pick(6, 30)) * RATE;
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("recording.txt");
+    write_recording(&recording, 1..=n, 0);
+
+    let broker = Broker::start();
+    let influx = Influx::start();
+    let mut sub = Subscriber::start(&broker, "p1-faults-netcut");
+    let to = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let mqtt_proxy = Proxy::start(to(broker.port), Mode::Forward);
+    let influx_proxy = Proxy::start(to(influx.port), Mode::Forward);
+    let jsonl = work.path().join("readings.jsonl");
+    let config = format!(
+        "{}{}{}{}{}",
+        replay_meter(&recording, "100ms"),
+        jsonl_sink(&jsonl),
+        mqtt_sink(mqtt_proxy.port, "keep_alive = \"3s\""),
+        influx_sink(
+            &format!("http://127.0.0.1:{}", influx_proxy.port),
+            "timeout = \"3s\""
+        ),
+        spool(&work.path().join("spool"), ""),
+    );
+    let daemon = Daemon::start(work.path(), "p1gw", &config);
+    wait_for(Duration::from_secs(30), "readings at every sink", || {
+        let m = daemon.metrics();
+        (m.sink("p1gw_sink_sent_total", "mqtt") >= 5.0
+            && m.sink("p1gw_sink_sent_total", "influx") >= 5.0)
+            .then_some(())
+    });
+    let connections_before = mqtt_proxy.accepted();
+
+    // The cut (this sleep is the fault).
+    mqtt_proxy.set(Mode::Pause);
+    influx_proxy.set(Mode::Pause);
+    std::thread::sleep(Duration::from_secs(secs));
+    let m = daemon.metrics();
+    let spooled = (
+        m.sink("p1gw_spool_records", "mqtt"),
+        m.sink("p1gw_spool_records", "influx"),
+    );
+    let failed = (
+        m.sink("p1gw_sink_failed_total", "mqtt"),
+        m.sink("p1gw_sink_failed_total", "influx"),
+    );
+    let mqtt_state = daemon
+        .component("sink:mqtt")
+        .map(|c| c["state"].as_str().unwrap_or("?").to_owned());
+    mqtt_proxy.set(Mode::Forward);
+    influx_proxy.set(Mode::Forward);
+    let t_up = Instant::now();
+
+    let mut drained = (None, None);
+    wait_for(
+        Duration::from_secs(pick(60, 120)),
+        "the backlogs drained",
+        || {
+            let m = daemon.metrics();
+            let at = t_up.elapsed().as_secs_f64();
+            if drained.0.is_none() && m.sink("p1gw_spool_records", "mqtt") <= 2.0 {
+                drained.0 = Some(at);
+            }
+            if drained.1.is_none() && m.sink("p1gw_spool_records", "influx") <= 3.0 {
+                drained.1 = Some(at);
+            }
+            (drained.0.is_some() && drained.1.is_some()).then_some(())
+        },
+    );
+    let produced = wait_for(
+        Duration::from_secs(n / RATE + 120),
+        "the whole recording delivered",
+        || {
+            let m = daemon.metrics();
+            let produced = m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64;
+            (produced >= n
+                && ["jsonl", "mqtt", "influx"]
+                    .iter()
+                    .all(|s| m.sink("p1gw_spool_records", s) == 0.0))
+            .then_some(produced)
+        },
+    );
+    let want = 1..=n;
+    let file = collect(Duration::from_secs(30), want.clone(), || {
+        Tally::from_ids(jsonl_ids(&jsonl))
+    });
+    let mqtt = collect(Duration::from_secs(30), want.clone(), || sub.tally());
+    let points = collect(Duration::from_secs(30), want.clone(), || {
+        influx.tally("home")
+    });
+
+    let mut row = Row::new(
+        &format!("2. silent network cut {secs} s"),
+        format!(
+            "TCP proxy in front of Mosquitto and InfluxDB stops forwarding (connections held \
+             open, no FIN/RST) for {secs} s; MQTT keep_alive 3 s, InfluxDB timeout 3 s"
+        ),
+    );
+    row.produced = produced;
+    row.logs.push(daemon.log.clone());
+    row.sink("jsonl", &file);
+    row.sink("mqtt", &mqtt);
+    row.sink("influx", &points);
+    let (dm, di) = (drained.0.unwrap_or(0.0), drained.1.unwrap_or(0.0));
+    row.recovery_s = Some(dm.max(di));
+    row.note(format!(
+        "spooled at the end of the cut: mqtt {}, influx {}; failed deliveries: mqtt {}, influx {}; \
+         mqtt sink {} during the cut; MQTT connections through the proxy: {} before, {} after; \
+         recovered: mqtt {dm:.2} s, influx {di:.2} s",
+        spooled.0,
+        spooled.1,
+        failed.0,
+        failed.1,
+        mqtt_state.as_deref().unwrap_or("?"),
+        connections_before,
+        mqtt_proxy.accepted()
+    ));
+    if mqtt.redelivered > 0 {
+        row.note(format!(
+            "{} broker-to-subscriber redeliveries not counted",
+            mqtt.redelivered
+        ));
+    }
+    row.check(produced == n, format!("produced {produced} of {n}"));
+    for (name, t) in [("jsonl", &file), ("mqtt", &mqtt), ("influx", &points)] {
+        let missing = t.missing(want.clone());
+        row.check(
+            missing.is_empty(),
+            format!(
+                "{name} is missing {} readings: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ),
+        );
+    }
+    row.check(file.duplicates() == 0, "jsonl duplicated readings");
+    row.check(
+        points.duplicates() == 0,
+        "a reading reached InfluxDB with two timestamps",
+    );
+    row.check(
+        spooled.0 >= 1.0 && spooled.1 >= 1.0,
+        "readings spooled during the cut",
+    );
+    row.finish();
+}

@@ -1,0 +1,213 @@
+//! Scenario 1: a backend goes away for N seconds and comes back (N = 60 under `P1GW_SOAK=1`,
+//! 5 otherwise): Mosquitto, InfluxDB, or both at once. Real servers are stopped (SIGTERM) and
+//! started again on the same port and data, while a replay feeds a reading every 100 ms to a
+//! jsonl, an MQTT and an InfluxDB sink. Every reading must reach every sink; duplicates are
+//! counted; recovery is the time from the backend's return to its sink's backlog drained.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Broker, Daemon, Influx, Row, Subscriber, Tally, collect, influx_sink, jsonl_ids, jsonl_sink,
+    mqtt_sink, pick, replay_meter, spool, wait_for, write_recording,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Down {
+    Broker,
+    Influx,
+    Both,
+}
+
+/// Readings per second of the replay.
+const RATE: u64 = 10;
+
+fn outage(which: Down) {
+    let _lane = crate::harness::shared();
+    let secs = pick(5, 60);
+    let before = 3; // s of normal flow before the fault
+    let after = pick(5, 30); // s of live readings after it
+    let n = (before + secs + after) * RATE;
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("recording.txt");
+    write_recording(&recording, 1..=n, 0);
+
+    let mut broker = Broker::start();
+    let mut influx = Influx::start();
+    let client = format!("p1-faults-outage-{which:?}");
+    let mut sub = Subscriber::start(&broker, &client);
+    let jsonl = work.path().join("readings.jsonl");
+    let config = format!(
+        "{}{}{}{}{}",
+        replay_meter(&recording, "100ms"),
+        jsonl_sink(&jsonl),
+        mqtt_sink(broker.port, ""),
+        influx_sink(&influx.url, ""),
+        spool(&work.path().join("spool"), ""),
+    );
+    let daemon = Daemon::start(work.path(), "p1gw", &config);
+
+    // Flowing everywhere first.
+    wait_for(Duration::from_secs(30), "readings at every sink", || {
+        let m = daemon.metrics();
+        (m.sink("p1gw_sink_sent_total", "mqtt") >= 5.0
+            && m.sink("p1gw_sink_sent_total", "influx") >= 5.0)
+            .then_some(())
+    });
+
+    // The fault: the backend(s) stopped for `secs` (this sleep *is* the outage).
+    let down_mqtt = matches!(which, Down::Broker | Down::Both);
+    let down_influx = matches!(which, Down::Influx | Down::Both);
+    if down_mqtt {
+        broker.down();
+    }
+    if down_influx {
+        influx.down();
+    }
+    let t_down = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let m = daemon.metrics();
+    let spooled_mqtt = m.sink("p1gw_spool_records", "mqtt");
+    let spooled_influx = m.sink("p1gw_spool_records", "influx");
+    let ready_during = daemon.get("/readyz").map(|(s, _)| s);
+    if down_mqtt {
+        broker.up();
+    }
+    if down_influx {
+        influx.up();
+    }
+    let t_up = Instant::now();
+
+    // Recovery: until the backlog is gone (what is left is the live batch, a reading or two).
+    let mut drained_mqtt = (!down_mqtt).then_some(0.0);
+    let mut drained_influx = (!down_influx).then_some(0.0);
+    wait_for(
+        Duration::from_secs(pick(60, 180)),
+        "the backlogs drained",
+        || {
+            let m = daemon.metrics();
+            let at = t_up.elapsed().as_secs_f64();
+            if drained_mqtt.is_none() && m.sink("p1gw_spool_records", "mqtt") <= 2.0 {
+                drained_mqtt = Some(at);
+            }
+            if drained_influx.is_none() && m.sink("p1gw_spool_records", "influx") <= 3.0 {
+                drained_influx = Some(at);
+            }
+            (drained_mqtt.is_some() && drained_influx.is_some()).then_some(())
+        },
+    );
+    let recovery = drained_mqtt
+        .unwrap_or(0.0)
+        .max(drained_influx.unwrap_or(0.0));
+
+    // The end of the recording, and everything delivered.
+    let produced = wait_for(
+        Duration::from_secs(n / RATE + 120),
+        "the whole recording",
+        || {
+            let m = daemon.metrics();
+            let done = m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64 >= n
+                && ["jsonl", "mqtt", "influx"]
+                    .iter()
+                    .all(|s| m.sink("p1gw_spool_records", s) == 0.0)
+                && m.sink("p1gw_sink_sent_total", "influx") as u64 >= n;
+            done.then(|| m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64)
+        },
+    );
+    let want = 1..=n;
+    let file = collect(Duration::from_secs(30), want.clone(), || {
+        Tally::from_ids(jsonl_ids(&jsonl))
+    });
+    let mqtt = collect(Duration::from_secs(30), want.clone(), || sub.tally());
+    let points = collect(Duration::from_secs(30), want.clone(), || {
+        influx.tally("home")
+    });
+
+    let what = match which {
+        Down::Broker => "Mosquitto",
+        Down::Influx => "InfluxDB",
+        Down::Both => "Mosquitto and InfluxDB",
+    };
+    let mut row = Row::new(
+        &format!("1. {what} down {secs} s"),
+        format!(
+            "{what} stopped (SIGTERM) for {secs} s, started again on the same port and data; \
+             replay at {RATE}/s into jsonl + MQTT + InfluxDB"
+        ),
+    );
+    row.produced = produced;
+    row.logs.push(daemon.log.clone());
+    row.sink("jsonl", &file);
+    row.sink("mqtt", &mqtt);
+    row.sink("influx", &points);
+    row.recovery_s = Some(recovery);
+    row.note(format!(
+        "spooled at the end of the outage: mqtt {spooled_mqtt}, influx {spooled_influx}; \
+         /readyz during it: {ready_during:?}; outage measured {:.1} s",
+        (t_up - t_down).as_secs_f64()
+    ));
+    if let Some(s) = drained_mqtt.filter(|_| down_mqtt) {
+        row.note(format!("mqtt recovered in {s:.2} s"));
+    }
+    if let Some(s) = drained_influx.filter(|_| down_influx) {
+        row.note(format!("influx recovered in {s:.2} s"));
+    }
+    if mqtt.redelivered > 0 {
+        row.note(format!(
+            "{} broker-to-subscriber redeliveries (same message id) not counted",
+            mqtt.redelivered
+        ));
+    }
+    row.check(produced == n, format!("produced {produced} of {n}"));
+    for (name, t) in [("jsonl", &file), ("mqtt", &mqtt), ("influx", &points)] {
+        let missing = t.missing(want.clone());
+        row.check(
+            missing.is_empty(),
+            format!(
+                "{name} is missing {} readings: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ),
+        );
+        row.check(
+            t.seen.keys().all(|id| want.contains(id)),
+            format!("{name} has readings never produced"),
+        );
+    }
+    row.check(
+        file.duplicates() == 0,
+        "the jsonl sink duplicated readings without a crash",
+    );
+    row.check(
+        points.duplicates() == 0,
+        "a reading reached InfluxDB with two timestamps",
+    );
+    if down_mqtt {
+        row.check(
+            spooled_mqtt >= 1.0,
+            "nothing spooled for mqtt while the broker was down",
+        );
+    }
+    if down_influx {
+        row.check(
+            spooled_influx >= 1.0,
+            "nothing spooled for influx while InfluxDB was down",
+        );
+    }
+    row.check(daemon.exited().is_none(), "p1gw exited during the outage");
+    row.finish();
+}
+
+#[test]
+fn broker_down_then_back_loses_nothing() {
+    outage(Down::Broker);
+}
+
+#[test]
+fn influxdb_down_then_back_loses_nothing() {
+    outage(Down::Influx);
+}
+
+#[test]
+fn both_backends_down_then_back_lose_nothing() {
+    outage(Down::Both);
+}
