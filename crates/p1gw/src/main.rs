@@ -189,12 +189,6 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // Spool commits and file writes run on the blocking pool. Its idle threads would exit
-        // after 10 s and new ones start on the next burst; each new thread may take a fresh
-        // glibc malloc arena, so a long backlog grew VmRSS by ~20 MiB per arena (up to 8 per
-        // core; docs/reliability.md). A small pool that keeps its threads stays flat.
-        .max_blocking_threads(16)
-        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .enable_all()
         .build()?;
     runtime.block_on(async move {

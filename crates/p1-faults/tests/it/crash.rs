@@ -219,15 +219,16 @@ fn power_cuts_during_spool_writes_lose_no_stored_reading() {
         // Spooling is in order: the first `seen` readings of this run are stored.
         promised.extend(first_id..first_id + seen);
     }
-    // One last start, with the backends reachable: every promised reading must arrive.
-    mqtt_proxy.set(Mode::Forward);
-    influx_proxy.set(Mode::Forward);
+    // One last start: count what the spools hold (backends still refused, so nothing leaves),
+    // then let the backends in: every promised reading must arrive.
     let last = Daemon::start(work.path(), "drain", &format!("{}{sinks}", silent_meter()));
     let at_start = last.metrics();
     let start_records = (
         at_start.sink("p1gw_spool_records", "mqtt"),
         at_start.sink("p1gw_spool_records", "influx"),
     );
+    mqtt_proxy.set(Mode::Forward);
+    influx_proxy.set(Mode::Forward);
     let t0 = Instant::now();
     wait_for(
         Duration::from_secs(pick(120, 600)),

@@ -32,7 +32,15 @@ fn a_garbage_flood_loses_no_valid_telegram_and_memory_stays_flat() {
         spool(&work.path().join("spool"), "")
     );
     let daemon = Daemon::start(work.path(), "p1gw", &config);
-    let (mut meter, _) = listener.accept().expect("the daemon connects");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (mut meter, _) = wait_for(Duration::from_secs(20), "the daemon to connect", || {
+        listener.accept().ok()
+    });
+    meter.set_nonblocking(false).expect("blocking");
+    // A daemon that stopped reading fails the test instead of hanging it.
+    meter
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .expect("write timeout");
     let pid = daemon.pid();
     let rss_before = daemon.rss_kib();
     let sampler = Sampler::start(Duration::from_millis(100), move || {

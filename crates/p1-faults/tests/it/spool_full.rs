@@ -3,7 +3,8 @@
 //! pours in large readings (a 4000-digit text message each: about 6 KB per MQTT record).
 //! The oldest records are evicted and counted in `p1gw_spool_evicted_total`, the daemon keeps
 //! running, and when the backends return the newest readings arrive: per sink, delivered +
-//! evicted + dropped = produced, exactly.
+//! evicted + dropped = produced, but for one batch the MQTT sink may already have taken from
+//! the spool when its records were evicted: it is still sent (docs/reliability.md, Findings).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
