@@ -40,15 +40,15 @@
     reason = "the sections are read by the reader, the sinks and the HTTP server as each is wired in"
 )]
 
-pub(crate) mod check;
-pub(crate) mod daemon;
-pub(crate) mod error;
+pub mod check;
+pub mod daemon;
+pub mod error;
 mod load;
-pub(crate) mod locate;
-pub(crate) mod secret;
-pub(crate) mod sink;
-pub(crate) mod source;
-pub(crate) mod value;
+pub mod locate;
+pub mod secret;
+pub mod sink;
+pub mod source;
+pub mod value;
 
 #[cfg(test)]
 mod tests;
@@ -61,7 +61,7 @@ use std::sync::Arc;
     unused_imports,
     reason = "used by `run` and `check-config` as they are wired in"
 )]
-pub(crate) use self::{
+pub use self::{
     check::check,
     daemon::{LogFormat, ValidHttp, ValidLog, ValidSpool},
     error::{ConfigError, ErrorKind, exit_code, report},
@@ -77,24 +77,24 @@ use sink::SinkConfig;
 use source::{MeterConfig, SourceConfig};
 
 /// The name errors in the built-in demo configuration print in place of a file name.
-pub(crate) const DEMO_NAME: &str = "built-in demo config";
+pub const DEMO_NAME: &str = "built-in demo config";
 
 /// `config/demo.toml`, compiled in: what `p1gw run` uses without `--config`.
 const DEMO_TOML: &str = include_str!("../../../config/demo.toml");
 
 /// A configuration as written: parsed, defaults filled in, not yet validated (stage one).
 #[derive(Debug)]
-pub(crate) struct Config {
+pub struct Config {
     /// The meters, from `[meter]` + `[source]` (one) or `[[meters]]` (one or more).
-    pub(crate) meters: Vec<MeterConfig>,
+    pub meters: Vec<MeterConfig>,
     /// `[[sink]]` entries, in file order.
-    pub(crate) sinks: Vec<SinkConfig>,
+    pub sinks: Vec<SinkConfig>,
     /// `[http]`.
-    pub(crate) http: HttpConfig,
+    pub http: HttpConfig,
     /// `[spool]`.
-    pub(crate) spool: SpoolConfig,
+    pub spool: SpoolConfig,
     /// `[log]`.
-    pub(crate) log: LogConfig,
+    pub log: LogConfig,
     /// What was taken from the environment (secrets, the default spool directory).
     env: EnvInputs,
     /// The file, to locate errors.
@@ -104,24 +104,24 @@ pub(crate) struct Config {
 /// A validated configuration (stage two): every value typed and checked. Hand each component
 /// its own section (`meters[i].source`, `sinks[i]`, `http`, …), not the whole.
 #[derive(Debug, Clone)]
-pub(crate) struct ValidConfig {
+pub struct ValidConfig {
     /// One or more meters, names unique, no two on one serial port.
-    pub(crate) meters: Vec<ValidMeter>,
+    pub meters: Vec<ValidMeter>,
     /// Zero or more sinks, names unique.
-    pub(crate) sinks: Vec<ValidSink>,
+    pub sinks: Vec<ValidSink>,
     /// The HTTP server.
-    pub(crate) http: ValidHttp,
+    pub http: ValidHttp,
     /// The spool.
-    pub(crate) spool: ValidSpool,
+    pub spool: ValidSpool,
     /// Logging.
-    pub(crate) log: ValidLog,
+    pub log: ValidLog,
     /// The file, to locate `check` errors.
     origin: Arc<Origin>,
 }
 
 impl ValidConfig {
     /// The file this came from, as named (or [`DEMO_NAME`]).
-    pub(crate) fn origin_name(&self) -> &str {
+    pub fn origin_name(&self) -> &str {
         self.origin.name()
     }
 }
@@ -133,7 +133,7 @@ impl ValidConfig {
 ///
 /// The file cannot be read (one error, [`ErrorKind::Io`]), or is not a p1gw configuration:
 /// every structural error found, in file order.
-pub(crate) fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     load_with_env(path, &|name| std::env::var(name).ok())
 }
 
@@ -142,7 +142,7 @@ pub(crate) fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
 /// # Errors
 ///
 /// As [`load`].
-pub(crate) fn load_with_env(
+pub fn load_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigError>> {
@@ -164,7 +164,7 @@ pub(crate) fn load_with_env(
 /// # Errors
 ///
 /// As [`load`], without the I/O error.
-pub(crate) fn parse_str(
+pub fn parse_str(
     name: impl Into<Arc<str>>,
     text: String,
     env: &dyn Fn(&str) -> Option<String>,
@@ -177,7 +177,7 @@ pub(crate) fn parse_str(
 /// # Errors
 ///
 /// Those of [`load`], else those of [`Config::validate`].
-pub(crate) fn load_valid(path: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
+pub fn load_valid(path: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
     load(path)?.validate()
 }
 
@@ -185,7 +185,7 @@ pub(crate) fn load_valid(path: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
 /// (Atlantic/Reykjavik, a telegram every 10 s), HTTP on 127.0.0.1:9600, no sinks, the spool in
 /// the default directory (see [`daemon::SpoolConfig::dir`]). Needs no hardware, no server and
 /// no setup.
-pub(crate) fn demo() -> ValidConfig {
+pub fn demo() -> ValidConfig {
     demo_with_env(&|name| std::env::var(name).ok())
 }
 
@@ -195,7 +195,7 @@ pub(crate) fn demo() -> ValidConfig {
 ///
 /// Never: `config/demo.toml` is valid whatever the environment holds (a test checks it, and
 /// the environment only supplies secrets and the default spool directory).
-pub(crate) fn demo_with_env(env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
+pub fn demo_with_env(env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
     parse_str(DEMO_NAME, DEMO_TOML.to_owned(), env)
         .and_then(|config| config.validate())
         .expect("config/demo.toml is a valid configuration")
@@ -208,7 +208,7 @@ impl Config {
     /// # Errors
     ///
     /// Every problem found, in file order, each located at the offending key or value.
-    pub(crate) fn validate(&self) -> Result<ValidConfig, Vec<ConfigError>> {
+    pub fn validate(&self) -> Result<ValidConfig, Vec<ConfigError>> {
         let mut problems = Problems::default();
         let meters: Option<Vec<ValidMeter>> = self
             .meters
@@ -256,7 +256,7 @@ impl Config {
     }
 
     /// The file this came from, as named (or [`DEMO_NAME`]).
-    pub(crate) fn origin_name(&self) -> &str {
+    pub fn origin_name(&self) -> &str {
         self.origin.name()
     }
 
@@ -346,9 +346,8 @@ impl Config {
     }
 
     /// The configuration as TOML, in the form it was written in (`[meter]` or `[[meters]]`),
-    /// defaults written out.
-    #[cfg(test)]
-    pub(crate) fn to_toml(&self) -> String {
+    /// defaults written out (the fuzz target and the tests check that it validates again).
+    pub fn to_toml(&self) -> String {
         use serde::Serialize;
         use source::{MeterForm, MeterTable};
 

@@ -1,40 +1,43 @@
 //! Exit codes (sysexits, design.md §3) and the one place that maps errors to them.
 
 /// Exit codes of design.md §3.
-pub(crate) struct Exit;
+pub struct Exit;
 
 impl Exit {
     /// Success.
-    pub(crate) const OK: u8 = 0;
+    pub const OK: u8 = 0;
     /// Bad command line.
-    pub(crate) const USAGE: u8 = 64;
+    pub const USAGE: u8 = 64;
     /// Some input was not a valid telegram.
-    pub(crate) const DATA: u8 = 65;
+    pub const DATA: u8 = 65;
     /// An input file is missing.
-    pub(crate) const NO_INPUT: u8 = 66;
+    pub const NO_INPUT: u8 = 66;
     /// A required service is unavailable at start.
     #[allow(
         dead_code,
         reason = "used by `run` once a sink must be reachable at start"
     )]
-    pub(crate) const UNAVAILABLE: u8 = 69;
+    pub const UNAVAILABLE: u8 = 69;
     /// I/O error.
-    pub(crate) const IO: u8 = 74;
+    pub const IO: u8 = 74;
     /// Configuration error.
     #[allow(dead_code, reason = "used by `run` and `check-config`")]
-    pub(crate) const CONFIG: u8 = 78;
+    pub const CONFIG: u8 = 78;
 }
 
 /// An error that knows its exit code; anything else maps by its cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub(crate) struct Coded {
-    pub(crate) code: u8,
-    pub(crate) message: String,
+pub struct Coded {
+    /// The process exit code (sysexits.h, see [`Exit`]).
+    pub code: u8,
+    /// What went wrong, one line, for stderr.
+    pub message: String,
 }
 
 impl Coded {
-    pub(crate) fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
+    /// An `anyhow::Error` that makes `p1gw` exit with `code` after printing `message`.
+    pub fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Coded {
             code,
             message: message.into(),
@@ -45,7 +48,7 @@ impl Coded {
 /// The exit code for an error chain: an explicit [`Coded`] wins, then I/O
 /// errors (missing file → 66, other → 74), else 70-ish software errors are
 /// reported as I/O (74) since nothing else reaches here.
-pub(crate) fn code_of(error: &anyhow::Error) -> u8 {
+pub fn code_of(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
         if let Some(coded) = cause.downcast_ref::<Coded>() {
             return coded.code;

@@ -1,9 +1,7 @@
 //! `p1gw`: the smart-meter P1 gateway binary. See README.md and
 //! ARCHITECTURE.md; the CLI contract is design.md §3.
 
-mod config;
 mod daemon;
-mod exit;
 mod logging;
 mod parse;
 mod plan;
@@ -13,6 +11,7 @@ mod signals;
 mod simulate;
 mod systemd;
 
+use p1gw::{config, exit};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -29,7 +29,7 @@ const SEARCH: u32 = 0o1;
 /// files and the spool directory can be written or created. Never connects, never binds.
 ///
 /// Returns every problem found, in file order; empty when all is well.
-pub(crate) fn check(config: &ValidConfig) -> Vec<ConfigError> {
+pub fn check(config: &ValidConfig) -> Vec<ConfigError> {
     let mut checker = Checker {
         problems: Problems::default(),
         user: User::current(),

@@ -12,26 +12,26 @@ use super::source::{non_empty_path, positive};
 use super::value::{RawDuration, RawSize, check_log_level, format_size, parse_size};
 
 /// The smallest `[spool] max_bytes`.
-pub(crate) const MIN_SPOOL_BYTES: u64 = 1 << 20;
+pub const MIN_SPOOL_BYTES: u64 = 1 << 20;
 /// The shortest and longest `[http] history`.
-pub(crate) const HISTORY_RANGE: (Duration, Duration) =
+pub const HISTORY_RANGE: (Duration, Duration) =
     (Duration::from_secs(60), Duration::from_secs(86_400));
 
 /// `[http]`: health, metrics, the JSON API and the live page.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct HttpConfig {
+pub struct HttpConfig {
     /// The address and port to serve on, `IP:port`. Default `"127.0.0.1:9600"`, this machine
     /// only; `"0.0.0.0:9600"` or `"[::]:9600"` for the whole network (then consider a token).
     #[serde(default = "default_listen")]
-    pub(crate) listen: String,
+    pub listen: String,
     /// A file holding a bearer token that requests must carry (`Authorization: Bearer …`);
     /// `P1GW_HTTP_TOKEN` overrides it. Default: no token needed.
-    pub(crate) token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
     /// How far back the live page's chart and the in-memory history reach. From `"1m"` to
     /// `"24h"`; default `"1h"`.
     #[serde(default = "default_history")]
-    pub(crate) history: RawDuration,
+    pub history: RawDuration,
 }
 
 impl Default for HttpConfig {
@@ -47,15 +47,15 @@ impl Default for HttpConfig {
 /// `[spool]`: where each sink keeps the readings its backend has not acknowledged yet.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SpoolConfig {
+pub struct SpoolConfig {
     /// The directory for the spool files, one per sink; created if missing. Default:
     /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=p1gw`), else
     /// `$XDG_STATE_HOME/p1gw`, else `~/.local/state/p1gw`, else `./p1gw-state`.
-    pub(crate) dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// The most each sink's spool may hold; when full, the oldest readings go first (and are
     /// counted). A size in bytes or with a unit; at least `"1MiB"`, default `"64MiB"`.
     #[serde(default = "default_max_bytes")]
-    pub(crate) max_bytes: RawSize,
+    pub max_bytes: RawSize,
 }
 
 impl Default for SpoolConfig {
@@ -70,7 +70,7 @@ impl Default for SpoolConfig {
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum LogFormat {
+pub enum LogFormat {
     /// `journald` under systemd (`JOURNAL_STREAM` set), else `human`.
     #[default]
     Auto,
@@ -85,14 +85,14 @@ pub(crate) enum LogFormat {
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct LogConfig {
+pub struct LogConfig {
     /// The least severe messages shown: `"error"`, `"warn"`, `"info"`, `"debug"`, `"trace"`
     /// or `"off"`, or per module: `"info,p1_reader=debug"`. Default `"info"`.
     #[serde(default = "default_level")]
-    pub(crate) level: String,
+    pub level: String,
     /// `"auto"`, `"human"`, `"json"` or `"journald"`. Default `"auto"`.
     #[serde(default)]
-    pub(crate) format: LogFormat,
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
@@ -119,36 +119,36 @@ fn default_level() -> String {
 
 /// Validated `[http]`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidHttp {
+pub struct ValidHttp {
     /// Where to listen.
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// The bearer token requests need, if any.
-    pub(crate) token: Option<SecretSource>,
+    pub token: Option<SecretSource>,
     /// History kept, 1 min to 24 h.
-    pub(crate) history: Duration,
+    pub history: Duration,
 }
 
 /// Validated `[spool]`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidSpool {
+pub struct ValidSpool {
     /// The directory (the default filled in).
-    pub(crate) dir: PathBuf,
+    pub dir: PathBuf,
     /// Bytes per sink, at least 1 MiB.
-    pub(crate) max_bytes: u64,
+    pub max_bytes: u64,
 }
 
 /// Validated `[log]`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidLog {
+pub struct ValidLog {
     /// The filter, checked: a level or `target=level` items.
-    pub(crate) level: String,
+    pub level: String,
     /// The format.
-    pub(crate) format: LogFormat,
+    pub format: LogFormat,
 }
 
 impl HttpConfig {
     /// Validates `[http]`.
-    pub(crate) fn validate(&self, env: &EnvInputs, problems: &mut Problems) -> Option<ValidHttp> {
+    pub fn validate(&self, env: &EnvInputs, problems: &mut Problems) -> Option<ValidHttp> {
         let at = KeyPath::root().key("http");
         let listen = problems.ok(
             &at.key("listen"),
@@ -183,7 +183,7 @@ impl HttpConfig {
 
 impl SpoolConfig {
     /// Validates `[spool]`, filling in the default directory from `env`.
-    pub(crate) fn validate(&self, env: &EnvInputs, problems: &mut Problems) -> Option<ValidSpool> {
+    pub fn validate(&self, env: &EnvInputs, problems: &mut Problems) -> Option<ValidSpool> {
         let at = KeyPath::root().key("spool");
         let dir = match &self.dir {
             Some(dir) => non_empty_path(dir, &at.key("dir"), problems).map(|()| dir.clone()),
@@ -211,7 +211,7 @@ impl SpoolConfig {
 
 impl LogConfig {
     /// Validates `[log]`.
-    pub(crate) fn validate(&self, problems: &mut Problems) -> Option<ValidLog> {
+    pub fn validate(&self, problems: &mut Problems) -> Option<ValidLog> {
         let at = KeyPath::root().key("log");
         problems.ok(&at.key("level"), check_log_level(&self.level))?;
         Some(ValidLog {

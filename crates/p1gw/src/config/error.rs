@@ -7,7 +7,7 @@ use crate::exit::Exit;
 
 /// What kind of problem a [`ConfigError`] reports; it decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorKind {
+pub enum ErrorKind {
     /// The configuration file could not be read (exit 66 when it is missing, 74 otherwise).
     Io(std::io::ErrorKind),
     /// Not valid TOML: a syntax error or a duplicate key (exit 78).
@@ -25,16 +25,16 @@ pub(crate) enum ErrorKind {
 
 /// A position in a configuration file, both 1-based; the column counts characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Location {
+pub struct Location {
     /// Line number, from 1.
-    pub(crate) line: usize,
+    pub line: usize,
     /// Column number in characters, from 1.
-    pub(crate) column: usize,
+    pub column: usize,
 }
 
 impl Location {
     /// The location of byte `offset` in `text` (clamped to the end of the text).
-    pub(crate) fn of(text: &str, offset: usize) -> Self {
+    pub fn of(text: &str, offset: usize) -> Self {
         let mut offset = offset.min(text.len());
         while !text.is_char_boundary(offset) {
             offset -= 1;
@@ -61,7 +61,7 @@ impl fmt::Display for Location {
 /// `:LINE:COL` is left out when there is no position (the file could not be read), `KEY.PATH: `
 /// when the problem is with the file as a whole. The message never contains a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) struct ConfigError {
+pub struct ConfigError {
     file: Arc<str>,
     location: Option<Location>,
     key: String,
@@ -71,7 +71,7 @@ pub(crate) struct ConfigError {
 
 impl ConfigError {
     /// A new error; `key` is the key path (`sink[1].url`), empty for the file as a whole.
-    pub(crate) fn new(
+    pub fn new(
         kind: ErrorKind,
         file: Arc<str>,
         location: Option<Location>,
@@ -88,33 +88,33 @@ impl ConfigError {
     }
 
     /// The file the error is in, as it was named (`config/x.toml`), or `built-in demo config`.
-    pub(crate) fn file(&self) -> &str {
+    pub fn file(&self) -> &str {
         &self.file
     }
 
     /// Line and column of the offending key or value, when known.
-    pub(crate) fn location(&self) -> Option<Location> {
+    pub fn location(&self) -> Option<Location> {
         self.location
     }
 
     /// The key path, `sink[1].url`; empty when the error is about the file as a whole.
-    pub(crate) fn key(&self) -> &str {
+    pub fn key(&self) -> &str {
         &self.key
     }
 
     /// What is wrong, without file, position or key path.
-    pub(crate) fn message(&self) -> &str {
+    pub fn message(&self) -> &str {
         &self.message
     }
 
     /// What kind of problem this is.
-    pub(crate) fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
     /// The design.md §3 exit code for this error: 66 when the configuration file is missing, 74
     /// when it cannot be read for another reason, 78 for everything else.
-    pub(crate) fn exit_code(&self) -> u8 {
+    pub fn exit_code(&self) -> u8 {
         match self.kind {
             ErrorKind::Io(std::io::ErrorKind::NotFound) => Exit::NO_INPUT,
             ErrorKind::Io(_) => Exit::IO,
@@ -158,12 +158,12 @@ fn one_line(text: String) -> String {
 
 /// The exit code for a list of errors: that of the first one, 78 (configuration error) for an
 /// empty list.
-pub(crate) fn exit_code(errors: &[ConfigError]) -> u8 {
+pub fn exit_code(errors: &[ConfigError]) -> u8 {
     errors.first().map_or(Exit::CONFIG, ConfigError::exit_code)
 }
 
 /// All errors, one per line (no trailing newline), as check-config prints them.
-pub(crate) fn report(errors: &[ConfigError]) -> String {
+pub fn report(errors: &[ConfigError]) -> String {
     errors
         .iter()
         .map(ToString::to_string)

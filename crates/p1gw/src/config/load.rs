@@ -27,7 +27,7 @@ use super::source::{MeterConfig, MeterForm, MeterTable, SOURCE_KINDS, SourceConf
 const TOP_KEYS: [&str; 7] = ["meter", "meters", "source", "sink", "http", "spool", "log"];
 
 /// Parses `origin`'s text into a [`Config`], or every structural error found, in file order.
-pub(crate) fn parse(origin: Arc<Origin>, env: EnvInputs) -> Result<Config, Vec<ConfigError>> {
+pub(super) fn parse(origin: Arc<Origin>, env: EnvInputs) -> Result<Config, Vec<ConfigError>> {
     let Sections {
         meters,
         sinks,

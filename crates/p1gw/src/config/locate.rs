@@ -18,7 +18,7 @@ use super::error::{ConfigError, ErrorKind, Location};
 
 /// A path to a key in the configuration: `source.request.line`, `sink[1].url`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct KeyPath(Vec<Segment>);
+pub struct KeyPath(Vec<Segment>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -28,19 +28,19 @@ enum Segment {
 
 impl KeyPath {
     /// The empty path: the document itself.
-    pub(crate) fn root() -> Self {
+    pub fn root() -> Self {
         KeyPath(Vec::new())
     }
 
     /// This path extended by a key.
-    pub(crate) fn key(&self, key: &str) -> Self {
+    pub fn key(&self, key: &str) -> Self {
         let mut path = self.clone();
         path.0.push(Segment::Key(key.to_owned()));
         path
     }
 
     /// This path extended by an array index.
-    pub(crate) fn index(&self, index: usize) -> Self {
+    pub fn index(&self, index: usize) -> Self {
         let mut path = self.clone();
         path.0.push(Segment::Index(index));
         path
@@ -82,7 +82,7 @@ impl fmt::Display for KeyPath {
 
 /// Whether an error is about a key itself (unknown, forbidden) or about its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target {
+pub enum Target {
     /// Point at the key.
     Key,
     /// Point at the value; for a table, at its `[header]`.
@@ -91,14 +91,14 @@ pub(crate) enum Target {
 
 /// Where a configuration came from: the name to print in errors and the text, kept so that
 /// errors found after parsing can still be located.
-pub(crate) struct Origin {
+pub struct Origin {
     name: Arc<str>,
     text: String,
 }
 
 impl Origin {
     /// A configuration named `name` (a file path as given, or a description) with `text`.
-    pub(crate) fn new(name: impl Into<Arc<str>>, text: String) -> Self {
+    pub fn new(name: impl Into<Arc<str>>, text: String) -> Self {
         Origin {
             name: name.into(),
             text,
@@ -106,12 +106,12 @@ impl Origin {
     }
 
     /// The name errors print: the file path as given, or `built-in demo config`.
-    pub(crate) fn name(&self) -> &Arc<str> {
+    pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     /// The TOML text.
-    pub(crate) fn text(&self) -> &str {
+    pub fn text(&self) -> &str {
         &self.text
     }
 }
@@ -124,14 +124,14 @@ impl fmt::Debug for Origin {
 }
 
 /// The parsed text of an [`Origin`], to turn key paths into line and column.
-pub(crate) struct Locator<'a> {
+pub struct Locator<'a> {
     origin: &'a Origin,
     root: Option<Spanned<DeTable<'a>>>,
 }
 
 impl<'a> Locator<'a> {
     /// Parses the origin's text once, for many look-ups.
-    pub(crate) fn new(origin: &'a Origin) -> Self {
+    pub fn new(origin: &'a Origin) -> Self {
         Locator {
             origin,
             // The text parsed before, or the config could not exist; should it fail anyway,
@@ -143,7 +143,7 @@ impl<'a> Locator<'a> {
     /// The span of the key or value at `path`. A path that is not in the text (a key left out)
     /// gives the deepest table on the way that is: the error points at `[source]` for a
     /// missing `source.port`. `None` when even the first key is absent.
-    pub(crate) fn span(&self, path: &KeyPath, target: Target) -> Option<Range<usize>> {
+    pub fn span(&self, path: &KeyPath, target: Target) -> Option<Range<usize>> {
         let root = self.root.as_ref()?;
         let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
         let mut array: Option<&DeArray<'_>> = None;
@@ -178,14 +178,14 @@ impl<'a> Locator<'a> {
 
     /// The line and column of [`Locator::span`]'s start; line 1 column 1 when nothing on the
     /// path is in the text.
-    pub(crate) fn location(&self, path: &KeyPath, target: Target) -> Option<Location> {
+    pub fn location(&self, path: &KeyPath, target: Target) -> Option<Location> {
         self.root.as_ref()?;
         let start = self.span(path, target).map_or(0, |span| span.start);
         Some(Location::of(&self.origin.text, start))
     }
 
     /// A located error about `path`.
-    pub(crate) fn error(
+    pub fn error(
         &self,
         kind: ErrorKind,
         path: &KeyPath,
@@ -204,7 +204,7 @@ impl<'a> Locator<'a> {
 
 /// The path of the innermost key or value whose span holds byte `offset`, for errors that come
 /// with a span but no path (serde's).
-pub(crate) fn path_at(root: &DeTable<'_>, offset: usize) -> KeyPath {
+pub fn path_at(root: &DeTable<'_>, offset: usize) -> KeyPath {
     let mut path = KeyPath::root();
     find_in_table(root, offset, &mut path);
     path
@@ -254,23 +254,23 @@ fn find_in_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut KeyPath
 /// Semantic problems found by `validate` and `check`, each named by key path; located in one
 /// go by [`Problems::into_errors`].
 #[derive(Debug, Default)]
-pub(crate) struct Problems {
+pub struct Problems {
     items: Vec<(KeyPath, Target, String)>,
 }
 
 impl Problems {
     /// The value at `path` is wrong (or missing: then the table it belongs in is pointed at).
-    pub(crate) fn value(&mut self, path: KeyPath, message: impl Into<String>) {
+    pub fn value(&mut self, path: KeyPath, message: impl Into<String>) {
         self.items.push((path, Target::Value, message.into()));
     }
 
     /// The key at `path` should not be there.
-    pub(crate) fn key(&mut self, path: KeyPath, message: impl Into<String>) {
+    pub fn key(&mut self, path: KeyPath, message: impl Into<String>) {
         self.items.push((path, Target::Key, message.into()));
     }
 
     /// `Some(value)`, or `None` after noting the error against the value at `path`.
-    pub(crate) fn ok<T>(&mut self, path: &KeyPath, result: Result<T, String>) -> Option<T> {
+    pub fn ok<T>(&mut self, path: &KeyPath, result: Result<T, String>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(message) => {
@@ -281,12 +281,12 @@ impl Problems {
     }
 
     /// Whether nothing was found.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     /// The problems as errors of `kind`, located in `origin`'s text, in file order.
-    pub(crate) fn into_errors(self, origin: &Origin, kind: ErrorKind) -> Vec<ConfigError> {
+    pub fn into_errors(self, origin: &Origin, kind: ErrorKind) -> Vec<ConfigError> {
         let locator = Locator::new(origin);
         let mut errors: Vec<ConfigError> = self
             .items

@@ -20,29 +20,29 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Environment variable for the MQTT password.
-pub(crate) const ENV_MQTT_PASSWORD: &str = "P1GW_MQTT_PASSWORD";
+pub const ENV_MQTT_PASSWORD: &str = "P1GW_MQTT_PASSWORD";
 /// Environment variable for the InfluxDB v1 password.
-pub(crate) const ENV_INFLUX_PASSWORD: &str = "P1GW_INFLUX_PASSWORD";
+pub const ENV_INFLUX_PASSWORD: &str = "P1GW_INFLUX_PASSWORD";
 /// Environment variable for the InfluxDB v2 token.
-pub(crate) const ENV_INFLUX_TOKEN: &str = "P1GW_INFLUX_TOKEN";
+pub const ENV_INFLUX_TOKEN: &str = "P1GW_INFLUX_TOKEN";
 /// Environment variable for the Azure IoT Hub device connection string.
-pub(crate) const ENV_AZURE_CONNECTION_STRING: &str = "P1GW_AZURE_CONNECTION_STRING";
+pub const ENV_AZURE_CONNECTION_STRING: &str = "P1GW_AZURE_CONNECTION_STRING";
 /// Environment variable for the HTTP bearer token.
-pub(crate) const ENV_HTTP_TOKEN: &str = "P1GW_HTTP_TOKEN";
+pub const ENV_HTTP_TOKEN: &str = "P1GW_HTTP_TOKEN";
 
 /// A secret value; `Debug` and `Display` print `***`. Use [`Secret::expose`] only where the
 /// value is handed to the server it is for.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
+pub struct Secret(String);
 
 impl Secret {
     /// Wraps a secret value.
-    pub(crate) fn new(value: String) -> Self {
+    pub fn new(value: String) -> Self {
         Secret(value)
     }
 
     /// The value itself: for the server it is for, never for a log or a message.
-    pub(crate) fn expose(&self) -> &str {
+    pub fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -61,7 +61,7 @@ impl fmt::Display for Secret {
 
 /// Where a secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SecretSource {
+pub enum SecretSource {
     /// A file named by a `*_file` key; read by [`SecretSource::read`].
     File(PathBuf),
     /// An environment variable, read when the configuration was loaded.
@@ -75,7 +75,7 @@ pub(crate) enum SecretSource {
 
 impl SecretSource {
     /// The secret from `var` if it was set, else from `file` if one is named.
-    pub(crate) fn pick(
+    pub fn pick(
         var: &'static str,
         env: Option<&Secret>,
         file: Option<&Path>,
@@ -96,7 +96,7 @@ impl SecretSource {
     ///
     /// The file cannot be read, is not UTF-8, or holds nothing but a line end
     /// (`InvalidData`). The error names the file, never its content.
-    pub(crate) fn read(&self) -> std::io::Result<Secret> {
+    pub fn read(&self) -> std::io::Result<Secret> {
         match self {
             SecretSource::Env { value, .. } => Ok(value.clone()),
             SecretSource::File(path) => {
@@ -129,25 +129,25 @@ impl fmt::Display for SecretSource {
 /// The secrets and defaults taken from the environment when a configuration is loaded. Read
 /// through a closure (see `load_with_env`), so tests never set process variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct EnvInputs {
+pub struct EnvInputs {
     /// `P1GW_MQTT_PASSWORD`.
-    pub(crate) mqtt_password: Option<Secret>,
+    pub mqtt_password: Option<Secret>,
     /// `P1GW_INFLUX_PASSWORD`.
-    pub(crate) influx_password: Option<Secret>,
+    pub influx_password: Option<Secret>,
     /// `P1GW_INFLUX_TOKEN`.
-    pub(crate) influx_token: Option<Secret>,
+    pub influx_token: Option<Secret>,
     /// `P1GW_AZURE_CONNECTION_STRING`.
-    pub(crate) azure_connection_string: Option<Secret>,
+    pub azure_connection_string: Option<Secret>,
     /// `P1GW_HTTP_TOKEN`.
-    pub(crate) http_token: Option<Secret>,
+    pub http_token: Option<Secret>,
     /// The spool directory to use when `[spool] dir` is not set.
-    pub(crate) default_spool_dir: PathBuf,
+    pub default_spool_dir: PathBuf,
 }
 
 impl EnvInputs {
     /// Reads what the configuration takes from the environment through `env`. Variables that
     /// are set but empty count as unset.
-    pub(crate) fn read(env: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub fn read(env: &dyn Fn(&str) -> Option<String>) -> Self {
         let get = |name: &str| env(name).filter(|value| !value.is_empty());
         let secret = |name: &str| get(name).map(Secret::new);
         EnvInputs {

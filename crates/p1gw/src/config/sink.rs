@@ -18,13 +18,11 @@ use super::value::{
 };
 
 /// The `kind`s of sink, as spelled in the file (and in the metrics' `sink` label).
-pub(crate) const SINK_KINDS: [&str; 5] = ["mqtt", "influx", "azure-iot", "jsonl", "stdout"];
+pub const SINK_KINDS: [&str; 5] = ["mqtt", "influx", "azure-iot", "jsonl", "stdout"];
 
 /// Keys that would hold a secret inline, per sink kind: the key, the `*_file` key to use
 /// instead, and the environment variable.
-pub(crate) fn inline_secret_keys(
-    kind: &str,
-) -> &'static [(&'static str, &'static str, &'static str)] {
+pub fn inline_secret_keys(kind: &str) -> &'static [(&'static str, &'static str, &'static str)] {
     match kind {
         "mqtt" => &[("password", "password_file", ENV_MQTT_PASSWORD)],
         "influx" => &[
@@ -43,7 +41,7 @@ pub(crate) fn inline_secret_keys(
 /// One `[[sink]]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind")]
-pub(crate) enum SinkConfig {
+pub enum SinkConfig {
     /// `kind = "mqtt"`: publish to an MQTT broker, with Home Assistant discovery.
     #[serde(rename = "mqtt")]
     Mqtt(MqttConfig),
@@ -63,7 +61,7 @@ pub(crate) enum SinkConfig {
 
 impl SinkConfig {
     /// The `kind` as spelled in the file.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Mqtt(_) => "mqtt",
             SinkConfig::Influx(_) => "influx",
@@ -87,76 +85,76 @@ impl SinkConfig {
 /// `kind = "mqtt"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct MqttConfig {
+pub struct MqttConfig {
     /// A name for this sink, for logs, metrics and its spool file. Default: the kind, so two
     /// sinks of one kind need names of their own.
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
     /// The broker: `mqtt://host:1883` or `tcp://…` in the clear, `mqtts://host:8883` or
     /// `ssl://…` with TLS. No credentials in the URL.
-    pub(crate) url: String,
+    pub url: String,
     /// The user name to log in with.
-    pub(crate) username: Option<String>,
+    pub username: Option<String>,
     /// A file holding the password (one line), readable by p1gw only. `P1GW_MQTT_PASSWORD`
     /// overrides it. Needs `username`.
-    pub(crate) password_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
     /// The MQTT client id. Default: `p1gw-` and the first meter's name.
-    pub(crate) client_id: Option<String>,
+    pub client_id: Option<String>,
     /// Publish Home Assistant MQTT discovery messages, so the meter's sensors appear in Home
     /// Assistant by themselves. Default `true`.
     #[serde(default = "default_true")]
-    pub(crate) discovery: bool,
+    pub discovery: bool,
     /// The topic prefix Home Assistant listens on for discovery. Default `"homeassistant"`.
     #[serde(default = "default_discovery_prefix")]
-    pub(crate) discovery_prefix: String,
+    pub discovery_prefix: String,
     /// The shortest time between two publications on one topic; readings in between are not
     /// published to this broker (they are kept by the other sinks). Default `"0s"`: every
     /// reading.
     #[serde(default = "default_min_interval")]
-    pub(crate) min_interval: RawDuration,
+    pub min_interval: RawDuration,
     /// The first level of every topic p1gw publishes: `<topic_prefix>/<meter>/…`. Default
     /// `"p1gw"`.
     #[serde(default = "default_topic_prefix")]
-    pub(crate) topic_prefix: String,
+    pub topic_prefix: String,
     /// MQTT quality of service, 0, 1 or 2. Default 1: the broker acknowledges each message,
     /// and only then is it removed from the spool.
     #[serde(default = "default_qos")]
-    pub(crate) qos: u8,
+    pub qos: u8,
     /// Publish readings as retained messages. Default `false` (discovery messages are always
     /// retained).
     #[serde(default)]
-    pub(crate) retain: bool,
+    pub retain: bool,
     /// A PEM file of CA certificates to trust instead of the system's, for `mqtts://`.
-    pub(crate) ca_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     /// A PEM client certificate, for brokers that authenticate clients by certificate; needs
     /// `client_key_file`.
-    pub(crate) client_cert_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
     /// The PEM private key of `client_cert_file`.
-    pub(crate) client_key_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// MQTT keep-alive: the broker drops the connection (and publishes p1gw's last will,
     /// `offline`) after 1.5 times this without a packet. From `"1s"` to `"18h"`. Default `"30s"`.
     #[serde(default = "default_keep_alive")]
-    pub(crate) keep_alive: RawDuration,
+    pub keep_alive: RawDuration,
     /// After a reconnect, readings spooled meanwhile are sent oldest first at this many MQTT
     /// messages per second at most (bursts of one second's worth), then live readings resume.
     /// From 1 to 10000. Default 50.
     #[serde(default = "default_backlog_rate")]
-    pub(crate) backlog_rate: u32,
+    pub backlog_rate: u32,
     /// Besides `<topic_prefix>/<meter>/state` (the whole reading), publish each value on a
     /// topic of its own: `<topic_prefix>/<meter>/<name>`, and `<topic_prefix>/<meter>/<kind>_<channel>/<name>`
     /// for submeters. Home Assistant's discovered sensors read these, so discovery needs it.
     /// Default `true`.
     #[serde(default = "default_true")]
-    pub(crate) value_topics: bool,
+    pub value_topics: bool,
     /// Publish a value topic only when its value changed since it was last published. The state
     /// topic is not affected. Default `false`.
     #[serde(default)]
-    pub(crate) only_on_change: bool,
+    pub only_on_change: bool,
 }
 
 /// InfluxDB API version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum InfluxApi {
+pub enum InfluxApi {
     /// InfluxDB 1.x: `/write` with `database` (and `retention_policy`, `username`, password).
     V1,
     /// InfluxDB 2.x and later: `/api/v2/write` with `org`, `bucket` and a token.
@@ -166,7 +164,7 @@ pub(crate) enum InfluxApi {
 /// Timestamp precision of the line protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Precision {
+pub enum Precision {
     /// Seconds.
     S,
     /// Milliseconds.
@@ -180,107 +178,107 @@ pub(crate) enum Precision {
 /// `kind = "influx"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct InfluxConfig {
+pub struct InfluxConfig {
     /// A name for this sink, as for MQTT.
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
     /// The server: `http://localhost:8086` or `https://…`. No credentials or query in the URL.
-    pub(crate) url: String,
+    pub url: String,
     /// `"v1"` (InfluxDB 1.x: `database`, optional `retention_policy`, `username`,
     /// `password_file`) or `"v2"` (InfluxDB 2.x/3.x: `org`, `bucket`, `token_file`).
-    pub(crate) api: InfluxApi,
+    pub api: InfluxApi,
     /// v1: the database to write to.
-    pub(crate) database: Option<String>,
+    pub database: Option<String>,
     /// v1: the retention policy; default: the database's default.
-    pub(crate) retention_policy: Option<String>,
+    pub retention_policy: Option<String>,
     /// v1: the user name, when authentication is on.
-    pub(crate) username: Option<String>,
+    pub username: Option<String>,
     /// v1: a file holding the password; `P1GW_INFLUX_PASSWORD` overrides it. Needs `username`.
-    pub(crate) password_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
     /// v2: the organisation.
-    pub(crate) org: Option<String>,
+    pub org: Option<String>,
     /// v2: the bucket.
-    pub(crate) bucket: Option<String>,
+    pub bucket: Option<String>,
     /// v2: a file holding the API token; `P1GW_INFLUX_TOKEN` overrides it. One of the two is
     /// required.
-    pub(crate) token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
     /// Timestamp precision written: `"s"`, `"ms"`, `"us"` or `"ns"`. Default `"s"`.
     #[serde(default = "default_precision")]
-    pub(crate) precision: Precision,
+    pub precision: Precision,
     /// The most readings in one write. Default 100.
     #[serde(default = "default_batch_size")]
-    pub(crate) batch_size: u32,
+    pub batch_size: u32,
     /// The longest a reading waits for a batch to fill before it is written. Default `"10s"`.
     #[serde(default = "default_batch_interval")]
-    pub(crate) batch_interval: RawDuration,
+    pub batch_interval: RawDuration,
     /// Compress write requests with gzip. Default `true`; InfluxDB 1.x, 2.x and VictoriaMetrics
     /// all take it. Turn it off only for a proxy that cannot pass it on.
     #[serde(default = "default_true")]
-    pub(crate) gzip: bool,
+    pub gzip: bool,
     /// The longest one write request may take, connecting included; a request that takes longer
     /// is retried later. Default `"10s"`.
     #[serde(default = "default_influx_timeout")]
-    pub(crate) timeout: RawDuration,
+    pub timeout: RawDuration,
 }
 
 /// `kind = "azure-iot"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AzureIotConfig {
+pub struct AzureIotConfig {
     /// A name for this sink, as for MQTT.
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
     /// A file holding the device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`,
     /// or `…;x509=true` with a client certificate). `P1GW_AZURE_CONNECTION_STRING` overrides
     /// it; one of the two is required.
-    pub(crate) connection_string_file: Option<PathBuf>,
+    pub connection_string_file: Option<PathBuf>,
     /// X.509 authentication: the device's PEM certificate; needs `client_key_file`.
-    pub(crate) client_cert_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
     /// The PEM private key of `client_cert_file`.
-    pub(crate) client_key_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Readings are batched into one message this often. Default `"60s"`. With the free tier's
     /// 8000 messages a day, 11 s is the shortest that fits.
     #[serde(default = "default_azure_interval")]
-    pub(crate) interval: RawDuration,
+    pub interval: RawDuration,
     /// The most messages sent in a day (UTC); `interval` must fit in it. Default 8000, the free
     /// tier's limit. Counted as the hub counts: one per started `message_chunk` of a message.
     /// When it is used up, readings stay spooled until 00:00 UTC.
     #[serde(default = "default_daily_message_budget")]
-    pub(crate) daily_message_budget: u32,
+    pub daily_message_budget: u32,
     /// IoT Hub meters messages in chunks of this size: `"512B"` on the free tier (the default),
     /// `"4KiB"` on the basic and standard tiers.
     #[serde(default = "default_message_chunk")]
-    pub(crate) message_chunk: RawSize,
+    pub message_chunk: RawSize,
     /// How long each SAS token is valid, from `"1m"`; the connection is renewed with a fresh
     /// token at 80 % of it. Default `"1h"`.
     #[serde(default = "default_token_lifetime")]
-    pub(crate) token_lifetime: RawDuration,
+    pub token_lifetime: RawDuration,
     /// Application properties added to every message, for IoT Hub message routing, e.g.
     /// `properties = { meter = "home", kind = "electricity" }`. Names must not start with `$`.
     #[serde(default)]
-    pub(crate) properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
     /// A PEM file of CA certificates to trust instead of the system's (a test hub, an IoT Edge
     /// gateway with its own CA).
-    pub(crate) ca_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     /// The hub's MQTT port. Default 8883; change it only for a test hub or a TLS proxy.
     #[serde(default = "default_azure_port")]
-    pub(crate) port: u16,
+    pub port: u16,
 }
 
 /// `kind = "jsonl"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct JsonlConfig {
+pub struct JsonlConfig {
     /// A name for this sink, as for MQTT.
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
     /// The file readings are appended to, one JSON object per line; created if missing.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
 }
 
 /// `kind = "stdout"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct StdoutConfig {
+pub struct StdoutConfig {
     /// A name for this sink, as for MQTT.
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -337,18 +335,18 @@ fn default_azure_port() -> u16 {
 
 /// A validated sink.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidSink {
+pub struct ValidSink {
     /// Its name: as configured, or the kind. Unique among the sinks.
-    pub(crate) name: String,
+    pub name: String,
     /// What it is.
-    pub(crate) kind: ValidSinkKind,
+    pub kind: ValidSinkKind,
     /// Its index in `[[sink]]`, to locate `check` errors.
-    pub(crate) index: usize,
+    pub index: usize,
 }
 
 /// A validated sink of each kind.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ValidSinkKind {
+pub enum ValidSinkKind {
     /// MQTT.
     Mqtt(ValidMqtt),
     /// InfluxDB.
@@ -363,7 +361,7 @@ pub(crate) enum ValidSinkKind {
 
 impl ValidSinkKind {
     /// The kind as spelled in the file, which is also the metrics' `sink` label.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             ValidSinkKind::Mqtt(_) => "mqtt",
             ValidSinkKind::Influx(_) => "influx",
@@ -376,26 +374,26 @@ impl ValidSinkKind {
 
 /// A client certificate and its key, both PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClientCert {
+pub struct ClientCert {
     /// The certificate.
-    pub(crate) cert_file: PathBuf,
+    pub cert_file: PathBuf,
     /// Its private key.
-    pub(crate) key_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// TLS settings of an MQTT sink whose URL asks for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Tls {
+pub struct Tls {
     /// CA certificates to trust instead of the system's.
-    pub(crate) ca_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     /// Client certificate authentication.
-    pub(crate) client_cert: Option<ClientCert>,
+    pub client_cert: Option<ClientCert>,
 }
 
 /// MQTT quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names, reason = "MQTT's own names for the levels")]
-pub(crate) enum Qos {
+pub enum Qos {
     /// At most once.
     AtMostOnce,
     /// At least once.
@@ -406,42 +404,42 @@ pub(crate) enum Qos {
 
 /// A validated MQTT sink.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidMqtt {
+pub struct ValidMqtt {
     /// The broker.
-    pub(crate) url: Endpoint,
+    pub url: Endpoint,
     /// User name.
-    pub(crate) username: Option<String>,
+    pub username: Option<String>,
     /// Password (only with a user name).
-    pub(crate) password: Option<SecretSource>,
+    pub password: Option<SecretSource>,
     /// Client id, if configured.
-    pub(crate) client_id: Option<String>,
+    pub client_id: Option<String>,
     /// Home Assistant discovery on.
-    pub(crate) discovery: bool,
+    pub discovery: bool,
     /// Discovery topic prefix.
-    pub(crate) discovery_prefix: String,
+    pub discovery_prefix: String,
     /// Per-topic rate limit; zero: none.
-    pub(crate) min_interval: Duration,
+    pub min_interval: Duration,
     /// Topic prefix.
-    pub(crate) topic_prefix: String,
+    pub topic_prefix: String,
     /// Quality of service.
-    pub(crate) qos: Qos,
+    pub qos: Qos,
     /// Retain readings.
-    pub(crate) retain: bool,
+    pub retain: bool,
     /// TLS, present exactly when the URL's scheme is `mqtts` or `ssl`.
-    pub(crate) tls: Option<Tls>,
+    pub tls: Option<Tls>,
     /// Keep-alive, 1 s to 65535 s.
-    pub(crate) keep_alive: Duration,
+    pub keep_alive: Duration,
     /// Backlog pace in messages per second, 1–10000.
-    pub(crate) backlog_rate: u32,
+    pub backlog_rate: u32,
     /// One topic per value; always on with discovery.
-    pub(crate) value_topics: bool,
+    pub value_topics: bool,
     /// Value topics only on change.
-    pub(crate) only_on_change: bool,
+    pub only_on_change: bool,
 }
 
 /// InfluxDB target and credentials per API version.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum InfluxTarget {
+pub enum InfluxTarget {
     /// `/write?db=…&rp=…`.
     V1 {
         /// Database.
@@ -466,56 +464,56 @@ pub(crate) enum InfluxTarget {
 
 /// A validated InfluxDB sink.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidInflux {
+pub struct ValidInflux {
     /// The server.
-    pub(crate) url: Endpoint,
+    pub url: Endpoint,
     /// What to write to, and as whom.
-    pub(crate) target: InfluxTarget,
+    pub target: InfluxTarget,
     /// Timestamp precision.
-    pub(crate) precision: Precision,
+    pub precision: Precision,
     /// Readings per write, 1–10000.
-    pub(crate) batch_size: u32,
+    pub batch_size: u32,
     /// Longest wait for a batch, positive.
-    pub(crate) batch_interval: Duration,
+    pub batch_interval: Duration,
     /// Gzip request bodies.
-    pub(crate) gzip: bool,
+    pub gzip: bool,
     /// Request timeout, positive.
-    pub(crate) timeout: Duration,
+    pub timeout: Duration,
 }
 
 /// A validated Azure IoT Hub sink.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidAzureIot {
+pub struct ValidAzureIot {
     /// The device connection string.
-    pub(crate) connection_string: SecretSource,
+    pub connection_string: SecretSource,
     /// X.509 client certificate, if used.
-    pub(crate) client_cert: Option<ClientCert>,
+    pub client_cert: Option<ClientCert>,
     /// Batch interval; fits `daily_message_budget`.
-    pub(crate) interval: Duration,
+    pub interval: Duration,
     /// Messages per day at most.
-    pub(crate) daily_message_budget: u32,
+    pub daily_message_budget: u32,
     /// Metering chunk, 1 B to 256 KiB.
-    pub(crate) message_chunk: u32,
+    pub message_chunk: u32,
     /// SAS token lifetime, 1 min or more.
-    pub(crate) token_lifetime: Duration,
+    pub token_lifetime: Duration,
     /// Application properties, by name.
-    pub(crate) properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
     /// CA certificates to trust instead of the system's.
-    pub(crate) ca_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     /// The hub's MQTT port.
-    pub(crate) port: u16,
+    pub port: u16,
 }
 
 /// A validated JSON-lines sink.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidJsonl {
+pub struct ValidJsonl {
     /// The file appended to.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
 }
 
 impl SinkConfig {
     /// Validates entry `index` of `[[sink]]`, noting problems; `None` if there were any.
-    pub(crate) fn validate(
+    pub fn validate(
         &self,
         index: usize,
         env: &EnvInputs,
@@ -547,7 +545,7 @@ impl SinkConfig {
     }
 
     /// The key path of entry `index`'s name, or of the entry when it has none.
-    pub(crate) fn name_path(&self, index: usize) -> KeyPath {
+    pub fn name_path(&self, index: usize) -> KeyPath {
         let at = KeyPath::root().key("sink").index(index);
         match self.name() {
             Some(_) => at.key("name"),
@@ -770,7 +768,7 @@ impl ValidMqtt {
     /// (so errors name the file; the caller maps them to exit 74). `sink_name` is the sink's
     /// name, `gateway` the first meter's (the status topic and the default client id are
     /// named for it), `version` p1gw's.
-    pub(crate) fn settings(
+    pub fn settings(
         &self,
         sink_name: &str,
         gateway: &str,
@@ -973,7 +971,7 @@ impl InfluxConfig {
 impl ValidInflux {
     /// The InfluxDB sink's settings, with the password or token read (errors name where it
     /// comes from, never the secret; the caller maps them to exit 74).
-    pub(crate) fn settings(&self) -> Result<p1_sink_influx::InfluxConfig, String> {
+    pub fn settings(&self) -> Result<p1_sink_influx::InfluxConfig, String> {
         let read = |what: &str, source: &SecretSource| {
             source
                 .read()
@@ -1134,7 +1132,7 @@ impl ValidAzureIot {
     /// The Azure IoT Hub sink's settings, with the connection string, the CA file and the
     /// client certificate read (errors name where they come from, never a secret; the caller
     /// maps them to exit 74). The connection string is parsed by `p1_sink_azure::build`.
-    pub(crate) fn settings(&self) -> Result<p1_sink_azure::AzureSettings, String> {
+    pub fn settings(&self) -> Result<p1_sink_azure::AzureSettings, String> {
         let connection_string = self.connection_string.read().map_err(|e| {
             format!(
                 "connection string: cannot read the {}: {e}",

@@ -12,30 +12,30 @@ use super::value::{
 };
 
 /// The smallest `max_telegram_bytes`: a DSMR 5 telegram with a text message is about 1.5 KiB.
-pub(crate) const MIN_TELEGRAM_BYTES: u64 = 1024;
+pub const MIN_TELEGRAM_BYTES: u64 = 1024;
 /// The largest `max_telegram_bytes`.
-pub(crate) const MAX_TELEGRAM_BYTES: u64 = 1 << 20;
+pub const MAX_TELEGRAM_BYTES: u64 = 1 << 20;
 /// The shortest request interval for a Veitur meter (field-notes.md §a: default and minimum
 /// 10 s; faster is unverified).
-pub(crate) const VEITUR_MIN_INTERVAL: Duration = Duration::from_secs(10);
+pub const VEITUR_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `[meter]` (or one entry of `[[meters]]` without its `source`): what the meter is called and
 /// which clock it keeps.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct MeterTable {
+pub struct MeterTable {
     /// The meter's name, used in MQTT topics, InfluxDB tags and Home Assistant device names:
     /// ASCII letters, digits, `-` and `_`. Each meter needs its own.
-    pub(crate) name: String,
+    pub name: String,
     /// The IANA time zone the meter's clock shows, used to read its timestamps:
     /// `"Atlantic/Reykjavik"` for Veitur (UTC all year), `"Europe/Amsterdam"` for DSMR,
     /// `"Europe/Brussels"` for Fluvius.
-    pub(crate) tz: String,
+    pub tz: String,
 }
 
 /// Where in the file a meter was written: `[meter]` + `[source]`, or `[[meters]]` entry `i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MeterForm {
+pub enum MeterForm {
     /// `[meter]` with a top-level `[source]`.
     Single,
     /// `[[meters]]` entry number `i`, with its own `source` table.
@@ -44,7 +44,7 @@ pub(crate) enum MeterForm {
 
 impl MeterForm {
     /// The key path of the meter's table: `meter` or `meters[i]`.
-    pub(crate) fn meter_path(self) -> KeyPath {
+    pub fn meter_path(self) -> KeyPath {
         match self {
             MeterForm::Single => KeyPath::root().key("meter"),
             MeterForm::Array(i) => KeyPath::root().key("meters").index(i),
@@ -52,7 +52,7 @@ impl MeterForm {
     }
 
     /// The key path of the meter's source table: `source` or `meters[i].source`.
-    pub(crate) fn source_path(self) -> KeyPath {
+    pub fn source_path(self) -> KeyPath {
         match self {
             MeterForm::Single => KeyPath::root().key("source"),
             MeterForm::Array(_) => self.meter_path().key("source"),
@@ -62,19 +62,19 @@ impl MeterForm {
 
 /// One meter, as written; both forms of the file normalise to a list of these.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct MeterConfig {
+pub struct MeterConfig {
     /// Name and time zone.
-    pub(crate) meter: MeterTable,
+    pub meter: MeterTable,
     /// How to read it.
-    pub(crate) source: SourceConfig,
+    pub source: SourceConfig,
     /// Where it was written, to locate errors.
-    pub(crate) form: MeterForm,
+    pub form: MeterForm,
 }
 
 /// `[source]`: how telegrams reach p1gw, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-pub(crate) enum SourceConfig {
+pub enum SourceConfig {
     /// `kind = "serial"`: a P1 cable on a serial port.
     Serial(SerialConfig),
     /// `kind = "tcp"`: a serial-to-network bridge (ser2net, an ESP P1 reader) sending the raw
@@ -87,11 +87,11 @@ pub(crate) enum SourceConfig {
 }
 
 /// The `kind`s of source, as spelled in the file.
-pub(crate) const SOURCE_KINDS: [&str; 4] = ["serial", "tcp", "replay", "simulate"];
+pub const SOURCE_KINDS: [&str; 4] = ["serial", "tcp", "replay", "simulate"];
 
 /// Line settings presets (field-notes.md §a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub(crate) enum Preset {
+pub enum Preset {
     /// Veitur (Iceland), Iskra IE.5: 9600 baud, 7 data bits, no parity, 1 stop bit.
     #[serde(rename = "veitur")]
     Veitur,
@@ -108,7 +108,7 @@ pub(crate) enum Preset {
 
 impl Preset {
     /// The preset's line settings.
-    pub(crate) fn settings(self) -> LineSettings {
+    pub fn settings(self) -> LineSettings {
         let (baud, data_bits, parity) = match self {
             Preset::Veitur => (9600, 7, Parity::None),
             Preset::Veitur7e1 | Preset::Dsmr22 => (9600, 7, Parity::Even),
@@ -123,7 +123,7 @@ impl Preset {
     }
 
     /// Whether this is one of the Veitur presets, whose meters answer at most every 10 s.
-    pub(crate) fn is_veitur(self) -> bool {
+    pub fn is_veitur(self) -> bool {
         matches!(self, Preset::Veitur | Preset::Veitur7e1)
     }
 }
@@ -131,7 +131,7 @@ impl Preset {
 /// Serial parity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Parity {
+pub enum Parity {
     /// No parity bit.
     None,
     /// Even parity.
@@ -143,7 +143,7 @@ pub(crate) enum Parity {
 /// How the request line is driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum RequestMode {
+pub enum RequestMode {
     /// Keep the line raised; the meter sends on its own schedule (DSMR practice).
     Hold,
     /// Raise the line for `pulse` every `interval`.
@@ -156,53 +156,53 @@ pub(crate) enum RequestMode {
 /// `kind = "serial"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SerialConfig {
+pub struct SerialConfig {
     /// The serial device the P1 cable is on, e.g. `"/dev/ttyUSB0"`. Prefer a name that survives
     /// replugging, from `/dev/serial/by-id/`, or a udev symlink such as `/dev/p1`.
-    pub(crate) port: PathBuf,
+    pub port: PathBuf,
     /// Line settings preset: `"veitur"` (9600 7N1), `"veitur-7e1"` (9600 7E1), `"dsmr22"`
     /// (9600 7E1) or `"dsmr4"` (115200 8N1, also DSMR 5). `p1gw probe` finds the right one.
     /// Without a preset, all of `baud`, `data_bits`, `parity` and `stop_bits` must be set.
-    pub(crate) preset: Option<Preset>,
+    pub preset: Option<Preset>,
     /// Overrides the preset's baud rate.
-    pub(crate) baud: Option<u32>,
+    pub baud: Option<u32>,
     /// Overrides the preset's data bits: 7 or 8 (5 and 6 are accepted, but no meter uses them).
-    pub(crate) data_bits: Option<u8>,
+    pub data_bits: Option<u8>,
     /// Overrides the preset's parity: `"none"`, `"even"` or `"odd"`.
-    pub(crate) parity: Option<Parity>,
+    pub parity: Option<Parity>,
     /// Overrides the preset's stop bits: 1 or 2.
-    pub(crate) stop_bits: Option<u8>,
+    pub stop_bits: Option<u8>,
     /// The data request line (P1 pin 2), e.g. `{ line = "rts", mode = "poll" }`. Without it no
     /// line is driven, for cables that hold the request pin high themselves.
     #[serde(default)]
-    pub(crate) request: RequestConfig,
+    pub request: RequestConfig,
     /// How long to wait before reopening the port after it failed or vanished.
     #[serde(default)]
-    pub(crate) reconnect: ReconnectConfig,
+    pub reconnect: ReconnectConfig,
     /// The longest telegram accepted, in bytes or with a unit (`16384`, `"16KiB"`); longer
     /// ones are dropped and counted. From 1 KiB to 1 MiB.
     #[serde(default = "default_max_telegram_bytes")]
-    pub(crate) max_telegram_bytes: RawSize,
+    pub max_telegram_bytes: RawSize,
 }
 
 /// `request = { … }` of a serial source.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RequestConfig {
+pub struct RequestConfig {
     /// Which line asks the meter for data: `"none"`, `"rts"`, `"dtr"`, or a GPIO line of the
     /// computer as `"gpio:<chip>:<offset>"` (`"gpio:gpiochip0:17"`).
     #[serde(default = "default_request_line")]
-    pub(crate) line: String,
+    pub line: String,
     /// How the line is driven: `"hold"` (raise it and keep it raised), `"pulse"` (raise it for
     /// `pulse` every `interval`) or `"poll"` (raise it every `interval` until a telegram has
     /// arrived). Default `"poll"`, the safest with a Veitur meter; needs a `line`.
-    pub(crate) mode: Option<RequestMode>,
+    pub mode: Option<RequestMode>,
     /// How long the line stays raised in `"pulse"` mode. Default `"50ms"`.
-    pub(crate) pulse: Option<RawDuration>,
+    pub pulse: Option<RawDuration>,
     /// How often a telegram is requested in `"pulse"` and `"poll"` modes. Default `"10s"`,
     /// also the minimum with the Veitur presets (their meters answer at most every 10 s).
     #[serde(default = "default_request_interval")]
-    pub(crate) interval: RawDuration,
+    pub interval: RawDuration,
 }
 
 impl Default for RequestConfig {
@@ -219,13 +219,13 @@ impl Default for RequestConfig {
 /// `reconnect = { min, max }`: the backoff between attempts to reopen a source.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ReconnectConfig {
+pub struct ReconnectConfig {
     /// The first wait after a failure. Default `"1s"`.
     #[serde(default = "default_reconnect_min")]
-    pub(crate) min: RawDuration,
+    pub min: RawDuration,
     /// The longest wait; each failure doubles the wait up to this. Default `"60s"`.
     #[serde(default = "default_reconnect_max")]
-    pub(crate) max: RawDuration,
+    pub max: RawDuration,
 }
 
 impl Default for ReconnectConfig {
@@ -240,39 +240,39 @@ impl Default for ReconnectConfig {
 /// `kind = "tcp"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct TcpConfig {
+pub struct TcpConfig {
     /// The bridge's `host:port`, e.g. `"192.168.1.20:8088"` or `"p1reader.local:23"`.
-    pub(crate) address: String,
+    pub address: String,
     /// How long to wait before connecting again after the connection failed or closed.
     #[serde(default)]
-    pub(crate) reconnect: ReconnectConfig,
+    pub reconnect: ReconnectConfig,
     /// The longest telegram accepted, as for a serial source.
     #[serde(default = "default_max_telegram_bytes")]
-    pub(crate) max_telegram_bytes: RawSize,
+    pub max_telegram_bytes: RawSize,
 }
 
 /// `kind = "replay"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ReplayConfig {
+pub struct ReplayConfig {
     /// The recording: raw bytes as `p1gw record` writes them or telegrams in a text file, a
     /// directory of such files (replayed in name order), or `"-"` for standard input.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
     /// The pace: a duration between telegrams (`"10s"`), `"recorded"` to keep the recording's
     /// own timing, or `"0s"` for as fast as possible. Default `"10s"`.
     #[serde(default = "default_interval")]
-    pub(crate) interval: RawDuration,
+    pub interval: RawDuration,
     /// Start again from the beginning at the end of the recording. Default `false`: the source
     /// ends, the sinks drain, and the daemon keeps serving HTTP (/readyz then answers 503) until
     /// it is stopped.
     #[serde(default, rename = "loop")]
-    pub(crate) repeat: bool,
+    pub repeat: bool,
 }
 
 /// A simulated meter's kind of telegrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum SimProfile {
+pub enum SimProfile {
     /// Veitur's Iskra IE.5 with a hot-water submeter, no CRC.
     Veitur,
     /// DSMR 5.0.2 with gas, CRC.
@@ -284,14 +284,14 @@ pub(crate) enum SimProfile {
 /// `kind = "simulate"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SimulateConfig {
+pub struct SimulateConfig {
     /// Which meter to imitate: `"veitur"`, `"dsmr5"` or `"belgium"`. Default `"veitur"`.
     #[serde(default = "default_profile")]
-    pub(crate) profile: SimProfile,
+    pub profile: SimProfile,
     /// Time between telegrams. Default `"10s"`; any positive duration is allowed, since nothing
     /// real is asked.
     #[serde(default = "default_interval")]
-    pub(crate) interval: RawDuration,
+    pub interval: RawDuration,
 }
 
 fn default_max_telegram_bytes() -> RawSize {
@@ -324,20 +324,20 @@ fn default_profile() -> SimProfile {
 
 /// A validated meter.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidMeter {
+pub struct ValidMeter {
     /// Its name (unique among the meters).
-    pub(crate) name: String,
+    pub name: String,
     /// The zone its clock keeps.
-    pub(crate) tz: jiff::tz::TimeZone,
+    pub tz: jiff::tz::TimeZone,
     /// How to read it.
-    pub(crate) source: ValidSource,
+    pub source: ValidSource,
     /// Where it was written, to locate `check` errors.
-    pub(crate) form: MeterForm,
+    pub form: MeterForm,
 }
 
 /// A validated source.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ValidSource {
+pub enum ValidSource {
     /// A serial port.
     Serial(ValidSerial),
     /// A TCP bridge.
@@ -353,7 +353,7 @@ impl ValidSource {
     /// the interval of a simulated meter, of a paced replay, or of a serial request line in
     /// `poll` or `pulse` mode; otherwise 10 s, the slowest interval meters send at by
     /// themselves (Veitur, DSMR 4; DSMR 5 sends every second).
-    pub(crate) fn expected_interval(&self) -> Duration {
+    pub fn expected_interval(&self) -> Duration {
         const SLOWEST: Duration = Duration::from_secs(10);
         match self {
             ValidSource::Simulate(simulate) => simulate.interval,
@@ -372,7 +372,7 @@ impl ValidSource {
     }
 
     /// The `kind` as spelled in the file.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             ValidSource::Serial(_) => "serial",
             ValidSource::Tcp(_) => "tcp",
@@ -384,20 +384,20 @@ impl ValidSource {
 
 /// Serial line settings: the preset with the overrides applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LineSettings {
+pub struct LineSettings {
     /// Baud rate.
-    pub(crate) baud: u32,
+    pub baud: u32,
     /// Data bits, 5–8.
-    pub(crate) data_bits: u8,
+    pub data_bits: u8,
     /// Parity.
-    pub(crate) parity: Parity,
+    pub parity: Parity,
     /// Stop bits, 1 or 2.
-    pub(crate) stop_bits: u8,
+    pub stop_bits: u8,
 }
 
 /// The request line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RequestLine {
+pub enum RequestLine {
     /// None driven.
     None,
     /// The serial port's RTS.
@@ -415,59 +415,59 @@ pub(crate) enum RequestLine {
 
 /// How the request line is driven, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Request {
+pub struct Request {
     /// The line; `RequestLine::None` means nothing is driven and the rest is unused.
-    pub(crate) line: RequestLine,
+    pub line: RequestLine,
     /// The mode.
-    pub(crate) mode: RequestMode,
+    pub mode: RequestMode,
     /// How long a pulse lasts (`RequestMode::Pulse`); shorter than `interval`.
-    pub(crate) pulse: Duration,
+    pub pulse: Duration,
     /// How often to request (`Pulse`, `Poll`); positive, ≥ 10 s with a Veitur preset.
-    pub(crate) interval: Duration,
+    pub interval: Duration,
 }
 
 /// Reconnect backoff, validated: `0 < min <= max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reconnect {
+pub struct Reconnect {
     /// The first wait.
-    pub(crate) min: Duration,
+    pub min: Duration,
     /// The longest wait.
-    pub(crate) max: Duration,
+    pub max: Duration,
 }
 
 /// A validated serial source.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidSerial {
+pub struct ValidSerial {
     /// The device.
-    pub(crate) port: PathBuf,
+    pub port: PathBuf,
     /// The preset named, if any.
-    pub(crate) preset: Option<Preset>,
+    pub preset: Option<Preset>,
     /// The line settings to open the port with.
-    pub(crate) settings: LineSettings,
+    pub settings: LineSettings,
     /// The request line.
-    pub(crate) request: Request,
+    pub request: Request,
     /// Reopen backoff.
-    pub(crate) reconnect: Reconnect,
+    pub reconnect: Reconnect,
     /// Longest telegram, bytes.
-    pub(crate) max_telegram_bytes: usize,
+    pub max_telegram_bytes: usize,
 }
 
 /// A validated TCP source.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidTcp {
+pub struct ValidTcp {
     /// Host name or address (not resolved: validation does no network I/O).
-    pub(crate) host: String,
+    pub host: String,
     /// Port.
-    pub(crate) port: u16,
+    pub port: u16,
     /// Reconnect backoff.
-    pub(crate) reconnect: Reconnect,
+    pub reconnect: Reconnect,
     /// Longest telegram, bytes.
-    pub(crate) max_telegram_bytes: usize,
+    pub max_telegram_bytes: usize,
 }
 
 impl ValidTcp {
     /// `host:port`, IPv6 hosts in brackets, for connecting.
-    pub(crate) fn address(&self) -> String {
+    pub fn address(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -478,7 +478,7 @@ impl ValidTcp {
 
 /// The pace of a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReplayPace {
+pub enum ReplayPace {
     /// This long between telegrams (more than zero).
     Every(Duration),
     /// The recording's own timing (`"recorded"`).
@@ -489,27 +489,27 @@ pub(crate) enum ReplayPace {
 
 /// A validated replay source.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidReplay {
+pub struct ValidReplay {
     /// The recording.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
     /// The pace.
-    pub(crate) pace: ReplayPace,
+    pub pace: ReplayPace,
     /// Start over at the end.
-    pub(crate) repeat: bool,
+    pub repeat: bool,
 }
 
 /// A validated simulated meter.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ValidSimulate {
+pub struct ValidSimulate {
     /// What to imitate.
-    pub(crate) profile: SimProfile,
+    pub profile: SimProfile,
     /// Time between telegrams, positive.
-    pub(crate) interval: Duration,
+    pub interval: Duration,
 }
 
 impl MeterConfig {
     /// Validates one meter, noting problems; `None` if there were any.
-    pub(crate) fn validate(&self, problems: &mut Problems) -> Option<ValidMeter> {
+    pub fn validate(&self, problems: &mut Problems) -> Option<ValidMeter> {
         let at = self.form.meter_path();
         let name = problems
             .ok(&at.key("name"), check_name(&self.meter.name))
@@ -734,7 +734,7 @@ impl ReconnectConfig {
 }
 
 /// Parses `none`, `rts`, `dtr` or `gpio:<chip>:<offset>`.
-pub(crate) fn parse_request_line(text: &str) -> Result<RequestLine, String> {
+pub fn parse_request_line(text: &str) -> Result<RequestLine, String> {
     match text {
         "none" => return Ok(RequestLine::None),
         "rts" => return Ok(RequestLine::Rts),
@@ -778,11 +778,7 @@ fn preset_name(preset: Preset) -> &'static str {
 }
 
 /// A duration that must be more than zero.
-pub(crate) fn positive(
-    raw: &RawDuration,
-    path: &KeyPath,
-    problems: &mut Problems,
-) -> Option<Duration> {
+pub fn positive(raw: &RawDuration, path: &KeyPath, problems: &mut Problems) -> Option<Duration> {
     let duration = problems.ok(path, parse_duration(&raw.0))?;
     if duration.is_zero() {
         problems.value(path.clone(), "must be longer than 0s");
@@ -792,11 +788,7 @@ pub(crate) fn positive(
 }
 
 /// A path that must not be empty.
-pub(crate) fn non_empty_path(
-    path: &std::path::Path,
-    at: &KeyPath,
-    problems: &mut Problems,
-) -> Option<()> {
+pub fn non_empty_path(path: &std::path::Path, at: &KeyPath, problems: &mut Problems) -> Option<()> {
     if path.as_os_str().is_empty() {
         problems.value(at.clone(), "empty path");
         return None;

@@ -19,11 +19,11 @@ const SIZE_UNITS: &str = "B, KiB, MiB, GiB, kB, MB, GB";
 /// can say which unit is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub(crate) struct RawDuration(pub(crate) String);
+pub struct RawDuration(pub String);
 
 impl RawDuration {
     /// A duration from its text, for defaults.
-    pub(crate) fn new(text: &str) -> Self {
+    pub fn new(text: &str) -> Self {
         RawDuration(text.to_owned())
     }
 }
@@ -54,7 +54,7 @@ impl<'de> Deserialize<'de> for RawDuration {
 /// (`"64MiB"`, `"16KiB"`, `"1GB"`); typed by `validate` with [`parse_size`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub(crate) enum RawSize {
+pub enum RawSize {
     /// A TOML integer: bytes.
     Bytes(i64),
     /// A TOML string: a number and a unit.
@@ -63,7 +63,7 @@ pub(crate) enum RawSize {
 
 impl RawSize {
     /// A size from its text, for defaults.
-    pub(crate) fn new(text: &str) -> Self {
+    pub fn new(text: &str) -> Self {
         RawSize::Text(text.to_owned())
     }
 }
@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Parses a duration: one or more `<digits><unit>` parts, units `ms`, `s`, `m`, `h`, `d`
 /// (`"50ms"`, `"10s"`, `"1m"`, `"1h30m"`, `"0s"`). No sign, no fractions, no bare numbers.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err(format!(
@@ -161,7 +161,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration as the configuration writes it: `"1h30m"`, `"50ms"`, `"0s"`.
-pub(crate) fn format_duration(duration: Duration) -> String {
+pub fn format_duration(duration: Duration) -> String {
     let millis = duration.subsec_millis();
     let mut secs = duration.as_secs();
     if secs == 0 && millis == 0 {
@@ -182,7 +182,7 @@ pub(crate) fn format_duration(duration: Duration) -> String {
 
 /// Parses a size: an integer number of bytes, or a string of digits and an optional unit
 /// (`B`, `KiB`, `MiB`, `GiB` = powers of 1024; `kB`/`KB`, `MB`, `GB` = powers of 1000).
-pub(crate) fn parse_size(raw: &RawSize) -> Result<u64, String> {
+pub fn parse_size(raw: &RawSize) -> Result<u64, String> {
     let text = match raw {
         RawSize::Bytes(bytes) => {
             return u64::try_from(*bytes)
@@ -229,7 +229,7 @@ pub(crate) fn parse_size(raw: &RawSize) -> Result<u64, String> {
 
 /// A size as the configuration writes it: `"64MiB"` when it is a whole number of KiB, MiB or
 /// GiB, else bytes.
-pub(crate) fn format_size(bytes: u64) -> String {
+pub fn format_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
@@ -240,7 +240,7 @@ pub(crate) fn format_size(bytes: u64) -> String {
 
 /// Looks up an IANA time zone (`Atlantic/Reykjavik`, `Europe/Amsterdam`) in the bundled tz
 /// database.
-pub(crate) fn parse_time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+pub fn parse_time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
     if name.trim().is_empty() {
         return Err("empty time zone; use an IANA name such as \"Atlantic/Reykjavik\"".to_owned());
     }
@@ -254,7 +254,7 @@ pub(crate) fn parse_time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> 
 /// A checked URL of a server: scheme, host, optional port and path; no credentials, query or
 /// fragment (credentials belong in `username` and a `*_file` key or `P1GW_*` variable).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Endpoint {
+pub struct Endpoint {
     url: String,
     scheme: String,
     host: String,
@@ -265,7 +265,7 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     /// Parses `text` as `scheme://host[:port][/path]` with a scheme from `schemes` (compared
     /// without regard to case). Error messages do not repeat the URL.
-    pub(crate) fn parse(text: &str, schemes: &[&str]) -> Result<Self, String> {
+    pub fn parse(text: &str, schemes: &[&str]) -> Result<Self, String> {
         let expected = schemes.join(", ");
         let Some((scheme, rest)) = text.split_once("://") else {
             return Err(format!(
@@ -301,32 +301,32 @@ impl Endpoint {
     }
 
     /// The URL as written.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.url
     }
 
     /// The scheme, lower case (`mqtts`).
-    pub(crate) fn scheme(&self) -> &str {
+    pub fn scheme(&self) -> &str {
         &self.scheme
     }
 
     /// The host name or address (IPv6 without brackets).
-    pub(crate) fn host(&self) -> &str {
+    pub fn host(&self) -> &str {
         &self.host
     }
 
     /// The port, when the URL names one.
-    pub(crate) fn port(&self) -> Option<u16> {
+    pub fn port(&self) -> Option<u16> {
         self.port
     }
 
     /// The path, `""` or starting with `/`.
-    pub(crate) fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         &self.path
     }
 
     /// Whether the scheme means TLS: `mqtts`, `ssl`, `https`.
-    pub(crate) fn is_tls(&self) -> bool {
+    pub fn is_tls(&self) -> bool {
         matches!(self.scheme.as_str(), "mqtts" | "ssl" | "https")
     }
 }
@@ -338,7 +338,7 @@ impl fmt::Display for Endpoint {
 }
 
 /// Parses `host:port` (a name, an IPv4 address or a bracketed IPv6 address, and a port).
-pub(crate) fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
     if text.contains("://") {
         return Err(format!(
             "{text:?}: write host:port without a scheme, e.g. \"192.168.1.20:8088\""
@@ -406,7 +406,7 @@ fn split_host_port(text: &str, echo: bool) -> Result<(String, Option<u16>), Stri
 
 /// Checks a meter or sink name: 1–64 ASCII letters, digits, `-` or `_` (it becomes part of MQTT
 /// topics, InfluxDB tags, file names and Home Assistant ids).
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty name".to_owned());
     }
@@ -425,7 +425,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks an MQTT topic prefix: not empty, no wildcards, no leading or trailing `/`.
-pub(crate) fn check_topic_prefix(prefix: &str) -> Result<(), String> {
+pub fn check_topic_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() {
         return Err("empty topic prefix".to_owned());
     }
@@ -444,7 +444,7 @@ pub(crate) fn check_topic_prefix(prefix: &str) -> Result<(), String> {
 
 /// Checks a log filter: a level (`off`, `error`, `warn`, `info`, `debug`, `trace`) or a
 /// comma-separated list of `level` and `target=level` items (`"info,p1_reader=debug"`).
-pub(crate) fn check_log_level(filter: &str) -> Result<(), String> {
+pub fn check_log_level(filter: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let bad = |item: &str| {
         format!(
