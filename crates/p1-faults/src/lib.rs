@@ -9,7 +9,7 @@
 //! the meter's clock jumps. Each test counts readings produced against readings delivered per
 //! sink, duplicates and recovery time, and asserts that nothing was lost.
 //!
-//! Short variants run in `cargo test`; `P1GW_SOAK=1` (set by `scripts/soak`) runs the long
+//! Short variants run in `cargo test`; `P1GW_SOAK=1` (set by `scripts/reliability`) runs the long
 //! ones. Results and the table they fill: `docs/reliability.md`.
 //!
 //! Architecture invariant: nothing here is linked into p1gw; the tests see the daemon only

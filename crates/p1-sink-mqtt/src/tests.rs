@@ -442,3 +442,275 @@ fn settings_print_no_secrets() {
     assert!(crate::build(settings()).is_ok());
     assert_eq!(settings().status_topic(), "p1gw/home/status");
 }
+
+/// What Home Assistant's MQTT sensor documentation allows: the configuration keys of an MQTT
+/// sensor and of its device, the sensor device classes with the units each accepts, and the
+/// state classes (HA docs: integrations/sensor.mqtt, integrations/sensor#device-class,
+/// integrations/mqtt#discovery-messages; 2025.x).
+mod ha_schema {
+    use serde_json::Value;
+
+    const SENSOR_KEYS: &[&str] = &[
+        "availability",
+        "availability_mode",
+        "availability_template",
+        "availability_topic",
+        "default_entity_id",
+        "device",
+        "device_class",
+        "enabled_by_default",
+        "encoding",
+        "entity_category",
+        "entity_picture",
+        "expire_after",
+        "force_update",
+        "icon",
+        "json_attributes_template",
+        "json_attributes_topic",
+        "last_reset_value_template",
+        "name",
+        "object_id",
+        "options",
+        "origin",
+        "payload_available",
+        "payload_not_available",
+        "platform",
+        "qos",
+        "state_class",
+        "state_topic",
+        "suggested_display_precision",
+        "unique_id",
+        "unit_of_measurement",
+        "value_template",
+    ];
+    const DEVICE_KEYS: &[&str] = &[
+        "configuration_url",
+        "connections",
+        "hw_version",
+        "identifiers",
+        "manufacturer",
+        "model",
+        "model_id",
+        "name",
+        "serial_number",
+        "suggested_area",
+        "sw_version",
+        "via_device",
+    ];
+
+    /// The units HA accepts for a device class (`None` in the list: no unit).
+    fn units(class: &str) -> Option<&'static [&'static str]> {
+        Some(match class {
+            "energy" => &[
+                "Wh", "kWh", "MWh", "GWh", "TWh", "MJ", "GJ", "cal", "kcal", "Mcal", "Gcal",
+            ],
+            "gas" => &["m³", "ft³", "CCF", "L"],
+            "water" => &["L", "gal", "m³", "ft³", "CCF"],
+            "power" => &["mW", "W", "kW", "MW", "GW", "TW"],
+            "reactive_power" => &["mvar", "var", "kvar"],
+            "reactive_energy" => &["varh", "kvarh"],
+            "apparent_power" => &["mVA", "VA", "kVA"],
+            "voltage" => &["µV", "mV", "V", "kV", "MV"],
+            "current" => &["mA", "A"],
+            "frequency" => &["Hz", "kHz", "MHz", "GHz"],
+            "power_factor" => &["%", ""],
+            "volume_flow_rate" => &[
+                "m³/h", "m³/s", "ft³/min", "L/h", "L/min", "L/s", "gal/min", "mL/s",
+            ],
+            "temperature" => &["°C", "°F", "K"],
+            "duration" => &["d", "h", "min", "s", "ms"],
+            "timestamp" | "enum" => &[""],
+            _ => return None,
+        })
+    }
+
+    /// Every violation of the schema in one discovery payload.
+    pub(super) fn violations(topic: &str, payload: &Value) -> Vec<String> {
+        let mut bad = Vec::new();
+        let Some(obj) = payload.as_object() else {
+            return vec![format!("{topic}: not a JSON object")];
+        };
+        for key in obj.keys() {
+            if !SENSOR_KEYS.contains(&key.as_str()) {
+                bad.push(format!("{topic}: unknown sensor key {key:?}"));
+            }
+        }
+        for key in ["unique_id", "state_topic", "availability_topic", "device"] {
+            if !obj.contains_key(key) {
+                bad.push(format!("{topic}: missing {key}"));
+            }
+        }
+        if let Some(device) = obj.get("device").and_then(Value::as_object) {
+            for key in device.keys() {
+                if !DEVICE_KEYS.contains(&key.as_str()) {
+                    bad.push(format!("{topic}: unknown device key {key:?}"));
+                }
+            }
+            if !device
+                .get("identifiers")
+                .and_then(Value::as_array)
+                .is_some_and(|ids| !ids.is_empty())
+            {
+                bad.push(format!("{topic}: device without identifiers"));
+            }
+        }
+        let unit = obj
+            .get("unit_of_measurement")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let state_class = obj.get("state_class").and_then(Value::as_str);
+        if let Some(sc) = state_class
+            && !["measurement", "total", "total_increasing"].contains(&sc)
+        {
+            bad.push(format!("{topic}: unknown state_class {sc:?}"));
+        }
+        if let Some(class) = obj.get("device_class").and_then(Value::as_str) {
+            match units(class) {
+                None => bad.push(format!("{topic}: unknown device_class {class:?}")),
+                Some(allowed) if !allowed.contains(&unit) => {
+                    bad.push(format!("{topic}: unit {unit:?} not allowed for {class}"));
+                }
+                Some(_) => {}
+            }
+            // HA refuses `measurement` for the accumulating classes, and any state class for
+            // timestamps and enums.
+            if ["energy", "gas", "water", "reactive_energy"].contains(&class)
+                && !matches!(state_class, Some("total" | "total_increasing"))
+            {
+                bad.push(format!(
+                    "{topic}: {class} needs state_class total(_increasing)"
+                ));
+            }
+            if ["timestamp", "enum"].contains(&class) && state_class.is_some() {
+                bad.push(format!("{topic}: {class} takes no state_class"));
+            }
+            if class == "enum" && !obj.get("options").is_some_and(Value::is_array) {
+                bad.push(format!("{topic}: enum without options"));
+            }
+        }
+        if let Some(p) = obj.get("suggested_display_precision")
+            && !p.is_u64()
+        {
+            bad.push(format!(
+                "{topic}: suggested_display_precision {p} is not a whole number"
+            ));
+        }
+        if let Some(cat) = obj.get("entity_category").and_then(Value::as_str)
+            && cat != "diagnostic"
+            && cat != "config"
+        {
+            bad.push(format!("{topic}: entity_category {cat:?}"));
+        }
+        bad
+    }
+}
+
+/// Discovery for the three kinds of meter the issue names (Veitur with its hot-water/heat
+/// submeter, a Dutch DSMR 5 with gas, a Belgian e-MUCS with gas and water), and then for every
+/// fixture telegram, against HA's documented schema; and the Energy dashboard's picks are there
+/// with the classes it needs.
+#[test]
+fn discovery_payloads_follow_home_assistants_schema() {
+    // The checker itself catches what HA would refuse.
+    let wrong = serde_json::json!({
+        "unique_id": "x", "state_topic": "t", "availability_topic": "a",
+        "device": {"identifiers": ["d"], "colour": "red"},
+        "device_class": "energy", "state_class": "measurement", "unit_of_measurement": "kW",
+        "suggested_display_precision": 1.5, "unit": "kWh",
+    });
+    assert_eq!(
+        ha_schema::violations("t", &wrong).len(),
+        5,
+        "{:?}",
+        ha_schema::violations("t", &wrong)
+    );
+    let mut all = vec![("veitur".to_owned(), veitur(5.0, true))];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/telegrams");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".txt"))
+        .collect();
+    names.sort();
+    for name in names {
+        let text = fixture(&name);
+        all.push((name, text));
+    }
+    let mut checked = 0;
+    for (name, text) in &all {
+        let Ok(t) = p1_telegram::Telegram::parse(
+            text.as_bytes(),
+            p1_telegram::ParseOptions { check_crc: false },
+        ) else {
+            continue; // the corrupt fixture
+        };
+        let r = Reading::from_telegram(
+            Arc::from("home"),
+            Arc::from("test"),
+            &t,
+            &jiff::tz::TimeZone::UTC,
+            jiff::Timestamp::from_millisecond(0).expect("time"),
+        );
+        let s = settings();
+        let (mut d, _rx) = Discovery::new(&s, "homeassistant");
+        d.observe(&r, &values(&r));
+        let configs = d.configs();
+        assert!(!configs.is_empty(), "{name}: no discovery");
+        for (topic, payload) in configs.iter() {
+            let v: Value = serde_json::from_str(payload).expect("json");
+            let bad = ha_schema::violations(topic, &v);
+            assert!(bad.is_empty(), "{name}:\n{}", bad.join("\n"));
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "only {checked} payloads checked");
+
+    // The Energy dashboard: grid import/export and gas for the Dutch DSMR 5 meter.
+    let s = settings();
+    let (mut d, _rx) = Discovery::new(&s, "homeassistant");
+    let r = reading_at(
+        &fixture("netherlands_iskra_am550_dsmr50_gas_on_mbus2.txt"),
+        "home",
+        0,
+    );
+    d.observe(&r, &values(&r));
+    for object in [
+        "energy_import_tariff1",
+        "energy_import_tariff2",
+        "energy_export_tariff1",
+        "energy_export_tariff2",
+    ] {
+        let c = config_of(&d, object).unwrap_or_else(|| panic!("{object}"));
+        assert_eq!(
+            (
+                &c["device_class"],
+                &c["state_class"],
+                &c["unit_of_measurement"]
+            ),
+            (&"energy".into(), &"total_increasing".into(), &"kWh".into()),
+            "{object}"
+        );
+        assert_eq!(c["device"]["manufacturer"], "Iskraemeco");
+        assert_eq!(c["device"]["model"], "AM550");
+    }
+    let power = config_of(&d, "power_import").expect("power_import");
+    assert_eq!(power["device_class"], "power");
+    assert_eq!(power["state_class"], "measurement");
+    let gas = d
+        .configs()
+        .keys()
+        .find(|t| t.ends_with("gas_volume/config"))
+        .cloned()
+        .expect("a gas sensor");
+    let gas: Value = serde_json::from_str(&d.configs()[&gas]).expect("json");
+    assert_eq!(
+        (
+            &gas["device_class"],
+            &gas["state_class"],
+            &gas["unit_of_measurement"]
+        ),
+        (&"gas".into(), &"total_increasing".into(), &"m³".into())
+    );
+    assert_eq!(gas["device"]["via_device"], "p1gw_home");
+}

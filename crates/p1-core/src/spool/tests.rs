@@ -11,7 +11,7 @@ const CHILD_ENV: &str = "P1_SPOOL_CRASH_CHILD";
 const CHILD_MODE_ENV: &str = "P1_SPOOL_CRASH_MODE";
 const CHILD_RUN_ENV: &str = "P1_SPOOL_CRASH_RUN";
 /// How many kill-and-reopen runs [`spool_survives_sigkill`] makes (default 100, about 12 s on
-/// two cores; scripts/soak asks for more).
+/// two cores; scripts/reliability asks for more).
 const RUNS_ENV: &str = "P1_SPOOL_CRASH_RUNS";
 
 fn open(path: &Path, max_bytes: u64) -> Spool {

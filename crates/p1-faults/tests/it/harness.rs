@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------------
 // Modes and paths.
 
-/// `P1GW_SOAK=1`: the long variants (scripts/soak).
+/// `P1GW_SOAK=1`: the long variants (scripts/reliability).
 pub(crate) fn soak() -> bool {
     std::env::var("P1GW_SOAK").is_ok_and(|v| v == "1")
 }
@@ -52,7 +52,7 @@ pub(crate) fn p1gw_bin() -> PathBuf {
         assert!(
             bin.is_file(),
             "{} not found: build it first (`cargo build -p p1gw`; `cargo test --workspace` and \
-             scripts/soak do), or set P1GW_BIN",
+             scripts/reliability do), or set P1GW_BIN",
             bin.display()
         );
         warn_if_stale(&bin);
@@ -440,6 +440,8 @@ pub(crate) struct Tally {
     /// Arrivals that a broker redelivered to the test's subscriber (same message id): not
     /// p1gw's doing, left out of `seen`.
     pub(crate) redelivered: u64,
+    /// First arrivals of a reading after a later one had arrived: delivery out of order.
+    pub(crate) out_of_order: u64,
 }
 
 impl Tally {
@@ -715,6 +717,7 @@ impl Subscriber {
         self.drain();
         let mut tally = Tally::default();
         let mut previous: Option<&(u32, String)> = None;
+        let mut newest = 0;
         for m in &self.got {
             if previous.is_some_and(|p| p.0 != 0 && p == m) {
                 tally.redelivered += 1;
@@ -725,7 +728,12 @@ impl Subscriber {
                 continue;
             };
             if let Some(id) = reading_id(&v) {
-                *tally.seen.entry(id).or_default() += 1;
+                let copies = tally.seen.entry(id).or_default();
+                if *copies == 0 && id < newest {
+                    tally.out_of_order += 1;
+                }
+                *copies += 1;
+                newest = newest.max(id);
             }
         }
         tally

@@ -4,7 +4,7 @@
 //! outside: readings produced against readings delivered per sink, duplicates, recovery
 //! time, exit codes, output, `/proc`.
 //!
-//! `P1GW_SOAK=1` (scripts/soak) runs the long variants; `P1GW_FAULTS_REPORT=FILE` appends one
+//! `P1GW_SOAK=1` (scripts/reliability) runs the long variants; `P1GW_FAULTS_REPORT=FILE` appends one
 //! JSON line per scenario to FILE. These tests fail (never skip) when a server binary is
 //! missing, naming its Debian package.
 

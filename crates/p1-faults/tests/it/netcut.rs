@@ -13,13 +13,16 @@ use crate::harness::{
 };
 use crate::proxy::{Mode, Proxy};
 
-const RATE: u64 = 10;
+/// Readings per second of the replay (the short run replays N = 1050 readings).
+const RATE: u64 = 50;
+/// What a sink's spool holds in normal flow (a tenth of a second of readings).
+const LIVE: f64 = RATE as f64 / 10.0;
 
 #[test]
 fn a_silent_network_cut_loses_nothing() {
     let _lane = crate::harness::shared();
     let secs = pick(10, 30);
-    let n = (3 + secs + pick(6, 30)) * RATE;
+    let n = (3 + secs + pick(8, 30)) * RATE;
     let work = tempfile::tempdir().expect("tempdir");
     let recording = work.path().join("recording.txt");
     write_recording(&recording, 1..=n, 0);
@@ -33,7 +36,7 @@ fn a_silent_network_cut_loses_nothing() {
     let jsonl = work.path().join("readings.jsonl");
     let config = format!(
         "{}{}{}{}{}",
-        replay_meter(&recording, "100ms"),
+        replay_meter(&recording, &format!("{}ms", 1000 / RATE)),
         jsonl_sink(&jsonl),
         mqtt_sink(mqtt_proxy.port, "keep_alive = \"3s\""),
         influx_sink(
@@ -78,10 +81,10 @@ fn a_silent_network_cut_loses_nothing() {
         || {
             let m = daemon.metrics();
             let at = t_up.elapsed().as_secs_f64();
-            if drained.0.is_none() && m.sink("p1gw_spool_records", "mqtt") <= 2.0 {
+            if drained.0.is_none() && m.sink("p1gw_spool_records", "mqtt") <= LIVE {
                 drained.0 = Some(at);
             }
-            if drained.1.is_none() && m.sink("p1gw_spool_records", "influx") <= 3.0 {
+            if drained.1.is_none() && m.sink("p1gw_spool_records", "influx") <= LIVE {
                 drained.1 = Some(at);
             }
             (drained.0.is_some() && drained.1.is_some()).then_some(())
@@ -153,6 +156,10 @@ fn a_silent_network_cut_loses_nothing() {
             ),
         );
     }
+    row.check(
+        mqtt.out_of_order == 0,
+        format!("{} MQTT readings arrived out of order", mqtt.out_of_order),
+    );
     row.check(file.duplicates() == 0, "jsonl duplicated readings");
     row.check(
         points.duplicates() == 0,

@@ -18,14 +18,17 @@ enum Down {
     Both,
 }
 
-/// Readings per second of the replay.
-const RATE: u64 = 10;
+/// Readings per second of the replay (the short run still replays N = 1000 readings).
+const RATE: u64 = 50;
+/// What a sink's spool holds in normal flow (a tenth of a second of readings): the backlog is
+/// drained once it is down to this.
+const LIVE: f64 = RATE as f64 / 10.0;
 
 fn outage(which: Down) {
     let _lane = crate::harness::shared();
     let secs = pick(5, 60);
     let before = 3; // s of normal flow before the fault
-    let after = pick(5, 30); // s of live readings after it
+    let after = pick(12, 30); // s of live readings after it
     let n = (before + secs + after) * RATE;
     let work = tempfile::tempdir().expect("tempdir");
     let recording = work.path().join("recording.txt");
@@ -38,7 +41,7 @@ fn outage(which: Down) {
     let jsonl = work.path().join("readings.jsonl");
     let config = format!(
         "{}{}{}{}{}",
-        replay_meter(&recording, "100ms"),
+        replay_meter(&recording, &format!("{}ms", 1000 / RATE)),
         jsonl_sink(&jsonl),
         mqtt_sink(broker.port, ""),
         influx_sink(&influx.url, ""),
@@ -86,10 +89,10 @@ fn outage(which: Down) {
         || {
             let m = daemon.metrics();
             let at = t_up.elapsed().as_secs_f64();
-            if drained_mqtt.is_none() && m.sink("p1gw_spool_records", "mqtt") <= 2.0 {
+            if drained_mqtt.is_none() && m.sink("p1gw_spool_records", "mqtt") <= LIVE {
                 drained_mqtt = Some(at);
             }
-            if drained_influx.is_none() && m.sink("p1gw_spool_records", "influx") <= 3.0 {
+            if drained_influx.is_none() && m.sink("p1gw_spool_records", "influx") <= LIVE {
                 drained_influx = Some(at);
             }
             (drained_mqtt.is_some() && drained_influx.is_some()).then_some(())
@@ -173,6 +176,10 @@ fn outage(which: Down) {
             format!("{name} has readings never produced"),
         );
     }
+    row.check(
+        mqtt.out_of_order == 0,
+        format!("{} MQTT readings arrived out of order", mqtt.out_of_order),
+    );
     row.check(
         file.duplicates() == 0,
         "the jsonl sink duplicated readings without a crash",

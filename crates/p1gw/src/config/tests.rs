@@ -2140,7 +2140,7 @@ format = "auto"
         Ok(())
     }
 
-    /// 1024 cases per property; `PROPTEST_CASES` asks for more (scripts/soak runs a million).
+    /// 1024 cases per property; `PROPTEST_CASES` asks for more (scripts/reliability runs 100 000).
     fn cases() -> u32 {
         std::env::var("PROPTEST_CASES")
             .ok()
