@@ -546,10 +546,10 @@ mod ha_schema {
                     bad.push(format!("{topic}: unknown device key {key:?}"));
                 }
             }
-            if !device
+            if device
                 .get("identifiers")
                 .and_then(Value::as_array)
-                .is_some_and(|ids| !ids.is_empty())
+                .is_none_or(Vec::is_empty)
             {
                 bad.push(format!("{topic}: device without identifiers"));
             }
