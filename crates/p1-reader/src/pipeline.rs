@@ -168,8 +168,11 @@ impl Pipeline {
         }
     }
 
-    /// Ends the stream (a recording's end, a disconnect): a frame still
-    /// being collected is published if whole, else counted as truncated.
+    /// Ends a recording: a frame still being collected is published if
+    /// whole (its `!` line arrived, perhaps without its line end, or it
+    /// stopped after whole data lines: recordings cut after the last line),
+    /// else counted as truncated. For a live source that broke off, use
+    /// [`Pipeline::disconnected`].
     pub fn finish(&mut self) {
         if let Some(result) = self.decoder.finish() {
             let outcome = Self::outcome(
@@ -181,6 +184,30 @@ impl Pipeline {
             );
             self.settle(outcome);
         }
+    }
+
+    /// The live stream broke off (a serial port or TCP peer went away, or
+    /// the reader stopped): a frame still being collected is counted as
+    /// `truncated` and never published, whatever it holds. Such a frame
+    /// cannot be complete — a whole telegram was published when its `!`
+    /// line's line end arrived — so it lacks data lines, its CRC or its
+    /// line end. Publishing it would forward a reading with values missing
+    /// (a cut after whole lines parses as a telegram without a `!` line);
+    /// nor may it be merged with the next connection's bytes. The decoder
+    /// is then ready for a new stream.
+    pub fn disconnected(&mut self) {
+        let outcome = match self.decoder.finish() {
+            None => return,
+            Some(Ok(frame)) => Err((
+                p1_telegram::Error::Truncated {
+                    offset: frame.offset,
+                    len: frame.bytes.len(),
+                },
+                frame.offset,
+            )),
+            Some(Err(error)) => Err((error, 0)),
+        };
+        self.settle(outcome);
     }
 
     /// A decoder result as a reading, or the error with the frame's offset.

@@ -674,8 +674,9 @@ pub(crate) async fn serial_loop<O: Open>(
                     session(&mut port, request, silence, None, stop, control, pipeline).await;
                 control.status.connected = false;
                 drop(port);
-                // A frame cut off by the disconnect counts as truncated.
-                pipeline.finish();
+                // A frame cut off by the disconnect counts as truncated and is
+                // never published, nor merged with the next session's bytes.
+                pipeline.disconnected();
                 if session.bytes > 0 {
                     backoff.reset();
                 }

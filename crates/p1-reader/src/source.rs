@@ -463,7 +463,9 @@ async fn tcp(
                     }
                 }
                 control.status.connected = false;
-                pipeline.finish();
+                // Half a telegram from the closed connection: counted as
+                // truncated, never published nor merged with the next one.
+                pipeline.disconnected();
                 health.degraded(format!("{address}: disconnected; reconnecting"));
             }
             Err(e) => {

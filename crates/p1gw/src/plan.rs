@@ -179,10 +179,9 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
     })
 }
 
-/// A validated serial source as the reader takes it.
-///
-/// The config has no polarity option for the request line yet, so it is
-/// driven as is (`invert = false`: raised = RTS/DTR asserted, GPIO high).
+/// A validated serial source as the reader takes it. `request.invert` is
+/// passed on: the reader's RTS/DTR line then de-asserts the pin to raise the
+/// request, and a GPIO line is requested active-low.
 fn serial_source(serial: &crate::config::source::ValidSerial) -> SourceConfig {
     use crate::config::source::{Parity, RequestLine, RequestMode};
     let settings = &serial.settings;
@@ -216,9 +215,12 @@ fn serial_source(serial: &crate::config::source::ValidSerial) -> SourceConfig {
             },
             pulse: request.pulse,
             interval: request.interval,
-            invert: false,
+            invert: request.invert,
         },
         reconnect_min: serial.reconnect.min,
         reconnect_max: serial.reconnect.max,
     })
 }
+
+#[cfg(test)]
+mod tests;

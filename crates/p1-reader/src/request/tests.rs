@@ -197,3 +197,181 @@ async fn a_failing_line_keeps_the_schedule() {
     assert!(driver.start(t0, &mut line).is_err());
     assert_eq!(driver.deadline(), Some(t0 + 50 * MS), "still planned");
 }
+
+/// A serial port that has only modem-control outputs: records every level
+/// written to RTS and DTR, as the driver of a real adapter would be asked
+/// (`TIOCMBIS`/`TIOCMBIC`). A pty cannot show these (`ENOTTY`), so this is
+/// where `invert` is checked; `p1gw`'s plan tests check that the config key
+/// reaches [`RequestConfig::invert`].
+#[derive(Debug, Clone, Default)]
+struct ModemPort {
+    rts: Arc<Mutex<Vec<bool>>>,
+    dtr: Arc<Mutex<Vec<bool>>>,
+}
+
+impl ModemPort {
+    fn rts(&self) -> Vec<bool> {
+        self.rts.lock().expect("lock").clone()
+    }
+    fn dtr(&self) -> Vec<bool> {
+        self.dtr.lock().expect("lock").clone()
+    }
+}
+
+impl std::io::Read for ModemPort {
+    fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+}
+
+impl std::io::Write for ModemPort {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl tokio_serial::SerialPort for ModemPort {
+    fn name(&self) -> Option<String> {
+        Some("modem-fake".to_owned())
+    }
+    fn baud_rate(&self) -> tokio_serial::Result<u32> {
+        Ok(9600)
+    }
+    fn data_bits(&self) -> tokio_serial::Result<tokio_serial::DataBits> {
+        Ok(tokio_serial::DataBits::Seven)
+    }
+    fn flow_control(&self) -> tokio_serial::Result<tokio_serial::FlowControl> {
+        Ok(tokio_serial::FlowControl::None)
+    }
+    fn parity(&self) -> tokio_serial::Result<tokio_serial::Parity> {
+        Ok(tokio_serial::Parity::None)
+    }
+    fn stop_bits(&self) -> tokio_serial::Result<tokio_serial::StopBits> {
+        Ok(tokio_serial::StopBits::One)
+    }
+    fn timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn set_baud_rate(&mut self, _: u32) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn set_data_bits(&mut self, _: tokio_serial::DataBits) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn set_flow_control(&mut self, _: tokio_serial::FlowControl) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn set_parity(&mut self, _: tokio_serial::Parity) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn set_stop_bits(&mut self, _: tokio_serial::StopBits) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn set_timeout(&mut self, _: Duration) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn write_request_to_send(&mut self, level: bool) -> tokio_serial::Result<()> {
+        self.rts.lock().expect("lock").push(level);
+        Ok(())
+    }
+    fn write_data_terminal_ready(&mut self, level: bool) -> tokio_serial::Result<()> {
+        self.dtr.lock().expect("lock").push(level);
+        Ok(())
+    }
+    fn read_clear_to_send(&mut self) -> tokio_serial::Result<bool> {
+        Ok(false)
+    }
+    fn read_data_set_ready(&mut self) -> tokio_serial::Result<bool> {
+        Ok(false)
+    }
+    fn read_ring_indicator(&mut self) -> tokio_serial::Result<bool> {
+        Ok(false)
+    }
+    fn read_carrier_detect(&mut self) -> tokio_serial::Result<bool> {
+        Ok(false)
+    }
+    fn bytes_to_read(&self) -> tokio_serial::Result<u32> {
+        Ok(0)
+    }
+    fn bytes_to_write(&self) -> tokio_serial::Result<u32> {
+        Ok(0)
+    }
+    fn clear(&self, _: tokio_serial::ClearBuffer) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn try_clone(&self) -> tokio_serial::Result<Box<dyn tokio_serial::SerialPort>> {
+        Ok(Box::new(self.clone()))
+    }
+    fn set_break(&self) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+    fn clear_break(&self) -> tokio_serial::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pin 2's level when an adapter's RTS/DTR output is wired straight to it:
+/// FTDI and most TTL adapters drive an asserted RTS/DTR *low*.
+fn pin2_high_on_a_direct_wire(asserted: bool) -> bool {
+    !asserted
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inverted_modem_line_requests_by_deasserting_the_pin() {
+    for pin in [ModemPin::Rts, ModemPin::Dtr] {
+        for invert in [false, true] {
+            let what = format!("{pin:?}, invert = {invert}");
+            let port = ModemPort::default();
+            let mut line = ModemLine::new(Box::new(port.clone()), pin, invert);
+            let request = RequestConfig {
+                line: match pin {
+                    ModemPin::Rts => LineKind::Rts,
+                    ModemPin::Dtr => LineKind::Dtr,
+                },
+                invert,
+                ..config(RequestMode::Poll)
+            };
+            let mut driver = Driver::new(&request);
+            let t0 = Instant::now();
+            // Request, a telegram ends the poll, the next request, end of session.
+            driver.start(t0, &mut line).expect("fake port");
+            assert!(driver.is_high(), "{what}");
+            driver.on_telegram(&mut line).expect("fake port");
+            assert!(!driver.is_high(), "{what}");
+            tokio::time::sleep_until(t0 + 10 * S).await;
+            driver
+                .on_deadline(Instant::now(), &mut line)
+                .expect("fake port");
+            assert!(driver.is_high(), "{what}");
+            driver.stop(&mut line).expect("fake port");
+
+            let (driven, untouched) = match pin {
+                ModemPin::Rts => (port.rts(), port.dtr()),
+                ModemPin::Dtr => (port.dtr(), port.rts()),
+            };
+            assert!(untouched.is_empty(), "{what}: the other pin is left alone");
+            // What the adapter is told: asserted = requesting, unless inverted.
+            let asserted: Vec<bool> = [true, false, true, false]
+                .iter()
+                .map(|request| request != &invert)
+                .collect();
+            assert_eq!(driven, asserted, "{what}");
+            // Wired straight to pin 2, only the inverted line raises it to request.
+            let pin2: Vec<bool> = driven
+                .iter()
+                .map(|a| pin2_high_on_a_direct_wire(*a))
+                .collect();
+            let requests = if invert {
+                [true, false, true, false]
+            } else {
+                [false, true, false, true]
+            };
+            assert_eq!(pin2, requests, "{what}");
+            let name = line.describe();
+            assert_eq!(name.ends_with(" (inverted)"), invert, "{what}: {name}");
+        }
+    }
+}

@@ -203,6 +203,13 @@ pub struct RequestConfig {
     /// also the minimum with the Veitur presets (their meters answer at most every 10 s).
     #[serde(default = "default_request_interval")]
     pub interval: RawDuration,
+    /// Drive the line inverted: `true` keeps RTS/DTR de-asserted (or the GPIO line low) while
+    /// the meter is asked for data. For RTS/DTR wired straight to pin 2: an asserted RTS or DTR
+    /// is *low* on FTDI and most other TTL adapters, and the meter wants +5 V; with an NPN
+    /// transistor stage in between (which inverts once more) leave it `false`. `p1gw probe
+    /// --invert-request` tries it. Default `false`; needs a `line`.
+    #[serde(default)]
+    pub invert: bool,
 }
 
 impl Default for RequestConfig {
@@ -212,6 +219,7 @@ impl Default for RequestConfig {
             mode: None,
             pulse: None,
             interval: default_request_interval(),
+            invert: false,
         }
     }
 }
@@ -424,6 +432,9 @@ pub struct Request {
     pub pulse: Duration,
     /// How often to request (`Pulse`, `Poll`); positive, ≥ 10 s with a Veitur preset.
     pub interval: Duration,
+    /// Drive the line inverted ("raised" de-asserts RTS/DTR, sets a GPIO line low); only with
+    /// a line.
+    pub invert: bool,
 }
 
 /// Reconnect backoff, validated: `0 < min <= max`.
@@ -666,6 +677,12 @@ impl SerialConfig {
                 ),
             );
         }
+        if line == Some(RequestLine::None) && raw.invert {
+            problems.value(
+                at.key("invert"),
+                "invert = true needs a request line to invert: set line to \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\", or drop invert",
+            );
+        }
         if raw.pulse.is_some() && mode != RequestMode::Pulse {
             problems.key(
                 at.key("pulse"),
@@ -709,6 +726,7 @@ impl SerialConfig {
             mode,
             pulse: pulse?,
             interval: interval?,
+            invert: raw.invert,
         })
     }
 }

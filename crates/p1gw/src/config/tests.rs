@@ -570,6 +570,42 @@ const BROKEN: &[Broken] = &[
         message: "pulse is only used with mode = \"pulse\"",
     },
     Broken {
+        what: "an inverted request line without a line",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[source]",
+            r#"kind = "serial""#,
+            r#"port = "/dev/p1""#,
+            r#"preset = "veitur""#,
+            r#"request = { mode = "hold", invert = true }"#,
+        ],
+        line: 8,
+        column: 37,
+        key: "source.request.invert",
+        message: "invert = true needs a request line to invert",
+    },
+    Broken {
+        what: "invert is not a boolean",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[source]",
+            r#"kind = "serial""#,
+            r#"port = "/dev/p1""#,
+            r#"preset = "veitur""#,
+            "[source.request]",
+            r#"line = "rts""#,
+            r#"invert = "yes""#,
+        ],
+        line: 10,
+        column: 10,
+        key: "source.request.invert",
+        message: "invalid type: string \"yes\", expected true or false",
+    },
+    Broken {
         what: "tcp address without a port",
         lines: &[
             "[meter]",
@@ -1134,6 +1170,7 @@ fn example_configs_say_what_their_names_promise() {
     assert_eq!(serial.request.line, RequestLine::Rts);
     assert_eq!(serial.request.mode, RequestMode::Poll);
     assert_eq!(serial.request.interval, Duration::from_secs(10));
+    assert!(!serial.request.invert, "a P1 cable with a transistor stage");
     let kinds: Vec<&str> = veitur.sinks.iter().map(|s| s.kind.kind()).collect();
     assert_eq!(kinds, ["mqtt", "influx"]);
     assert_eq!(veitur.spool.dir, Path::new("/var/lib/p1gw"));
@@ -1262,7 +1299,7 @@ fn good_configs_round_trip() {
         r#"port = "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0""#,
         r#"preset = "veitur-7e1""#,
         "stop_bits = 2",
-        r#"request = { line = "gpio:gpiochip0:17", mode = "pulse", pulse = "100ms", interval = "15s" }"#,
+        r#"request = { line = "gpio:gpiochip0:17", mode = "pulse", pulse = "100ms", interval = "15s", invert = true }"#,
         "[[meters]]",
         r#"name = "flat""#,
         r#"tz = "Europe/Amsterdam""#,
@@ -1340,6 +1377,7 @@ fn good_configs_round_trip() {
         }
     );
     assert_eq!(serial.request.pulse, Duration::from_millis(100));
+    assert!(serial.request.invert);
     let ValidSource::Replay(replay) = &valid.meters[1].source else {
         panic!("replay");
     };
