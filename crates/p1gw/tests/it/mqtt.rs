@@ -649,3 +649,69 @@ fn tls_with_a_ca_of_our_own() {
         m.topic == "homeassistant/sensor/p1gw_home/energy_import_total/config"
     });
 }
+
+/// Forwards every connection to 127.0.0.2:<port> on to `to` (a broker on 127.0.0.1), so that
+/// the broker is reached under a name its certificate does not have. Runs until the test ends.
+fn forward_from_127_0_0_2(to: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || std::io::copy(&mut c2, &mut s2));
+            std::thread::spawn(move || std::io::copy(&mut s, &mut c));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
+    // The broker's certificate names localhost and 127.0.0.1; p1gw is sent to 127.0.0.2.
+    let broker = Broker::start(&["--tls"]);
+    let port = forward_from_127_0_0_2(broker.port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rec = recording(tmp.path(), 10);
+    let meters = format!(
+        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"\nloop = true",
+        rec.display()
+    );
+    let sink = format!(
+        "kind = \"mqtt\"\nurl = \"mqtts://127.0.0.2:{port}\"\nca_file = \"{}\"\ndiscovery = false",
+        broker.get("MQTT_CA")
+    );
+    let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+    let status = wait_for(Duration::from_secs(20), "the sink degraded", || {
+        sink_status(&daemon).filter(|s| s["state"] == "degraded")
+    });
+    let reason = status["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.contains("certificate") && reason.contains("127.0.0.2"),
+        "the reason names the certificate problem and the name: {status}"
+    );
+    let (code, ready) = daemon.get("/readyz").expect("/readyz");
+    assert_eq!(code, 200, "a spooling sink is ready (design §6): {ready}");
+    wait_for(Duration::from_secs(20), "readings spooled", || {
+        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n >= 5.0)
+    });
+    assert_eq!(
+        metric(&daemon, "p1gw_sink_sent_total{sink=\"mqtt\"}").unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        metric(&daemon, "p1gw_spool_evicted_total{sink=\"mqtt\"}").unwrap_or(0.0),
+        0.0,
+        "nothing dropped"
+    );
+    assert!(
+        daemon.log().contains("MQTT connection failed"),
+        "a clear log line: {}",
+        daemon.log()
+    );
+}
