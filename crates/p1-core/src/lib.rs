@@ -55,5 +55,7 @@ pub use error::{Error, Result};
 pub use health::{ComponentKind, HealthHandle, Readiness, Registry, Snapshot, State};
 pub use reading::{MeasuredValue, Measurement, Reading, SubmeterInfo};
 pub use shutdown::{Shutdown, ShutdownReport};
-pub use sink::{Deliver, DeliveryError, Encode, Sink, SinkContext, SinkError, Spooled};
-pub use spool::{AppendOutcome, AsyncSpool, BatchOutcome, Durability, Spool, SpoolConfig};
+pub use sink::{
+    Batches, Deliver, DeliveryError, Encode, Pipelined, Sink, SinkContext, SinkError, Spooled,
+};
+pub use spool::{AppendOutcome, AsyncSpool, Batch, BatchOutcome, Durability, Spool, SpoolConfig};

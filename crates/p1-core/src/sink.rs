@@ -13,9 +13,15 @@
 //! * **delivery** peeks the oldest records, hands them to the sink's
 //!   [`Deliver`], and deletes exactly the prefix the backend acknowledged.
 //!   Transient failures back off (capped, jittered, or the backend's
-//!   `Retry-After`); permanent rejections (a 400 for a malformed point) are
-//!   logged and dropped with a counter, so one bad record cannot block the
-//!   queue forever.
+//!   `Retry-After`); refusals an operator must fix (wrong credentials, a
+//!   missing database) keep the records spooled and retry with backoff, logged
+//!   once; permanent rejections (a 400 for a malformed point) are logged and
+//!   dropped with a counter, so one bad record cannot block the queue forever.
+//!
+//! [`Pipelined`] is the same worker for backends that take whole batches, each
+//! request independent and idempotent (InfluxDB): its delivery keeps up to
+//! [`Batches::max_in_flight`] requests in flight and deletes each batch when
+//! its own request succeeded, in whatever order they complete.
 //!
 //! A record is deleted only after the backend's ack, so a crash between send
 //! and ack re-sends it: delivery is at-least-once, and sinks whose backend is
@@ -30,9 +36,10 @@
 //! # Metrics
 //!
 //! Labelled `sink` (the instance name): `p1gw_sink_spooled_total`,
-//! `p1gw_sink_sent_total`, `p1gw_sink_failed_total` (failed delivery
-//! attempts), `p1gw_sink_dropped_total{reason}` (`lagged`, `rejected`,
-//! `encode`), `p1gw_sink_restarts_total`. Spool depth comes from
+//! `p1gw_sink_sent_total`, `p1gw_sink_failed_total{reason}` (failed delivery
+//! attempts: `transient`, or a refusal's reason such as `auth`),
+//! `p1gw_sink_dropped_total{reason}` (`lagged`, `rejected`, `encode`),
+//! `p1gw_sink_restarts_total`. Spool depth comes from
 //! [`crate::spool`] (`p1gw_spool_records`, `p1gw_spool_bytes`).
 
 use std::future::Future;
@@ -43,7 +50,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::{AsyncSpool, Backoff, HealthHandle, Reading};
+use crate::{AsyncSpool, Backoff, Batch, HealthHandle, Reading};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -125,6 +132,18 @@ pub enum DeliveryError {
         /// The backend's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
     },
+    /// The backend refuses until an operator acts: wrong or expired credentials
+    /// (HTTP 401/403), a database that does not exist (404). The records stay
+    /// spooled and are retried with backoff; the first refusal of a run of them
+    /// is logged at ERROR, the repeats at DEBUG, and each attempt is counted in
+    /// `p1gw_sink_failed_total{reason}`.
+    #[error("{message}")]
+    Refused {
+        /// The metric's `reason` label: `auth`, `not_found`, ….
+        reason: &'static str,
+        /// What the backend said and what to fix (no secrets).
+        message: String,
+    },
     /// The backend will never take the first `records` records (a parse error,
     /// a rejected payload): they are logged, counted and dropped.
     #[error("{message}")]
@@ -193,6 +212,231 @@ impl<E: Encode, D: Deliver> Sink for Spooled<E, D> {
     }
 }
 
+/// Sends whole batches of spooled records to a backend, several at once: for backends where
+/// each request stands alone and a batch written twice does no harm (InfluxDB keeps one point
+/// per series and timestamp), so batches may complete in any order. Runs as [`Pipelined`].
+pub trait Batches: Send + Sync + 'static {
+    /// The most records in one batch (at least 1).
+    fn max_batch(&self) -> usize;
+
+    /// How many batches may be in flight at once (at least 1).
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// How long fewer than [`Batches::max_batch`] waiting records wait for more before they go
+    /// as a smaller batch; zero sends at once. The wait ends early when the daemon stops.
+    fn linger(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Sends one batch, whole. `Ok`: the backend acknowledged every record in it (p1-core then
+    /// deletes the batch). A [`DeliveryError::Permanent`] drops the whole batch (`records` is
+    /// ignored); `Transient` and `Refused` keep it spooled.
+    ///
+    /// The future runs as its own task, beside the other batches in flight; it is dropped
+    /// (cancelled) on the hard stop, which leaves its batch spooled.
+    fn send(&self, batch: Batch) -> BoxFuture<'static, Result<(), DeliveryError>>;
+}
+
+/// The spool-backed worker for [`Batches`]: intake → spool → up to
+/// [`Batches::max_in_flight`] batches in flight.
+///
+/// # Delivery
+///
+/// Batches are consecutive runs of spooled records ([`AsyncSpool::peek_batch`]), handed out
+/// oldest first; the delivery loop remembers the first seq not yet handed out, so the batches in
+/// flight never overlap. Each batch is deleted ([`AsyncSpool::ack_range`]) only when its own
+/// request succeeded — possibly before an older batch, which is fine for an idempotent backend.
+/// When a request fails (transient or refused), no new batch is handed out; once the others in
+/// flight are done (their successes deleted), the worker waits (backoff or `Retry-After`) and
+/// starts again from the oldest spooled record, so a failed batch is retried and nothing is
+/// ever in flight twice.
+pub struct Pipelined<E, B> {
+    kind: &'static str,
+    encoder: E,
+    batches: Arc<B>,
+    backoff: (Duration, Duration),
+}
+
+impl<E: Encode, B: Batches> Pipelined<E, B> {
+    /// A worker for sink `kind` with retry backoff from 1 s to 60 s.
+    pub fn new(kind: &'static str, encoder: E, batches: B) -> Self {
+        Pipelined {
+            kind,
+            encoder,
+            batches: Arc::new(batches),
+            backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+
+    /// Overrides the retry backoff bounds.
+    #[must_use]
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+}
+
+impl<E: Encode, B: Batches> Sink for Pipelined<E, B> {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn run(
+        self: Box<Self>,
+        input: broadcast::Receiver<Arc<Reading>>,
+        cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), SinkError>> {
+        let Pipelined {
+            encoder,
+            batches,
+            backoff: (min, max),
+            ..
+        } = *self;
+        Box::pin(async move {
+            let intake = Intake::start(encoder, input, &cx);
+            let delivered = pipelined(
+                &*batches,
+                Backoff::new(min, max),
+                &cx,
+                &intake.wake,
+                &intake.done,
+            )
+            .await;
+            intake.finish(&cx, delivered).await
+        })
+    }
+}
+
+/// What a batch in flight reports when done: its seq range, its size, the outcome.
+type Done = (u64, u64, usize, Result<(), DeliveryError>);
+
+/// [`Pipelined`]'s delivery loop (see its docs).
+async fn pipelined<B: Batches>(
+    batches: &B,
+    mut backoff: Backoff,
+    cx: &SinkContext,
+    wake: &Notify,
+    intake_done: &CancellationToken,
+) -> Result<(), SinkError> {
+    let max_batch = batches.max_batch().max(1);
+    let max_in_flight = batches.max_in_flight().max(1);
+    let linger = batches.linger();
+    let mut failures = FailureLog::default();
+    // Dropped on return, which aborts the requests still in flight (their batches stay spooled).
+    let mut in_flight: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
+    let mut in_flight_records = 0u64;
+    // The first seq not handed out yet: everything spooled below it is in flight.
+    let mut next = 0u64;
+    // Set by a failed request: hand out nothing new; once the rest are done, wait this long and
+    // start again from the oldest spooled record.
+    let mut retry_in: Option<Duration> = None;
+    // Since when fewer than a batch's worth of records have been waiting.
+    let mut partial_since: Option<tokio::time::Instant> = None;
+    loop {
+        if in_flight.is_empty() {
+            if let Some(wait) = retry_in.take()
+                && sleep_or_hard(wait, &cx.hard).await
+            {
+                return Ok(());
+            }
+            // Nothing in flight: everything spooled is unsent, from the oldest on.
+            next = 0;
+            in_flight_records = 0;
+        }
+        // Hand out batches while there is room.
+        let mut linger_until = None;
+        while retry_in.is_none() && in_flight.len() < max_in_flight {
+            let waiting = cx.spool.len().saturating_sub(in_flight_records);
+            if waiting == 0 {
+                partial_since = None;
+                break;
+            }
+            if waiting < max_batch as u64
+                && !linger.is_zero()
+                && !cx.stop.is_cancelled()
+                && !intake_done.is_cancelled()
+            {
+                let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() < linger {
+                    linger_until = Some(since + linger);
+                    break;
+                }
+            }
+            let Some(batch) = cx.spool.peek_batch(next, max_batch).await? else {
+                break;
+            };
+            partial_since = None;
+            next = batch.last + 1;
+            in_flight_records += batch.records as u64;
+            let (first, last, records) = (batch.first, batch.last, batch.records);
+            let send = batches.send(batch);
+            in_flight.spawn(async move { (first, last, records, send.await) });
+        }
+        if in_flight.is_empty() && retry_in.is_none() && linger_until.is_none() {
+            if intake_done.is_cancelled() && cx.spool.is_empty() {
+                return Ok(());
+            }
+            if intake_done.is_cancelled() {
+                // Spooled records that no peek found (evicted meanwhile): look again.
+                tokio::task::yield_now().await;
+                continue;
+            }
+        }
+        let room = retry_in.is_none() && in_flight.len() < max_in_flight;
+        let linger_end = linger_until.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            biased;
+            () = cx.hard.cancelled() => return Ok(()),
+            Some(done) = in_flight.join_next() => {
+                let (first, last, records, result) = done.map_err(|join| {
+                    SinkError::Other(format!("a delivery task failed: {join}"))
+                })?;
+                in_flight_records = in_flight_records.saturating_sub(records as u64);
+                match result {
+                    Ok(()) => {
+                        cx.spool.ack_range(first, last).await?;
+                        if retry_in.is_none() {
+                            acknowledged(cx, records, &mut backoff, &mut failures);
+                        } else {
+                            // Another batch failed meanwhile: count this one, keep backing off.
+                            metrics::counter!("p1gw_sink_sent_total", "sink" => cx.name.clone())
+                                .increment(records as u64);
+                        }
+                    }
+                    Err(DeliveryError::Permanent { message, .. }) => {
+                        rejected(cx, records, message);
+                        cx.spool.ack_range(first, last).await?;
+                    }
+                    Err(error) => {
+                        // The first failure of a round sets the wait; later ones only lengthen
+                        // it to what a server's Retry-After asks.
+                        let wait = match (retry_in, &error) {
+                            (None, _) => failures.wait(&error, &mut backoff),
+                            (
+                                Some(w),
+                                DeliveryError::Transient {
+                                    retry_after: Some(r),
+                                    ..
+                                },
+                            ) => w.max(*r),
+                            (Some(w), _) => w,
+                        };
+                        failures.failed(cx, &error, wait);
+                        retry_in = Some(wait);
+                    }
+                }
+                cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
+            }
+            () = wake.notified(), if room => {}
+            () = intake_done.cancelled(), if room && !intake_done.is_cancelled() => {}
+            () = cx.stop.cancelled(), if linger_until.is_some() && !cx.stop.is_cancelled() => {}
+            () = tokio::time::sleep_until(linger_end), if linger_until.is_some() => {}
+        }
+    }
+}
+
 async fn run_spooled<E: Encode, D: Deliver>(
     encoder: E,
     mut deliver: D,
@@ -200,35 +444,64 @@ async fn run_spooled<E: Encode, D: Deliver>(
     input: broadcast::Receiver<Arc<Reading>>,
     cx: SinkContext,
 ) -> Result<(), SinkError> {
-    let wake = Arc::new(Notify::new());
-    let intake_done = CancellationToken::new();
-    let intake = tokio::spawn(intake(
-        encoder,
-        input,
-        cx.clone(),
-        wake.clone(),
-        intake_done.clone(),
-    ));
-    cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
-    cx.health.ok();
+    let intake = Intake::start(encoder, input, &cx);
     let delivered = delivery(
         &mut deliver,
         Backoff::new(min, max),
         &cx,
-        &wake,
-        &intake_done,
+        &intake.wake,
+        &intake.done,
     )
     .await;
     deliver.close().await;
-    // Intake ends on Closed or on the hard stop; it holds no state to save.
-    intake.abort();
-    let intake_result = intake.await;
-    cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
-    delivered?;
-    match intake_result {
-        Ok(result) => result,
-        Err(join) if join.is_cancelled() => Ok(()),
-        Err(join) => Err(SinkError::Other(format!("intake task failed: {join}"))),
+    intake.finish(&cx, delivered).await
+}
+
+/// The intake task of a worker, and how delivery hears from it.
+struct Intake {
+    /// Notified after every append.
+    wake: Arc<Notify>,
+    /// Cancelled when intake has ended, however it ended.
+    done: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), SinkError>>,
+}
+
+impl Intake {
+    fn start<E: Encode>(
+        encoder: E,
+        input: broadcast::Receiver<Arc<Reading>>,
+        cx: &SinkContext,
+    ) -> Intake {
+        let wake = Arc::new(Notify::new());
+        let done = CancellationToken::new();
+        let task = tokio::spawn(intake(
+            encoder,
+            input,
+            cx.clone(),
+            wake.clone(),
+            done.clone(),
+        ));
+        cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
+        cx.health.ok();
+        Intake { wake, done, task }
+    }
+
+    /// Ends intake once delivery has returned `delivered`; the worker's result.
+    async fn finish(
+        self,
+        cx: &SinkContext,
+        delivered: Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        // Intake ends on Closed or on the hard stop; it holds no state to save.
+        self.task.abort();
+        let intake_result = self.task.await;
+        cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
+        delivered?;
+        match intake_result {
+            Ok(result) => result,
+            Err(join) if join.is_cancelled() => Ok(()),
+            Err(join) => Err(SinkError::Other(format!("intake task failed: {join}"))),
+        }
     }
 }
 
@@ -328,7 +601,7 @@ async fn delivery<D: Deliver>(
     wake: &Notify,
     intake_done: &CancellationToken,
 ) -> Result<(), SinkError> {
-    let name = cx.name.as_str();
+    let mut failures = FailureLog::default();
     loop {
         let batch = cx.spool.peek(deliver.max_batch().max(1)).await?;
         if batch.is_empty() {
@@ -357,37 +630,101 @@ async fn delivery<D: Deliver>(
             Ok(n) => {
                 let n = n.min(batch.len());
                 cx.spool.ack_up_to(batch[n - 1].0).await?;
-                metrics::counter!("p1gw_sink_sent_total", "sink" => name.to_owned())
-                    .increment(n as u64);
-                backoff.reset();
-                cx.health.success();
-                cx.health.ok();
+                acknowledged(cx, n, &mut backoff, &mut failures);
             }
-            Err(DeliveryError::Transient {
-                message,
-                retry_after,
-            }) => {
-                metrics::counter!("p1gw_sink_failed_total", "sink" => name.to_owned()).increment(1);
-                cx.health.add_counter("failed", 1);
-                let wait = retry_after.unwrap_or_else(|| backoff.next_delay());
-                tracing::warn!(sink = name, error = %message, backlog = cx.spool.len(), retry_in = ?wait, "Delivery failed; readings stay spooled.");
-                cx.health.error(message.clone());
-                cx.health.degraded(format!("delivery failing: {message}"));
+            Err(DeliveryError::Permanent { message, records }) => {
+                let n = records.clamp(1, batch.len());
+                rejected(cx, n, message);
+                cx.spool.ack_up_to(batch[n - 1].0).await?;
+            }
+            Err(error) => {
+                let wait = failures.wait(&error, &mut backoff);
+                failures.failed(cx, &error, wait);
                 if sleep_or_hard(wait, &cx.hard).await {
                     return Ok(());
                 }
             }
-            Err(DeliveryError::Permanent { message, records }) => {
-                let n = records.clamp(1, batch.len());
-                tracing::error!(sink = name, error = %message, dropped = n, "Backend rejected readings; dropped.");
-                metrics::counter!("p1gw_sink_dropped_total", "sink" => name.to_owned(), "reason" => "rejected")
-                    .increment(n as u64);
-                cx.health.add_counter("dropped", n as u64);
-                cx.health.error(message);
-                cx.spool.ack_up_to(batch[n - 1].0).await?;
-            }
         }
         cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
+    }
+}
+
+/// Accounts for `n` records the backend acknowledged.
+fn acknowledged(cx: &SinkContext, n: usize, backoff: &mut Backoff, failures: &mut FailureLog) {
+    metrics::counter!("p1gw_sink_sent_total", "sink" => cx.name.clone()).increment(n as u64);
+    backoff.reset();
+    failures.recovered(cx);
+    cx.health.success();
+    cx.health.ok();
+}
+
+/// Accounts for `n` records the backend will never take: logged, counted, dropped by the caller.
+fn rejected(cx: &SinkContext, n: usize, message: String) {
+    tracing::error!(sink = %cx.name, error = %message, dropped = n, "Backend rejected readings; dropped.");
+    metrics::counter!("p1gw_sink_dropped_total", "sink" => cx.name.clone(), "reason" => "rejected")
+        .increment(n as u64);
+    cx.health.add_counter("dropped", n as u64);
+    cx.health.error(message);
+}
+
+/// Failed attempts (the records stay spooled): counted each, logged so that a refusal an
+/// operator must fix is one clear ERROR, not one per retry.
+#[derive(Default)]
+struct FailureLog {
+    /// The reason of the refusal logged at ERROR, while refusals go on.
+    refused: Option<&'static str>,
+}
+
+impl FailureLog {
+    /// Counts, logs and reports a failed attempt (`Transient` or `Refused`).
+    fn failed(&mut self, cx: &SinkContext, error: &DeliveryError, retry_in: Duration) {
+        let name = cx.name.as_str();
+        let (reason, message) = match error {
+            DeliveryError::Transient { message, .. } => ("transient", message),
+            DeliveryError::Refused { reason, message } => (*reason, message),
+            DeliveryError::Permanent { message, .. } => ("rejected", message),
+        };
+        metrics::counter!("p1gw_sink_failed_total", "sink" => name.to_owned(), "reason" => reason)
+            .increment(1);
+        cx.health.add_counter("failed", 1);
+        let backlog = cx.spool.len();
+        if matches!(error, DeliveryError::Refused { .. }) {
+            if self.refused == Some(reason) {
+                tracing::debug!(sink = name, reason, error = %message, backlog, retry_in = ?retry_in, "Backend still refuses; readings stay spooled.");
+            } else {
+                tracing::error!(
+                    sink = name,
+                    reason,
+                    error = %message,
+                    backlog,
+                    retry_in = ?retry_in,
+                    "Backend refuses the sink's requests; readings stay spooled and are retried with backoff until it accepts them (logged once)."
+                );
+                self.refused = Some(reason);
+            }
+        } else {
+            tracing::warn!(sink = name, error = %message, backlog, retry_in = ?retry_in, "Delivery failed; readings stay spooled.");
+        }
+        cx.health.error(message.clone());
+        cx.health.degraded(format!("delivery failing: {message}"));
+    }
+
+    /// How long to wait before the next attempt: the backend's `Retry-After`, else backoff.
+    fn wait(&self, error: &DeliveryError, backoff: &mut Backoff) -> Duration {
+        match error {
+            DeliveryError::Transient {
+                retry_after: Some(wait),
+                ..
+            } => *wait,
+            _ => backoff.next_delay(),
+        }
+    }
+
+    /// A request succeeded: the next refusal is news again.
+    fn recovered(&mut self, cx: &SinkContext) {
+        if let Some(reason) = self.refused.take() {
+            tracing::info!(sink = %cx.name, reason, "Backend accepts the sink's requests again.");
+        }
     }
 }
 

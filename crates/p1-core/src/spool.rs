@@ -172,6 +172,19 @@ pub struct BatchOutcome {
     pub durable: bool,
 }
 
+/// Consecutive spooled records read as one buffer ([`Spool::peek_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The seq of the first record in it.
+    pub first: u64,
+    /// The seq of the last record in it.
+    pub last: u64,
+    /// How many records it holds.
+    pub records: usize,
+    /// The records' payloads, concatenated oldest first.
+    pub bytes: Vec<u8>,
+}
+
 /// One sink's crash-safe FIFO. See the [module docs](self).
 ///
 /// `Spool` is `Send + Sync`: intake and delivery may call it from different threads at once.
@@ -495,6 +508,54 @@ impl Spool {
         Ok(out)
     }
 
+    /// Up to `max_records` records with seq ≥ `first_seq`, their payloads concatenated in seq
+    /// order into one buffer; `None` when there are none.
+    ///
+    /// What a batching sink sends (InfluxDB: each record is whole lines, so the concatenation is
+    /// the request body): one allocation for the batch instead of one per record plus a copy.
+    /// Records with seqs in `first..=last` that are not in the spool (evicted or acked) were not
+    /// in the batch, and [`Spool::ack_range`] of the batch's range deletes exactly the batch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SpoolStorage`] if the read transaction fails.
+    pub fn peek_batch(&self, first_seq: u64, max_records: usize) -> Result<Option<Batch>> {
+        let err = |e: redb::Error| Error::SpoolStorage {
+            path: self.path.clone(),
+            op: "peek",
+            source: Box::new(e),
+        };
+        if max_records == 0 {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
+        let mut batch: Option<Batch> = None;
+        for entry in table.range(first_seq..).map_err(|e| err(e.into()))? {
+            let (k, v) = entry.map_err(|e| err(e.into()))?;
+            let (seq, payload) = (k.value(), v.value());
+            let b = batch.get_or_insert_with(|| Batch {
+                first: seq,
+                last: seq,
+                records: 0,
+                // A guess: records of the first one's size, no more than the spool holds.
+                bytes: Vec::with_capacity(
+                    payload
+                        .len()
+                        .saturating_mul(max_records)
+                        .min(usize::try_from(self.bytes()).unwrap_or(usize::MAX)),
+                ),
+            });
+            b.last = seq;
+            b.records += 1;
+            b.bytes.extend_from_slice(payload);
+            if b.records == max_records {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
     /// Delete every record with seq ≤ `seq` (the backend acknowledged them); returns how many.
     ///
     /// Records appended after the peek that produced `seq` have larger seqs and stay. Acking
@@ -509,6 +570,29 @@ impl Spool {
             let mut removed = 0u64;
             let mut freed = 0u64;
             for entry in table.extract_from_if(..=seq, |_, _| true)? {
+                let (_, v) = entry?;
+                removed += 1;
+                freed += v.value().len() as u64;
+            }
+            Ok((removed, freed))
+        })
+    }
+
+    /// Delete every record with `first ≤ seq ≤ last` (a [`Batch`] the backend acknowledged, in
+    /// whatever order batches complete); returns how many. Nothing is written (no fsync) when
+    /// nothing matches.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SpoolStorage`] if the transaction fails (nothing is deleted).
+    pub fn ack_range(&self, first: u64, last: u64) -> Result<u64> {
+        if first > last {
+            return Ok(0);
+        }
+        self.delete("ack", |table| {
+            let mut removed = 0u64;
+            let mut freed = 0u64;
+            for entry in table.extract_from_if(first..=last, |_, _| true)? {
                 let (_, v) = entry?;
                 removed += 1;
                 freed += v.value().len() as u64;
@@ -917,6 +1001,25 @@ impl AsyncSpool {
     ) -> Result<Vec<(u64, Vec<u8>)>> {
         self.run("peek", move |s| s.peek_from(first_seq, max_records))
             .await
+    }
+
+    /// [`Spool::peek_batch`] on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::peek_batch`], plus [`Error::SpoolTask`].
+    pub async fn peek_batch(&self, first_seq: u64, max_records: usize) -> Result<Option<Batch>> {
+        self.run("peek", move |s| s.peek_batch(first_seq, max_records))
+            .await
+    }
+
+    /// [`Spool::ack_range`] on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::ack_range`], plus [`Error::SpoolTask`].
+    pub async fn ack_range(&self, first: u64, last: u64) -> Result<u64> {
+        self.run("ack", move |s| s.ack_range(first, last)).await
     }
 
     /// [`Spool::ack_up_to`] on the blocking pool.

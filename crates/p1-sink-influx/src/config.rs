@@ -4,6 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
+/// The default `batch_size`: large enough that a backlog drains in few requests (InfluxDB's
+/// own advice is about 5 000 lines per write), small enough for a Raspberry Pi's memory.
+pub const DEFAULT_BATCH_SIZE: usize = 5000;
+
+/// The default `max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
+
 /// An InfluxDB sink's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfluxConfig {
@@ -19,6 +26,9 @@ pub struct InfluxConfig {
     /// The longest a reading waits for a batch to fill before it is written. Zero writes each
     /// reading as soon as it is spooled.
     pub batch_interval: Duration,
+    /// The most write requests in flight at once (at least 1). Each holds a batch in memory
+    /// (plus its compressed copy).
+    pub max_in_flight: usize,
     /// Compress request bodies with gzip (`Content-Encoding: gzip`).
     pub gzip: bool,
     /// The limit for one write request, connecting included.
@@ -27,14 +37,16 @@ pub struct InfluxConfig {
 
 impl InfluxConfig {
     /// Settings with the defaults of the configuration file: precision `s`, batches of up to
-    /// 100 readings, waiting up to 10 s, gzip on, 10 s request timeout.
+    /// [`DEFAULT_BATCH_SIZE`] readings, waiting up to 10 s, [`DEFAULT_MAX_IN_FLIGHT`] requests in
+    /// flight, gzip on, 10 s request timeout.
     pub fn new(url: impl Into<String>, target: Target) -> Self {
         InfluxConfig {
             url: url.into(),
             target,
             precision: Precision::S,
-            batch_size: 100,
+            batch_size: DEFAULT_BATCH_SIZE,
             batch_interval: Duration::from_secs(10),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             gzip: true,
             timeout: Duration::from_secs(10),
         }

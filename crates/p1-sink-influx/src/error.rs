@@ -16,4 +16,7 @@ pub enum BuildError {
     /// `batch_size` is 0.
     #[error("batch_size must be at least 1")]
     BatchSize,
+    /// `max_in_flight` is 0.
+    #[error("max_in_flight must be at least 1")]
+    MaxInFlight,
 }

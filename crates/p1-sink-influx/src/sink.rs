@@ -1,17 +1,16 @@
-//! The worker: p1-core's spool-backed [`Spooled`] worker with [`LineEncoder`] for intake and
+//! The worker: p1-core's spool-backed [`Pipelined`] worker with [`LineEncoder`] for intake and
 //! [`Writer`] for delivery. Backoff, spooling, health and the `p1gw_sink_*` metrics are
-//! p1-core's; this module owns the HTTP request, batching and the mapping of answers.
+//! p1-core's; this module owns the HTTP request and the mapping of answers.
 //!
-//! # Batching
+//! # Batching and requests in flight
 //!
-//! p1-core hands [`Writer::deliver`] up to `batch_size` of the oldest spooled records. A full
-//! batch is written at once. A smaller one (the usual case: one reading every few seconds) waits
-//! until the spool holds a full batch, `batch_interval` has passed since the writer first saw the
-//! batch's oldest record, or the daemon stops, whichever comes first; then the records spooled
-//! meanwhile are read with `peek_from` and written in the same request. p1-core acknowledges
-//! only the records it handed over, so the writer remembers the last one it wrote: when p1-core
-//! hands those over next, they are acknowledged at once, without a request. A crash in between
-//! writes them again, which InfluxDB absorbs (same series and timestamp: one point).
+//! p1-core hands [`Writer::send`] runs of up to `batch_size` spooled records, already
+//! concatenated into one buffer (each record is a reading's lines, encoded once at intake: the
+//! buffer is the request body). With fewer than `batch_size` waiting, p1-core waits up to
+//! `batch_interval` for more, or until the daemon stops. Up to `max_in_flight` requests run at
+//! once; each batch is deleted from the spool when its own request got a 2xx, in whatever order
+//! they complete. That is safe because a write is idempotent in InfluxDB (one point per series
+//! and timestamp): a batch written twice, or after a newer one, leaves the same points.
 //!
 //! # Answers
 //!
@@ -20,23 +19,24 @@
 //! | 2xx | acknowledged |
 //! | 429, 503 | transient; wait as `Retry-After` says (seconds or HTTP date, 1 s to 15 min) |
 //! | 408, other 5xx, no answer, timeout | transient (p1-core's backoff) |
-//! | 404 | permanent, and logged as a configuration error: the database or bucket is missing |
-//! | other 4xx (400 parse error, 401/403 credentials, 413, …) | permanent: the batch is dropped and counted (`p1gw_sink_dropped_total{reason="rejected"}`) |
+//! | 401, 403 | refused (`auth`): kept, retried with backoff, logged once; the password or token is read again (through the [`SecretReader`]) before the next request |
+//! | 404 | refused (`not_found`): the database or bucket is missing; kept, retried, logged once |
+//! | 413 | the batch is split in halves at a line end and each half written (down to one line) |
+//! | other 4xx (400 parse error, a field type conflict, …) | permanent: the batch is dropped and counted (`p1gw_sink_dropped_total{reason="rejected"}`) |
 //!
 //! Messages carry the status and the server's body, never a password or token (those travel
 //! only in the `Authorization` header, marked sensitive).
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p1_core::sink::BoxFuture;
-use p1_core::{AsyncSpool, Deliver, DeliveryError, Reading, Sink, SinkContext, SinkError, Spooled};
+use p1_core::{Batch, Batches, DeliveryError, Pipelined, Reading, Sink, SinkContext, SinkError};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
 use tokio::sync::broadcast;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{InfluxConfig, Precision, Secret, Target};
 use crate::encode::LineEncoder;
@@ -52,31 +52,76 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 /// again must not make the sink spin.
 pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// How often a lingering batch looks whether the spool has filled it.
-const LINGER_POLL: Duration = Duration::from_millis(200);
-
 /// The most of a server's answer quoted in a message.
 const MAX_BODY_QUOTED: usize = 512;
 
+/// Reads the password (v1) or token (v2) again, e.g. from its file, after the server refused
+/// the one in use. p1gw supplies it (this crate reads no files); its error names the source,
+/// never the secret.
+pub type SecretReader = Arc<dyn Fn() -> Result<Secret, String> + Send + Sync>;
+
 /// An InfluxDB sink, built once from its settings; [`Influx::sink`] makes a worker (one per
 /// start of the sink; they share the HTTP client and its connections).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Influx {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for Influx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Influx")
+            .field("url", &self.write_url())
+            .field("target", &self.inner.target)
+            .field("auth", &self.inner.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 struct Inner {
     client: reqwest::Client,
     write_url: reqwest::Url,
-    basic_auth: Option<(String, Secret)>,
-    token: Option<HeaderValue>,
+    auth: Auth,
+    reread: Option<SecretReader>,
     target: String,
     precision: Precision,
     batch_size: usize,
     batch_interval: Duration,
+    max_in_flight: usize,
     gzip: bool,
     backoff: Option<(Duration, Duration)>,
+}
+
+/// The credentials sent with each request.
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    /// v1: HTTP basic authentication.
+    Basic(String, Secret),
+    /// v2: `Authorization: Token …`, marked sensitive.
+    Token(HeaderValue),
+}
+
+impl Auth {
+    /// The same kind of credentials with `secret` in place of the old one.
+    fn with(&self, secret: Secret) -> Result<Auth, BuildError> {
+        Ok(match self {
+            Auth::None => Auth::None,
+            Auth::Basic(user, _) => {
+                HeaderValue::from_str(secret.expose())
+                    .map_err(|_| BuildError::Credentials("password"))?;
+                Auth::Basic(user.clone(), secret)
+            }
+            Auth::Token(_) => Auth::Token(token_header(&secret)?),
+        })
+    }
+}
+
+fn token_header(token: &Secret) -> Result<HeaderValue, BuildError> {
+    let mut value = HeaderValue::from_str(&format!("Token {}", token.expose()))
+        .map_err(|_| BuildError::Credentials("token"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl Influx {
@@ -86,10 +131,13 @@ impl Influx {
     /// # Errors
     ///
     /// A URL that is not `http(s)://host…` without query or credentials, credentials that
-    /// cannot be sent in a header, `batch_size` 0, or a TLS setup failure.
+    /// cannot be sent in a header, `batch_size` or `max_in_flight` 0, or a TLS setup failure.
     pub fn new(config: InfluxConfig) -> Result<Self, BuildError> {
         if config.batch_size == 0 {
             return Err(BuildError::BatchSize);
+        }
+        if config.max_in_flight == 0 {
+            return Err(BuildError::MaxInFlight);
         }
         let url_error = |reason: &str| BuildError::Url(reason.to_owned());
         let mut url = reqwest::Url::parse(&config.url).map_err(|e| url_error(&e.to_string()))?;
@@ -110,7 +158,7 @@ impl Influx {
         };
         let path = format!("{}/{endpoint}", url.path().trim_end_matches('/'));
         url.set_path(&path);
-        let (basic_auth, token) = match &config.target {
+        let auth = match &config.target {
             Target::V1 {
                 database,
                 retention_policy,
@@ -123,22 +171,21 @@ impl Influx {
                 }
                 query.append_pair("precision", config.precision.v1_param());
                 drop(query);
-                if let Some((user, password)) = credentials {
-                    HeaderValue::from_str(user).map_err(|_| BuildError::Credentials("username"))?;
-                    HeaderValue::from_str(password.expose())
-                        .map_err(|_| BuildError::Credentials("password"))?;
+                match credentials {
+                    Some((user, password)) => {
+                        HeaderValue::from_str(user)
+                            .map_err(|_| BuildError::Credentials("username"))?;
+                        Auth::Basic(user.clone(), Secret::new("")).with(password.clone())?
+                    }
+                    None => Auth::None,
                 }
-                (credentials.clone(), None)
             }
             Target::V2 { org, bucket, token } => {
                 url.query_pairs_mut()
                     .append_pair("org", org)
                     .append_pair("bucket", bucket)
                     .append_pair("precision", config.precision.v2_param());
-                let mut value = HeaderValue::from_str(&format!("Token {}", token.expose()))
-                    .map_err(|_| BuildError::Credentials("token"))?;
-                value.set_sensitive(true);
-                (None, Some(value))
+                Auth::Token(token_header(token)?)
             }
         };
         if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -157,12 +204,13 @@ impl Influx {
             inner: Arc::new(Inner {
                 client,
                 write_url: url,
-                basic_auth,
-                token,
+                auth,
+                reread: None,
                 target: config.target.describe(),
                 precision: config.precision,
                 batch_size: config.batch_size,
                 batch_interval: config.batch_interval,
+                max_in_flight: config.max_in_flight,
                 gzip: config.gzip,
                 backoff: None,
             }),
@@ -172,6 +220,17 @@ impl Influx {
     /// The URL written to (no secrets in it).
     pub fn write_url(&self) -> &str {
         self.inner.write_url.as_str()
+    }
+
+    /// Where to read the password or token again after a 401 or 403 (the user may have
+    /// corrected the file meanwhile). Without one, the refused credentials are sent again.
+    #[must_use]
+    pub fn with_secret_reader(self, reader: SecretReader) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.reread = Some(reader);
+        Influx {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Overrides p1-core's retry backoff (1 s to 60 s), for tests.
@@ -191,9 +250,16 @@ impl Influx {
         })
     }
 
-    /// A writer without a spool to fill batches from: it writes what it is given at once.
-    pub fn writer(&self) -> Writer {
-        Writer::new(self.clone(), None, "influx".to_owned())
+    /// A writer: what the worker sends batches with.
+    pub fn writer(&self, sink: &str) -> Writer {
+        Writer {
+            shared: Arc::new(Shared {
+                influx: self.clone(),
+                sink: sink.to_owned(),
+                auth: Mutex::new(self.inner.auth.clone()),
+                refused_auth: AtomicBool::new(false),
+            }),
+        }
     }
 }
 
@@ -212,15 +278,8 @@ impl Sink for InfluxSink {
         cx: SinkContext,
     ) -> BoxFuture<'static, Result<(), SinkError>> {
         let inner = &self.influx.inner;
-        let writer = Writer::new(
-            self.influx.clone(),
-            Some(Linger {
-                spool: cx.spool.clone(),
-                stop: cx.stop.clone(),
-            }),
-            cx.name.clone(),
-        );
-        let mut worker = Spooled::new(KIND, LineEncoder::new(inner.precision), writer);
+        let writer = self.influx.writer(&cx.name);
+        let mut worker = Pipelined::new(KIND, LineEncoder::new(inner.precision), writer);
         if let Some((min, max)) = inner.backoff {
             worker = worker.with_backoff(min, max);
         }
@@ -228,31 +287,27 @@ impl Sink for InfluxSink {
     }
 }
 
-/// Where a writer finds more records for a batch, and when to stop waiting for them.
-struct Linger {
-    spool: AsyncSpool,
-    stop: CancellationToken,
+/// Writes batches of spooled records (line protocol) to InfluxDB: p1-core's [`Batches`].
+/// Clones share the credentials in use.
+#[derive(Clone)]
+pub struct Writer {
+    shared: Arc<Shared>,
 }
 
-/// Writes spooled records (line protocol) to InfluxDB: p1-core's [`Deliver`].
-pub struct Writer {
+struct Shared {
     influx: Influx,
-    linger: Option<Linger>,
     sink: String,
-    /// The oldest record of the batch being filled, and when the writer first saw it.
-    first_seen: Option<(u64, Instant)>,
-    /// Records up to this seq were written beyond what p1-core handed over.
-    written_through: Option<u64>,
-    /// When the missing-database error was last logged (it repeats with every batch).
-    missing_logged: Option<Instant>,
+    /// The credentials in use: replaced when they are read again after a refusal.
+    auth: Mutex<Auth>,
+    /// The server answered 401 or 403: read the secret again before the next request.
+    refused_auth: AtomicBool,
 }
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
-            .field("url", &self.influx.write_url())
-            .field("sink", &self.sink)
-            .field("written_through", &self.written_through)
+            .field("url", &self.shared.influx.write_url())
+            .field("sink", &self.shared.sink)
             .finish_non_exhaustive()
     }
 }
@@ -264,105 +319,194 @@ pub(crate) enum Failure {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// 401/403: the credentials.
+    Auth {
+        message: String,
+    },
+    /// 404: the database or bucket does not exist.
+    Missing {
+        message: String,
+    },
+    /// 413: the body is too large for the server.
+    TooLarge {
+        message: String,
+    },
     Permanent {
         message: String,
-        /// A 404: the database or bucket does not exist.
-        missing: bool,
     },
 }
 
-impl Writer {
-    fn new(influx: Influx, linger: Option<Linger>, sink: String) -> Self {
-        Writer {
-            influx,
-            linger,
-            sink,
-            first_seen: None,
-            written_through: None,
-            missing_logged: None,
+impl Batches for Writer {
+    fn max_batch(&self) -> usize {
+        self.shared.influx.inner.batch_size
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.shared.influx.inner.max_in_flight
+    }
+
+    fn linger(&self) -> Duration {
+        self.shared.influx.inner.batch_interval
+    }
+
+    fn send(&self, batch: Batch) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.write(batch).await })
+    }
+}
+
+impl Shared {
+    /// Writes one batch; a 413 splits it (see the module doc).
+    async fn write(&self, batch: Batch) -> Result<(), DeliveryError> {
+        if self.refused_auth.swap(false, Ordering::Relaxed) {
+            self.read_secret_again().await;
+        }
+        let records = batch.records;
+        // Bodies still to write; a 413 replaces one by its two halves.
+        let mut bodies = vec![batch.bytes];
+        while let Some(lines) = bodies.pop() {
+            let (result, lines) = self.post(lines).await;
+            match result {
+                Ok(()) => {}
+                Err(Failure::TooLarge { message }) => match split(lines) {
+                    Some((front, back)) => {
+                        tracing::debug!(sink = %self.sink, error = %message, "Batch too large; written in halves.");
+                        bodies.push(back);
+                        bodies.push(front);
+                    }
+                    None => {
+                        return Err(DeliveryError::Permanent {
+                            message: format!("{message} (one line alone is too large)"),
+                            records,
+                        });
+                    }
+                },
+                Err(failure) => return Err(self.outcome(failure, records)),
+            }
+        }
+        tracing::debug!(sink = %self.sink, readings = records, "Written.");
+        Ok(())
+    }
+
+    fn outcome(&self, failure: Failure, records: usize) -> DeliveryError {
+        let target = &self.influx.inner.target;
+        match failure {
+            Failure::Transient {
+                message,
+                retry_after,
+            } => DeliveryError::Transient {
+                message,
+                retry_after,
+            },
+            Failure::Auth { message } => {
+                self.refused_auth.store(true, Ordering::Relaxed);
+                let what = match &self.influx.inner.auth {
+                    Auth::None => {
+                        "InfluxDB requires authentication: set username and password_file (or P1GW_INFLUX_PASSWORD)"
+                    }
+                    Auth::Basic(..) => {
+                        "InfluxDB refused the username or password: correct password_file (or P1GW_INFLUX_PASSWORD); it is read again before each retry"
+                    }
+                    Auth::Token(_) => {
+                        "InfluxDB refused the token: correct token_file (or P1GW_INFLUX_TOKEN); it is read again before each retry"
+                    }
+                };
+                DeliveryError::Refused {
+                    reason: "auth",
+                    message: format!("{what}; {message}"),
+                }
+            }
+            Failure::Missing { message } => DeliveryError::Refused {
+                reason: "not_found",
+                message: format!(
+                    "InfluxDB has no {target}: create it or correct the sink's configuration; {message}"
+                ),
+            },
+            Failure::TooLarge { message } | Failure::Permanent { message } => {
+                DeliveryError::Permanent { message, records }
+            }
         }
     }
 
-    /// Waits for a partial batch to fill (see the module doc); returns the records spooled
-    /// after `records` to write with them.
-    async fn fill(&mut self, records: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
-        let inner = &self.influx.inner;
-        let (Some(linger), Some(&(first, _)), Some(&(last, _))) =
-            (&self.linger, records.first(), records.last())
-        else {
-            return Vec::new();
+    /// Reads the password or token again, after a 401/403. A failure keeps the old one.
+    async fn read_secret_again(&self) {
+        let Some(reader) = self.influx.inner.reread.clone() else {
+            return;
         };
-        let batch = inner.batch_size;
-        if records.len() >= batch {
-            return Vec::new();
-        }
-        let since = match self.first_seen {
-            Some((seq, at)) if seq == first => at,
-            _ => {
-                let now = Instant::now();
-                self.first_seen = Some((first, now));
-                now
-            }
-        };
-        let deadline = since + inner.batch_interval;
-        loop {
-            let now = Instant::now();
-            if now >= deadline || linger.stop.is_cancelled() || linger.spool.len() >= batch as u64 {
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep((deadline - now).min(LINGER_POLL)) => {}
-                () = linger.stop.cancelled() => break,
-            }
-        }
-        if linger.spool.len() <= records.len() as u64 {
-            return Vec::new();
-        }
-        match linger
-            .spool
-            .peek_from(last + 1, batch - records.len())
+        let read = tokio::task::spawn_blocking(move || reader())
             .await
+            .unwrap_or_else(|e| Err(format!("reading it failed: {e}")));
+        let current = self.auth.lock().map(|a| a.clone());
+        let Ok(current) = current else { return };
+        match read
+            .map_err(|e| e.to_string())
+            .and_then(|secret| current.with(secret).map_err(|e| e.to_string()))
         {
-            Ok(more) => more,
+            Ok(auth) => {
+                if let Ok(mut slot) = self.auth.lock() {
+                    *slot = auth;
+                }
+            }
             Err(e) => {
-                // Not fatal: the records given are written; the rest come with the next batch.
-                tracing::debug!(sink = %self.sink, error = %e, "Cannot read more records for the batch.");
-                Vec::new()
+                tracing::warn!(sink = %self.sink, error = %e, "Cannot read the InfluxDB credentials again; retrying with the old ones.");
             }
         }
     }
 
-    /// One write request.
-    async fn post(&self, lines: Vec<u8>) -> Result<(), Failure> {
+    /// One write request; gives `lines` back for a retry in halves.
+    async fn post(&self, lines: Vec<u8>) -> (Result<(), Failure>, Vec<u8>) {
         let inner = &self.influx.inner;
         let url = &inner.write_url;
         let mut request = inner
             .client
             .post(url.clone())
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-        let body = if inner.gzip {
+        let (body, lines) = if inner.gzip {
             request = request.header(header::CONTENT_ENCODING, "gzip");
-            gzip(&lines)
+            if lines.len() > GZIP_INLINE {
+                // Compressing megabytes takes milliseconds: not on the runtime's threads.
+                match tokio::task::spawn_blocking(move || (gzip(&lines), lines)).await {
+                    Ok(both) => both,
+                    Err(e) => {
+                        let failure = Failure::Transient {
+                            message: format!("compressing the batch failed: {e}"),
+                            retry_after: None,
+                        };
+                        return (Err(failure), Vec::new());
+                    }
+                }
+            } else {
+                (gzip(&lines), lines)
+            }
         } else {
-            lines
+            // Without gzip the body is the lines themselves; a copy stays for a split.
+            (lines.clone(), lines)
         };
-        if let Some((user, password)) = &inner.basic_auth {
-            request = request.basic_auth(user, Some(password.expose()));
+        let auth = self
+            .auth
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        match auth {
+            Auth::None => {}
+            Auth::Basic(user, password) => {
+                request = request.basic_auth(user, Some(password.expose()));
+            }
+            Auth::Token(token) => request = request.header(header::AUTHORIZATION, token),
         }
-        if let Some(token) = &inner.token {
-            request = request.header(header::AUTHORIZATION, token.clone());
-        }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Failure::Transient {
-                message: format!("{}: {}", without_query(url), error_chain(&e)),
-                retry_after: None,
-            })?;
+        let response = match request.body(body).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let failure = Failure::Transient {
+                    message: format!("{}: {}", without_query(url), error_chain(&e)),
+                    retry_after: None,
+                };
+                return (Err(failure), lines);
+            }
+        };
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            return (Ok(()), lines);
         }
         let retry_after = response
             .headers()
@@ -370,87 +514,31 @@ impl Writer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
         let body = response.text().await.unwrap_or_default();
-        Err(classify(status, retry_after, &body, url.as_str()))
+        (
+            Err(classify(status, retry_after, &body, url.as_str())),
+            lines,
+        )
     }
 }
 
-impl Deliver for Writer {
-    fn max_batch(&self) -> usize {
-        self.influx.inner.batch_size
-    }
+/// Bodies up to this size are compressed on the calling thread.
+const GZIP_INLINE: usize = 64 * 1024;
 
-    fn deliver<'a>(
-        &'a mut self,
-        records: &'a [(u64, Vec<u8>)],
-    ) -> BoxFuture<'a, Result<usize, DeliveryError>> {
-        Box::pin(async move {
-            // Records already written with an earlier, filled-up batch: acknowledge them.
-            if let Some(through) = self.written_through {
-                let done = records
-                    .iter()
-                    .take_while(|(seq, _)| *seq <= through)
-                    .count();
-                if done > 0 {
-                    return Ok(done);
-                }
-                self.written_through = None;
-            }
-            if records.is_empty() {
-                return Ok(0);
-            }
-            let more = self.fill(records).await;
-            let size = records.iter().chain(&more).map(|(_, r)| r.len()).sum();
-            let mut lines = Vec::with_capacity(size);
-            for (_, record) in records.iter().chain(&more) {
-                lines.extend_from_slice(record);
-            }
-            match self.post(lines).await {
-                Ok(()) => {
-                    self.first_seen = None;
-                    self.written_through = more.last().map(|(seq, _)| *seq);
-                    tracing::debug!(sink = %self.sink, readings = records.len() + more.len(), "Written.");
-                    Ok(records.len())
-                }
-                Err(Failure::Transient {
-                    message,
-                    retry_after,
-                }) => Err(DeliveryError::Transient {
-                    message,
-                    retry_after,
-                }),
-                Err(Failure::Permanent { message, missing }) => {
-                    if missing {
-                        self.log_missing(&message);
-                    }
-                    Err(DeliveryError::Permanent {
-                        message,
-                        records: records.len(),
-                    })
-                }
-            }
-        })
-    }
-}
-
-impl Writer {
-    /// A missing database or bucket is the operator's to fix: an error with a hint, at most once
-    /// a minute (p1-core logs each dropped batch as well).
-    fn log_missing(&mut self, message: &str) {
-        let now = Instant::now();
-        if self
-            .missing_logged
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
-        {
-            return;
-        }
-        self.missing_logged = Some(now);
-        tracing::error!(
-            sink = %self.sink,
-            target = %self.influx.inner.target,
-            error = %message,
-            "InfluxDB has no such database or bucket: create it or correct the sink's configuration. Readings are dropped until then."
-        );
-    }
+/// `lines` cut in two at the line end nearest its middle; `None` for a single line.
+fn split(mut lines: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let middle = lines.len() / 2;
+    let cut = lines[..middle]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .or_else(|| {
+            lines[middle..lines.len().saturating_sub(1)]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| middle + i)
+        })?
+        + 1;
+    let back = lines.split_off(cut);
+    Some((lines, back))
 }
 
 /// Maps an unsuccessful answer.
@@ -466,18 +554,14 @@ pub(crate) fn classify(
         quote(body)
     );
     match status.as_u16() {
-        404 => Failure::Permanent {
-            message,
-            missing: true,
-        },
+        401 | 403 => Failure::Auth { message },
+        404 => Failure::Missing { message },
+        413 => Failure::TooLarge { message },
         408 | 429 | 500..=599 => Failure::Transient {
             message,
             retry_after,
         },
-        400..=499 => Failure::Permanent {
-            message,
-            missing: false,
-        },
+        400..=499 => Failure::Permanent { message },
         _ => Failure::Transient {
             message,
             retry_after,

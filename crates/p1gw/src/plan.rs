@@ -123,9 +123,12 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
                 let settings = influx
                     .settings()
                     .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                let built = p1_sink_influx::Influx::new(settings).map_err(|e| {
+                let mut built = p1_sink_influx::Influx::new(settings).map_err(|e| {
                     Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
                 })?;
+                if let Some(reader) = influx.secret_reader() {
+                    built = built.with_secret_reader(reader);
+                }
                 (p1_sink_influx::KIND, Arc::new(move || built.sink()))
             }
             ValidSinkKind::AzureIot(azure) => {

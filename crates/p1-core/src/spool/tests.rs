@@ -223,6 +223,42 @@ fn ack_deletes_only_what_was_acked() {
 }
 
 #[test]
+fn batches_are_consecutive_records_in_one_buffer_and_ack_range_deletes_exactly_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = open(&dir.path().join("s.redb"), 1 << 20);
+    assert_eq!(spool.peek_batch(0, 10).expect("peek"), None);
+    for i in 1..=7u8 {
+        spool.append(format!("r{i}\n").as_bytes()).expect("append");
+    }
+    let a = spool.peek_batch(0, 3).expect("peek").expect("records");
+    assert_eq!((a.first, a.last, a.records), (1, 3, 3));
+    assert_eq!(a.bytes, b"r1\nr2\nr3\n");
+    let b = spool
+        .peek_batch(a.last + 1, 3)
+        .expect("peek")
+        .expect("records");
+    assert_eq!((b.first, b.last, b.records), (4, 6, 3));
+    assert_eq!(spool.peek_batch(0, 0).expect("peek"), None);
+
+    // The later batch is acknowledged first: only its records go.
+    assert_eq!(spool.ack_range(b.first, b.last).expect("ack"), 3);
+    assert_eq!(seqs(&spool), vec![1, 2, 3, 7]);
+    assert_eq!((spool.len(), spool.bytes()), (4, 12));
+    // A batch read over the gap holds exactly what is left.
+    let c = spool.peek_batch(2, 10).expect("peek").expect("records");
+    assert_eq!((c.first, c.last, c.records), (2, 7, 3));
+    assert_eq!(c.bytes, b"r2\nr3\nr7\n");
+    assert_eq!(spool.ack_range(a.first, a.last).expect("ack"), 3);
+    assert_eq!(
+        spool.ack_range(a.first, a.last).expect("ack"),
+        0,
+        "gone already"
+    );
+    assert_eq!(spool.ack_range(9, 8).expect("ack"), 0, "an empty range");
+    assert_eq!(seqs(&spool), vec![7]);
+}
+
+#[test]
 fn eviction_is_oldest_first_and_counted() {
     let recorder = TestRecorder::default();
     let dir = tempfile::tempdir().expect("tempdir");

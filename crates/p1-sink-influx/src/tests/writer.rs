@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use p1_core::{
-    AsyncSpool, ComponentKind, Deliver as _, DeliveryError, Reading, Registry, SinkContext,
+    AsyncSpool, Batch, Batches as _, ComponentKind, DeliveryError, Reading, Registry, SinkContext,
     SpoolConfig,
 };
 use tokio::sync::broadcast;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::server::{Reply, Server};
 use super::{reading, veitur_heat};
 use crate::config::{InfluxConfig, Precision, Secret, Target};
-use crate::sink::{Influx, MAX_RETRY_AFTER, MIN_RETRY_AFTER, parse_retry_after};
+use crate::sink::{Influx, MAX_RETRY_AFTER, MIN_RETRY_AFTER, SecretReader, parse_retry_after};
 
 const TOKEN: &str = "t0ken-s3cret";
 
@@ -40,15 +40,17 @@ fn v2(url: &str) -> InfluxConfig {
     )
 }
 
-fn records(n: u64) -> Vec<(u64, Vec<u8>)> {
-    (1..=n)
-        .map(|i| {
-            (
-                i,
-                format!("electricity,meter=home power_import={i} {i}\n").into_bytes(),
-            )
-        })
-        .collect()
+/// A batch of `n` one-line records, as p1-core reads it from the spool.
+fn batch(n: u64) -> Batch {
+    let bytes: Vec<u8> = (1..=n)
+        .flat_map(|i| format!("electricity,meter=home power_import={i} {i}\n").into_bytes())
+        .collect();
+    Batch {
+        first: 1,
+        last: n,
+        records: n as usize,
+        bytes,
+    }
 }
 
 #[tokio::test]
@@ -61,9 +63,9 @@ async fn v1_posts_gzipped_lines_to_write_with_db_rp_precision_and_basic_auth() {
         credentials: Some(("gw".into(), Secret::new("s3cret"))),
     };
     config.precision = Precision::Ms;
-    let mut writer = Influx::new(config).expect("influx").writer();
-    let batch = records(3);
-    assert_eq!(writer.deliver(&batch).await, Ok(3));
+    let writer = Influx::new(config).expect("influx").writer("influx");
+    let batch = batch(3);
+    assert_eq!(writer.send(batch.clone()).await, Ok(()));
     let request = server.request().await;
     assert_eq!(request.method, "POST");
     assert_eq!(request.target, "/write?db=p+1&rp=week&precision=ms");
@@ -74,11 +76,7 @@ async fn v1_posts_gzipped_lines_to_write_with_db_rp_precision_and_basic_auth() {
     );
     // base64("gw:s3cret")
     assert_eq!(request.header("authorization"), Some("Basic Z3c6czNjcmV0"));
-    let want: String = batch
-        .iter()
-        .map(|(_, r)| String::from_utf8_lossy(r).into_owned())
-        .collect();
-    assert_eq!(request.body, want);
+    assert_eq!(request.body.as_bytes(), batch.bytes);
 }
 
 #[tokio::test]
@@ -87,8 +85,8 @@ async fn v2_posts_to_api_v2_write_under_the_url_path_with_a_token() {
     let mut config = v2(&format!("{}/influx/", server.url));
     config.precision = Precision::Us;
     config.gzip = false;
-    let mut writer = Influx::new(config).expect("influx").writer();
-    assert_eq!(writer.deliver(&records(1)).await, Ok(1));
+    let writer = Influx::new(config).expect("influx").writer("influx");
+    assert_eq!(writer.send(batch(1)).await, Ok(()));
     let request = server.request().await;
     assert_eq!(
         request.target,
@@ -102,8 +100,10 @@ async fn v2_posts_to_api_v2_write_under_the_url_path_with_a_token() {
 #[tokio::test]
 async fn v1_without_credentials_sends_no_authorization() {
     let mut server = Server::start().await;
-    let mut writer = Influx::new(v1(&server.url)).expect("influx").writer();
-    assert_eq!(writer.deliver(&records(1)).await, Ok(1));
+    let writer = Influx::new(v1(&server.url))
+        .expect("influx")
+        .writer("influx");
+    assert_eq!(writer.send(batch(1)).await, Ok(()));
     let request = server.request().await;
     assert_eq!(request.target, "/write?db=p1&precision=s");
     assert_eq!(request.header("authorization"), None);
@@ -134,7 +134,6 @@ async fn answers_map_to_acks_retries_and_drops() {
         ),
         (403, vec![], r#"{"error":"forbidden"}"#),
         (404, vec![], r#"{"error":"database not found: \"p1\""}"#),
-        (413, vec![], r#"{"error":"request entity too large"}"#),
         (408, vec![], ""),
         (429, vec![("Retry-After", "7".into())], "slow down"),
         (503, vec![("Retry-After", date_in_90_s)], "busy"),
@@ -142,14 +141,26 @@ async fn answers_map_to_acks_retries_and_drops() {
         (502, vec![], ""),
     ];
     let mut server = Server::start().await;
-    let mut writer = Influx::new(v2(&server.url)).expect("influx").writer();
-    let batch = records(4);
+    let writer = Influx::new(v2(&server.url))
+        .expect("influx")
+        .writer("influx");
     for (status, headers, body) in cases {
         server.reply(Reply::Answer(status, headers, body.to_owned()));
-        let got = writer.deliver(&batch).await;
+        let got = writer.send(batch(4)).await;
         server.request().await;
         match status {
-            200 | 204 => assert_eq!(got, Ok(4)),
+            200 | 204 => assert_eq!(got, Ok(())),
+            401 | 403 | 404 => {
+                let Err(DeliveryError::Refused { reason, message }) = &got else {
+                    panic!("{status}: refused (kept, retried) expected, got {got:?}");
+                };
+                let want = if status == 404 { "not_found" } else { "auth" };
+                assert_eq!(*reason, want, "{status}");
+                assert!(message.contains(&status.to_string()), "{message}");
+                assert!(message.contains(body), "{status}: the body in {message}");
+                assert!(message.contains("token_file") || status == 404, "{message}");
+                assert!(!message.contains(TOKEN), "{message}");
+            }
             400..=407 | 409..=428 => {
                 let Err(DeliveryError::Permanent { message, records }) = &got else {
                     panic!("{status}: permanent expected, got {got:?}");
@@ -186,15 +197,53 @@ async fn answers_map_to_acks_retries_and_drops() {
 }
 
 #[tokio::test]
+async fn a_batch_too_large_for_the_server_is_written_in_halves_at_line_ends() {
+    let mut server = Server::start().await;
+    server.reply(Reply::Answer(413, vec![], "too large".into()));
+    server.reply(Reply::Answer(413, vec![], "too large".into()));
+    let writer = Influx::new(v1(&server.url))
+        .expect("influx")
+        .writer("influx");
+    assert_eq!(writer.send(batch(5)).await, Ok(()));
+    let bodies: Vec<String> = [
+        server.request().await,
+        server.request().await,
+        server.request().await,
+        server.request().await,
+    ]
+    .into_iter()
+    .map(|r| r.body)
+    .collect();
+    // 5 lines refused; its front (2 lines) refused again and written as 1 + 1; then the back 3.
+    let lines = |b: &String| b.lines().count();
+    assert_eq!(bodies.iter().map(lines).collect::<Vec<_>>(), [5, 2, 1, 1]);
+    let fifth = server.request().await;
+    assert_eq!(lines(&fifth.body), 3);
+    assert_eq!(
+        format!("{}{}{}", bodies[2], bodies[3], fifth.body).as_bytes(),
+        batch(5).bytes,
+        "every line once, whole"
+    );
+
+    // One line that is still too large: dropped as unwritable.
+    server.reply(Reply::Answer(413, vec![], "too large".into()));
+    let got = writer.send(batch(1)).await;
+    assert!(
+        matches!(&got, Err(DeliveryError::Permanent { records: 1, .. })),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
 async fn no_server_is_transient() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let mut writer = Influx::new(v1(&format!("http://127.0.0.1:{port}")))
+    let writer = Influx::new(v1(&format!("http://127.0.0.1:{port}")))
         .expect("influx")
-        .writer();
-    let got = writer.deliver(&records(1)).await;
+        .writer("influx");
+    let got = writer.send(batch(1)).await;
     let Err(DeliveryError::Transient {
         message,
         retry_after: None,
@@ -214,8 +263,8 @@ async fn a_server_that_never_answers_times_out_as_transient() {
     server.reply(Reply::Hang);
     let mut config = v1(&server.url);
     config.timeout = Duration::from_millis(300);
-    let mut writer = Influx::new(config).expect("influx").writer();
-    let got = tokio::time::timeout(Duration::from_secs(5), writer.deliver(&records(1)))
+    let writer = Influx::new(config).expect("influx").writer("influx");
+    let got = tokio::time::timeout(Duration::from_secs(5), writer.send(batch(1)))
         .await
         .expect("the request timeout ends it");
     assert!(
@@ -292,12 +341,17 @@ fn bad_settings_are_refused_and_debug_hides_the_token() {
 struct Worker {
     tx: broadcast::Sender<Arc<Reading>>,
     stop: CancellationToken,
+    hard: CancellationToken,
     spool: AsyncSpool,
     run: tokio::task::JoinHandle<Result<(), p1_core::SinkError>>,
     _dir: tempfile::TempDir,
 }
 
 async fn worker(config: InfluxConfig) -> Worker {
+    worker_of(Influx::new(config).expect("influx")).await
+}
+
+async fn worker_of(influx: Influx) -> Worker {
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = Registry::new();
     let spool = AsyncSpool::open(
@@ -308,6 +362,7 @@ async fn worker(config: InfluxConfig) -> Worker {
     .await
     .expect("spool");
     let stop = CancellationToken::new();
+    let hard = CancellationToken::new();
     let cx = SinkContext {
         name: "influx".into(),
         health: registry
@@ -315,17 +370,17 @@ async fn worker(config: InfluxConfig) -> Worker {
             .expect("register"),
         spool: spool.clone(),
         stop: stop.clone(),
-        hard: CancellationToken::new(),
+        hard: hard.clone(),
     };
     let (tx, rx) = broadcast::channel(64);
-    let sink = Influx::new(config)
-        .expect("influx")
+    let sink = influx
         .with_backoff(Duration::from_millis(10), Duration::from_millis(50))
         .sink();
     let run = tokio::spawn(sink.run(rx, cx));
     Worker {
         tx,
         stop,
+        hard,
         spool,
         run,
         _dir: dir,
@@ -380,13 +435,15 @@ async fn full_batches_go_at_once_and_a_partial_one_waits_until_the_daemon_stops(
     w.stop.cancel();
     let third = server.request().await;
     assert_eq!(readings_in(&third.body), 1, "{}", third.body);
-    // Each reading was written exactly once, in order.
+    // Each reading was written exactly once (the two full batches were in flight together and
+    // may have arrived in either order).
     let all = format!("{}{}{}", first.body, second.body, third.body);
-    let stamps: Vec<&str> = all
+    let mut stamps: Vec<&str> = all
         .lines()
         .filter(|l| l.starts_with("electricity,"))
         .filter_map(|l| l.rsplit(' ').next())
         .collect();
+    stamps.sort_unstable();
     assert_eq!(
         stamps,
         [
@@ -465,4 +522,93 @@ async fn a_rejected_batch_is_dropped_and_the_next_goes_on() {
     let next = server.request().await;
     assert_ne!(rejected.body, next.body, "not retried");
     w.finish().await;
+}
+
+#[tokio::test]
+async fn batches_are_in_flight_together_and_a_hung_one_stays_spooled() {
+    let mut server = Server::start().await;
+    server.reply(Reply::Hang);
+    let mut config = v1(&server.url);
+    config.batch_size = 2;
+    config.max_in_flight = 2;
+    config.batch_interval = Duration::from_secs(3600);
+    config.timeout = Duration::from_secs(3600);
+    let w = worker(config).await;
+    w.send(4);
+    // The first request never gets an answer; the second batch goes all the same.
+    let hung = server.request().await;
+    let answered = server.request().await;
+    assert_eq!(readings_in(&hung.body), 2);
+    assert_eq!(readings_in(&answered.body), 2);
+    assert_ne!(hung.body, answered.body);
+    // The answered batch leaves the spool; the hung one stays.
+    let spool = w.spool.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while spool.len() != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the answered batch deleted");
+    assert!(server.try_request().is_none(), "two in flight, no more");
+    // The grace period ends with the request still hanging: its batch is kept for the next run.
+    w.hard.cancel();
+    drop(w.tx);
+    tokio::time::timeout(Duration::from_secs(10), w.run)
+        .await
+        .expect("ends on the hard stop")
+        .expect("task")
+        .expect("ok");
+    assert_eq!(spool.len(), 2);
+    let kept = spool.peek_batch(0, 10).await.expect("peek").expect("kept");
+    assert_eq!(String::from_utf8_lossy(&kept.bytes), hung.body);
+}
+
+#[tokio::test]
+async fn a_refused_token_keeps_the_readings_and_is_read_again_before_the_retry() {
+    let mut server = Server::start().await;
+    server.reply(Reply::Answer(
+        401,
+        vec![],
+        r#"{"error":"authorization failed"}"#.into(),
+    ));
+    server.reply(Reply::Answer(
+        403,
+        vec![],
+        r#"{"error":"forbidden"}"#.into(),
+    ));
+    let reads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = reads.clone();
+    let reader: SecretReader = Arc::new(move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(Secret::new(format!("fixed-{n}")))
+    });
+    let mut config = v2(&server.url);
+    config.batch_interval = Duration::from_millis(50);
+    let influx = Influx::new(config)
+        .expect("influx")
+        .with_secret_reader(reader);
+    let w = worker_of(influx).await;
+    w.send(3);
+    let first = server.request().await;
+    let second = server.request().await;
+    let third = server.request().await;
+    assert_eq!(first.header("authorization"), Some("Token t0ken-s3cret"));
+    assert_eq!(second.header("authorization"), Some("Token fixed-1"));
+    assert_eq!(third.header("authorization"), Some("Token fixed-2"));
+    assert_eq!(readings_in(&first.body), 3);
+    assert_eq!(
+        first.body, third.body,
+        "the same readings, kept and sent again"
+    );
+    w.finish().await;
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "read only after a refusal"
+    );
+    assert!(
+        server.try_request().is_none(),
+        "nothing written twice after the 204"
+    );
 }

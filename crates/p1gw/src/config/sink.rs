@@ -204,9 +204,14 @@ pub struct InfluxConfig {
     /// Timestamp precision written: `"s"`, `"ms"`, `"us"` or `"ns"`. Default `"s"`.
     #[serde(default = "default_precision")]
     pub precision: Precision,
-    /// The most readings in one write. Default 100.
+    /// The most readings in one write, 1–10000. Default 5000: a backlog after an outage
+    /// drains in few requests; a live meter's readings go every `batch_interval` anyway.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    /// The most write requests in flight at once, 1–16. Default 2: while InfluxDB stores one
+    /// batch, the next is on its way. Each holds up to `batch_size` readings in memory.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
     /// The longest a reading waits for a batch to fill before it is written. Default `"10s"`.
     #[serde(default = "default_batch_interval")]
     pub batch_interval: RawDuration,
@@ -306,7 +311,10 @@ fn default_precision() -> Precision {
     Precision::S
 }
 fn default_batch_size() -> u32 {
-    100
+    p1_sink_influx::DEFAULT_BATCH_SIZE as u32
+}
+fn default_max_in_flight() -> u32 {
+    p1_sink_influx::DEFAULT_MAX_IN_FLIGHT as u32
 }
 fn default_batch_interval() -> RawDuration {
     RawDuration::new("10s")
@@ -475,6 +483,8 @@ pub struct ValidInflux {
     pub batch_size: u32,
     /// Longest wait for a batch, positive.
     pub batch_interval: Duration,
+    /// Write requests in flight at once, 1–16.
+    pub max_in_flight: u32,
     /// Gzip request bodies.
     pub gzip: bool,
     /// Request timeout, positive.
@@ -857,6 +867,15 @@ impl InfluxConfig {
             );
             None
         };
+        let max_in_flight = if (1..=16).contains(&self.max_in_flight) {
+            Some(self.max_in_flight)
+        } else {
+            problems.value(
+                at.key("max_in_flight"),
+                format!("{}: max_in_flight is from 1 to 16", self.max_in_flight),
+            );
+            None
+        };
         let batch_interval = positive(&self.batch_interval, &at.key("batch_interval"), problems);
         let timeout = positive(&self.timeout, &at.key("timeout"), problems);
         let target = self.target(at, env, problems);
@@ -866,6 +885,7 @@ impl InfluxConfig {
             precision: self.precision,
             batch_size: batch_size?,
             batch_interval: batch_interval?,
+            max_in_flight: max_in_flight?,
             gzip: self.gzip,
             timeout: timeout?,
         })
@@ -1008,9 +1028,32 @@ impl ValidInflux {
         };
         config.batch_size = self.batch_size as usize;
         config.batch_interval = self.batch_interval;
+        config.max_in_flight = self.max_in_flight as usize;
         config.gzip = self.gzip;
         config.timeout = self.timeout;
         Ok(config)
+    }
+}
+
+impl ValidInflux {
+    /// Reads the password (v1) or token (v2) again from where it came from, for the sink to call
+    /// after InfluxDB refused the one in use (401/403): a user fixes a wrong or expired secret by
+    /// rewriting its file, without a restart. `None` without a secret.
+    pub fn secret_reader(&self) -> Option<p1_sink_influx::SecretReader> {
+        let (what, source) = match &self.target {
+            InfluxTarget::V1 {
+                password: Some(source),
+                ..
+            } => ("password", source.clone()),
+            InfluxTarget::V2 { token, .. } => ("token", token.clone()),
+            InfluxTarget::V1 { password: None, .. } => return None,
+        };
+        Some(std::sync::Arc::new(move || {
+            source
+                .read()
+                .map(|s| p1_sink_influx::Secret::new(s.expose()))
+                .map_err(|e| format!("{what}: cannot read the {source}: {e}"))
+        }))
     }
 }
 

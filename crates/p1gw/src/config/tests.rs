@@ -1908,7 +1908,8 @@ fn influx_gzip_and_timeout_have_defaults_are_validated_and_reach_the_sink() {
     let settings = influx.settings().expect("no secret to read");
     assert!(settings.gzip);
     assert_eq!(settings.timeout, Duration::from_secs(10));
-    assert_eq!(settings.batch_size, 100);
+    assert_eq!(settings.batch_size, 5000);
+    assert_eq!(settings.max_in_flight, 2);
     assert_eq!(settings.batch_interval, Duration::from_secs(10));
     assert_eq!(settings.precision, p1_sink_influx::Precision::S);
     assert_eq!(
@@ -1940,6 +1941,19 @@ fn influx_gzip_and_timeout_have_defaults_are_validated_and_reach_the_sink() {
         report.contains("sink[0].timeout") && report.contains("must be longer than 0s"),
         "{report}"
     );
+    let settings = valid(&influx_v1(&["batch_size = 10000", "max_in_flight = 4"]));
+    let ValidSinkKind::Influx(influx) = &settings.sinks[0].kind else {
+        panic!("influx");
+    };
+    let settings = influx.settings().expect("settings");
+    assert_eq!((settings.batch_size, settings.max_in_flight), (10_000, 4));
+    for bad in ["max_in_flight = 0", "max_in_flight = 17"] {
+        let report = error::report(&errors_of(&text(&influx_v1(&[bad]))));
+        assert!(
+            report.contains("sink[0].max_in_flight") && report.contains("from 1 to 16"),
+            "{report}"
+        );
+    }
     let errors = errors_of(&text(&influx_v1(&[r#"gzip = "yes""#])));
     assert!(
         error::report(&errors).contains("sink[0].gzip"),
@@ -1977,7 +1991,17 @@ fn influx_settings_read_the_password_and_token_and_name_a_missing_file() {
     assert_eq!(password, &p1_sink_influx::Secret::new("pa55"));
     assert!(!format!("{settings:?}").contains("pa55"));
 
+    // After a 401 the sink reads the password again: a corrected file counts without a restart.
+    let reread = influx.secret_reader().expect("a password to read again");
+    std::fs::write(&pass, "n3w\n").expect("write");
+    assert_eq!(reread(), Ok(p1_sink_influx::Secret::new("n3w")));
+
     std::fs::remove_file(&pass).expect("rm");
+    let error = reread().expect_err("the file is gone");
+    assert!(
+        error.starts_with("password: cannot read the file ") && !error.contains("n3w"),
+        "{error}"
+    );
     let error = influx.settings().expect_err("the file is gone");
     assert!(
         error.starts_with("password: cannot read the file ") && error.contains("influx.pass"),

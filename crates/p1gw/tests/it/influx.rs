@@ -5,7 +5,10 @@
 //!   mid-run and comes back on the same data and port, and nothing is missing or doubled.
 //! * VictoriaMetrics (v2 API, org/bucket/token): the same value check, read back with
 //!   `/api/v1/export`.
-//! * An unknown database: a permanent rejection, logged with InfluxDB's answer and counted.
+//! * An unknown database, and a wrong password (InfluxDB with authentication on): the readings
+//!   stay spooled, the refusal is counted and logged once with InfluxDB's answer (never the
+//!   password); once the database is created or the password file corrected, every reading
+//!   goes in, once.
 //! * Every InfluxQL query of the Grafana dashboard returns data.
 //!
 //! The servers come from Debian packages (`influxdb`, `victoria-metrics`), which scripts/test
@@ -175,7 +178,15 @@ fn encode(text: &str) -> String {
 
 /// An InfluxQL query; the JSON answer (any HTTP status other than 200 fails).
 fn influxql(port: u16, db: &str, query: &str) -> Value {
-    let path = format!("/query?db={db}&epoch=ms&q={}", encode(query));
+    influxql_as(port, db, query, None)
+}
+
+/// An InfluxQL query as `user` with `password` (`u`/`p` parameters) when given.
+fn influxql_as(port: u16, db: &str, query: &str, login: Option<(&str, &str)>) -> Value {
+    let mut path = format!("/query?db={db}&epoch=ms&q={}", encode(query));
+    if let Some((user, password)) = login {
+        path.push_str(&format!("&u={}&p={}", encode(user), encode(password)));
+    }
     let (status, body) = get(port, &path).unwrap_or_else(|| panic!("no answer to {query}"));
     assert_eq!(status, 200, "{query}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"))
@@ -312,11 +323,17 @@ struct Row {
 
 /// Every point of meter "home" in InfluxDB.
 fn influx_rows(port: u16) -> Vec<Row> {
+    influx_rows_as(port, None)
+}
+
+/// Every point of meter "home" in InfluxDB, queried with a login.
+fn influx_rows_as(port: u16, login: Option<(&str, &str)>) -> Vec<Row> {
     let from: Vec<String> = MEASUREMENTS.iter().map(|m| format!("\"{m}\"")).collect();
-    let answer = influxql(
+    let answer = influxql_as(
         port,
         "p1",
         &format!("SELECT * FROM {} WHERE \"meter\" = 'home'", from.join(",")),
+        login,
     );
     let result = &answer["results"][0];
     assert!(result["error"].is_null(), "{answer}");
@@ -657,47 +674,161 @@ fn victoria_metrics_v2_holds_exactly_what_p1gw_parse_gives() {
 }
 
 #[test]
-fn an_unknown_database_is_rejected_logged_with_influxdbs_answer_and_counted() {
+fn an_unknown_database_keeps_the_readings_spooled_until_it_is_created() {
     let influx = Server::start("influxdb", &[]);
+    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
     let fixture = root().join("fixtures/telegrams/iceland_veitur_iskra_ie5e_antonp1.txt");
     let sink = format!(
         "url = \"{}\"\napi = \"v1\"\ndatabase = \"nope\"\nbatch_interval = \"100ms\"",
         influx.var("INFLUX_URL")
     );
     let (daemon, _dir) = Daemon::start(&replay_config(&fixture, "100ms", &sink), &[]);
-    let dropped = wait_for(Duration::from_secs(20), "a rejected reading", || {
+    wait_for(Duration::from_secs(20), "refused attempts counted", || {
         metric(
             &metrics(&daemon),
-            "p1gw_sink_dropped_total",
-            &[("sink", "influx"), ("reason", "rejected")],
+            "p1gw_sink_failed_total",
+            &[("sink", "influx"), ("reason", "not_found")],
         )
-        .filter(|n| *n >= 1.0)
+        .filter(|n| *n >= 2.0)
     });
-    assert_eq!(dropped, 1.0, "the one reading");
-    let log = wait_for(Duration::from_secs(5), "the error in the log", || {
-        let log = daemon.log();
-        log.contains("InfluxDB has no such database").then_some(log)
-    });
+    let log = daemon.log();
+    assert!(log.contains("InfluxDB has no database"), "{log}");
     assert!(
         log.contains(r#"database not found: \"nope\""#)
             || log.contains(r#"database not found: "nope""#),
         "InfluxDB's answer is in the log:\n{log}"
     );
     assert!(log.contains("404"), "{log}");
-    // The rejected reading leaves the spool (right after it is counted).
-    wait_for(Duration::from_secs(5), "an empty spool", || {
-        (metric(
-            &metrics(&daemon),
-            "p1gw_spool_records",
-            &[("sink", "influx")],
-        ) == Some(0.0))
+    assert_eq!(
+        log.matches("Backend refuses the sink's requests").count(),
+        1,
+        "logged once, not per retry:\n{log}"
+    );
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_spool_records", &[("sink", "influx")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "p1gw_sink_dropped_total", &[("sink", "influx")]).unwrap_or(0.0),
+        0.0,
+        "nothing dropped: {m}"
+    );
+
+    // The operator creates the database: the kept reading goes in.
+    let answer = influxql(port, "nope", "CREATE DATABASE nope");
+    assert!(answer["results"][0]["error"].is_null(), "{answer}");
+    wait_for(Duration::from_secs(90), "the reading delivered", || {
+        let m = metrics(&daemon);
+        (metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")]) == Some(1.0)
+            && metric(&m, "p1gw_spool_records", &[("sink", "influx")]) == Some(0.0))
         .then_some(())
     });
+    let answer = influxql(port, "nope", "SELECT count(power_import) FROM electricity");
+    assert_eq!(
+        answer["results"][0]["series"][0]["values"][0][1], 1,
+        "{answer}"
+    );
+    wait_for(Duration::from_secs(5), "the recovery logged", || {
+        daemon
+            .log()
+            .contains("Backend accepts the sink's requests again")
+            .then_some(())
+    });
+    drop(daemon);
+}
+
+#[test]
+fn a_wrong_password_keeps_every_reading_spooled_until_the_password_file_is_corrected() {
+    let influx = Server::start("influxdb", &["--db", "p1", "--auth"]);
+    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let (user, password) = (influx.var("INFLUX_USER"), influx.var("INFLUX_PASSWORD"));
+    let fixtures = root().join("fixtures/telegrams");
+    let want = expected(&fixtures);
+    let points: usize = want.iter().map(|e| e.points.len()).sum();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let pass = secrets.path().join("influx.pass");
+    let wrong = "not-the-password-7c1e";
+    std::fs::write(&pass, format!("{wrong}\n")).expect("write");
+    let sink = format!(
+        "url = \"{}\"\napi = \"v1\"\ndatabase = \"p1\"\nusername = \"{user}\"\npassword_file = \"{}\"\nprecision = \"ms\"\nbatch_size = 5\nbatch_interval = \"100ms\"",
+        influx.var("INFLUX_URL"),
+        pass.display()
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&fixtures, "20ms", &sink), &[]);
+
+    // Every reading is spooled and refused; none is sent, none dropped.
+    wait_for(
+        Duration::from_secs(30),
+        "all 23 readings spooled and the password refused",
+        || {
+            let m = metrics(&daemon);
+            let spooled = metric(&m, "p1gw_sink_spooled_total", &[("sink", "influx")])?;
+            let refused = metric(
+                &m,
+                "p1gw_sink_failed_total",
+                &[("sink", "influx"), ("reason", "auth")],
+            )?;
+            (spooled == 23.0 && refused >= 2.0).then_some(())
+        },
+    );
     let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_spool_records", &[("sink", "influx")]),
+        Some(23.0),
+        "{m}"
+    );
     assert_eq!(
         metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")]).unwrap_or(0.0),
         0.0
     );
+    assert_eq!(
+        metric(&m, "p1gw_sink_dropped_total", &[("sink", "influx")]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    // A sink that spools is still ready (/readyz); its status says why it is degraded.
+    let (_, status) = daemon.get("/api/v1/status").expect("status");
+    assert!(status.contains("password_file"), "{status}");
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("Backend refuses the sink's requests").count(),
+        1,
+        "one clear ERROR, not one per retry:\n{log}"
+    );
+    assert!(
+        log.contains("password_file") && log.contains("401"),
+        "{log}"
+    );
+    assert!(!log.contains(wrong), "the password is never logged:\n{log}");
+
+    // The user corrects the file; the next retry reads it and everything goes in.
+    std::fs::write(&pass, format!("{password}\n")).expect("write");
+    wait_for(
+        Duration::from_secs(90),
+        "every reading delivered and the spool empty",
+        || {
+            let m = metrics(&daemon);
+            let sent = metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")])?;
+            let spooled = metric(&m, "p1gw_spool_records", &[("sink", "influx")])?;
+            (sent >= 23.0 && spooled == 0.0).then_some(())
+        },
+    );
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")]),
+        Some(23.0)
+    );
+    assert_eq!(
+        metric(&m, "p1gw_sink_dropped_total", &[("sink", "influx")]).unwrap_or(0.0),
+        0.0
+    );
+    let rows = influx_rows_as(port, Some((user, password)));
+    assert_eq!(rows.len(), points, "nothing missing, nothing doubled");
+    check(&want, &rows);
+    let log = daemon.log();
+    assert!(!log.contains(password) && !log.contains(wrong), "{log}");
     drop(daemon);
 }
 
