@@ -60,6 +60,7 @@ use std::io;
 use axum::Router;
 use axum::middleware;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -138,7 +139,20 @@ pub async fn serve(
         tracing::debug!("HTTP server shutting down: ending event streams, finishing requests.");
         closing.cancel();
     };
+    let listener = listener.tap_io(|tcp| {
+        // A client that stops reading an event stream must fall behind the readings channel
+        // (and be skipped ahead, `p1gw_http_sse_lagged_total`) instead of having minutes of
+        // events parked for it in the kernel: Linux grows a socket's send buffer up to
+        // `tcp_wmem` (4 MiB), 3 000 readings, per slow client. A fixed buffer also turns off
+        // that autotuning; 64 KiB holds a few dozen events and any page or API answer.
+        if let Err(error) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER) {
+            tracing::debug!(%error, "HTTP: cannot set SO_SNDBUF");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await
 }
+
+/// `SO_SNDBUF` of every HTTP connection (see [`serve`]).
+const SEND_BUFFER: usize = 64 * 1024;
