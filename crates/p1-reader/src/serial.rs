@@ -283,9 +283,9 @@ pub trait Consume: Send {
 
 impl Consume for Pipeline {
     fn consume(&mut self, bytes: &[u8]) -> u64 {
-        let before = self.telegrams_ok() + self.telegrams_rejected();
+        let before = self.telegrams_done();
         self.feed(bytes);
-        self.telegrams_ok() + self.telegrams_rejected() - before
+        self.telegrams_done() - before
     }
 
     fn counters(&self) -> (u64, u64) {

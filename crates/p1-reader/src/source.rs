@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handle::{Command, Control};
 use crate::serial::{SerialOpener, SerialSource};
-use crate::{Pipeline, Profile, SimulatedMeter};
+use crate::{GuardConfig, Pipeline, Profile, SimulatedMeter};
 
 /// A fast replay waits while more readings than this wait on the channel
 /// (a quarter of its capacity in p1gw), so the sinks keep up and nothing is
@@ -89,6 +89,8 @@ pub struct ReaderConfig {
     pub max_telegram_bytes: usize,
     /// The telegram interval /readyz expects.
     pub expected_interval: Duration,
+    /// The spike guard's bounds; `None` turns it off (see [`crate::guard`]).
+    pub guard: Option<GuardConfig>,
 }
 
 /// Runs a meter's reader until its source ends (a recording without
@@ -133,7 +135,8 @@ pub(crate) async fn run(
         tx,
         latest.clone(),
         health.clone(),
-    );
+    )
+    .with_guard(cfg.guard);
     tracing::info!(meter = %cfg.meter, source = %source, "Reader started.");
     match &cfg.source {
         SourceConfig::Simulate { profile, interval } => {
@@ -193,7 +196,7 @@ pub(crate) async fn run(
             .await;
         }
     }
-    tracing::info!(meter = %cfg.meter, ok = pipeline.telegrams_ok(), rejected = pipeline.telegrams_rejected(), "Reader stopped.");
+    tracing::info!(meter = %cfg.meter, ok = pipeline.telegrams_ok(), rejected = pipeline.telegrams_rejected(), held_back = pipeline.readings_rejected(), "Reader stopped.");
     health.stopped();
 }
 
@@ -316,6 +319,8 @@ impl Replay<'_> {
             if !repeat || self.stop.is_cancelled() {
                 return;
             }
+            // Starting over is not a meter going backwards.
+            self.pipeline.source_restarted();
         }
     }
 
@@ -348,10 +353,10 @@ impl Replay<'_> {
             return true;
         }
         let mut previous_time = self.latest.borrow().as_ref().and_then(|r| r.meter_time);
-        let mut done = self.pipeline.telegrams_ok() + self.pipeline.telegrams_rejected();
+        let mut done = self.pipeline.telegrams_done();
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             self.pipeline.feed(line);
-            let now_done = self.pipeline.telegrams_ok() + self.pipeline.telegrams_rejected();
+            let now_done = self.pipeline.telegrams_done();
             if now_done == done {
                 continue;
             }
