@@ -20,9 +20,12 @@
 //!   line, none, or a [`FakeLine`] in tests — driven in [`RequestMode`]
 //!   `hold`, `pulse` or `poll`. A read of `Ok(0)` or an error is an unplug:
 //!   the port is closed and reopened with backoff, and so it is after six
-//!   intervals of silence, re-toggling the request line.
+//!   intervals of silence, re-toggling the request line. While the device
+//!   path is gone the reader stats it every [`serial::PRESENCE_POLL`] and
+//!   opens it as soon as it is back, whatever the backoff.
 //! * **tcp**: a raw telegram stream from ser2net or a Wi-Fi bridge,
-//!   reconnected with backoff and after silence.
+//!   reconnected with backoff (capped at [`TCP_RETRY_CAP`]) and after
+//!   silence.
 //! * **replay**: a recording (`p1gw record`'s output, or telegram text
 //!   files), at a fixed pace, the recorded pace or as fast as possible.
 //! * **simulate** ([`SimulatedMeter`]): Veitur, DSMR 5 or Belgian telegrams
@@ -91,7 +94,9 @@ pub use crate::serial::{
     SessionEnd,
 };
 pub use crate::simulate::{MeterPty, Profile, SimulatedMeter};
-pub use crate::source::{Pace, ReaderConfig, SourceConfig, run_reader};
+pub use crate::source::{
+    Pace, ReaderConfig, SourceConfig, TCP_CONNECT_TIMEOUT, TCP_RETRY_CAP, run_reader,
+};
 
 /// Registers the `# HELP` texts of the reader metrics with the installed recorder.
 pub fn describe_metrics() {

@@ -329,7 +329,16 @@ impl Pipeline {
         match guard.check(reading) {
             Verdict::Forward => true,
             Verdict::NewBaseline(finding) => {
-                // Rare and worth knowing whatever the rate: logged every time.
+                // Rare (a replaced meter), but a meter that keeps changing its mind
+                // must not flood the log either: once a minute, like the rest.
+                let now = tokio::time::Instant::now();
+                let due = self.guard_logged.get("new_baseline").is_none_or(|last| {
+                    now.duration_since(*last) >= std::time::Duration::from_secs(60)
+                });
+                if !due {
+                    return true;
+                }
+                self.guard_logged.insert("new_baseline", now);
                 tracing::warn!(
                     meter = %self.meter,
                     register = finding.register,

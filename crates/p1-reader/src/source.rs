@@ -19,6 +19,18 @@ use crate::{GuardConfig, Pipeline, Profile, SimulatedMeter};
 /// dropped as lagged.
 const FAST_REPLAY_BACKLOG: usize = 256;
 
+/// The longest wait between two connection attempts of a `tcp` source,
+/// whatever `reconnect.max` says (both `reconnect` bounds are capped at it;
+/// the jitter stays): a ser2net or ESP bridge that comes back is connected
+/// within this much, 2 s at most with the connect itself.
+pub const TCP_RETRY_CAP: Duration = Duration::from_millis(1500);
+
+/// How long one connection attempt of a `tcp` source (name lookup included)
+/// may take before it is given up and retried: a bridge whose address does
+/// not answer at all would otherwise hold an attempt for the kernel's two
+/// minutes of SYN retries.
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How fast a recording is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
@@ -401,6 +413,12 @@ async fn recording_files(path: &std::path::Path) -> std::io::Result<Vec<PathBuf>
     Ok(files)
 }
 
+/// The backoff of a `tcp` source: `reconnect` with both bounds capped at
+/// [`TCP_RETRY_CAP`].
+pub(crate) fn tcp_backoff(min: Duration, max: Duration) -> Backoff {
+    Backoff::new(min.min(TCP_RETRY_CAP), max.min(TCP_RETRY_CAP))
+}
+
 async fn tcp(
     pipeline: &mut Pipeline,
     address: &str,
@@ -410,7 +428,9 @@ async fn tcp(
     stop: &CancellationToken,
     control: &mut Control,
 ) {
-    let mut backoff = Backoff::new(min, max);
+    // Capped: a connection attempt costs one SYN, and a bridge that comes back
+    // must be found within 2 s, not at the end of a grown backoff step.
+    let mut backoff = tcp_backoff(min, max);
     let mut connected_before = false;
     // A bridge that stops forwarding without closing: give up on the
     // connection after this much silence and reconnect.
@@ -418,7 +438,12 @@ async fn tcp(
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let connected = tokio::select! {
-            r = tokio::net::TcpStream::connect(address) => r,
+            r = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)) => {
+                r.unwrap_or_else(|_elapsed| Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", TCP_CONNECT_TIMEOUT.as_secs()),
+                )))
+            }
             () = stop.cancelled() => return,
         };
         match connected {

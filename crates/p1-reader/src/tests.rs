@@ -518,3 +518,19 @@ fn without_the_spike_guard_every_reading_flows() {
     assert_eq!(pipeline.readings_rejected(), 0);
     assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
 }
+
+#[test]
+fn tcp_reconnect_waits_are_capped_and_stay_jittered() {
+    // The configured default, 1 s doubling to 60 s: after a few failures the
+    // waits would be a minute long; a tcp source caps them.
+    let mut backoff = crate::source::tcp_backoff(Duration::from_secs(1), Duration::from_secs(60));
+    let delays: Vec<Duration> = (0..50).map(|_| backoff.next_delay()).collect();
+    assert_eq!(delays[0], Duration::from_secs(1), "the first step is min");
+    assert!(delays.iter().all(|d| *d <= TCP_RETRY_CAP), "{delays:?}");
+    assert!(TCP_RETRY_CAP < Duration::from_secs(2));
+    let distinct: std::collections::BTreeSet<_> = delays[2..].iter().collect();
+    assert!(distinct.len() > 10, "jittered: {delays:?}");
+    // A min above the cap is capped too.
+    let mut slow = crate::source::tcp_backoff(Duration::from_secs(5), Duration::from_secs(60));
+    assert_eq!(slow.next_delay(), TCP_RETRY_CAP);
+}

@@ -310,7 +310,9 @@ impl Default for ReconnectConfig {
 pub struct TcpConfig {
     /// The bridge's `host:port`, e.g. `"192.168.1.20:8088"` or `"p1reader.local:23"`.
     pub address: String,
-    /// How long to wait before connecting again after the connection failed or closed.
+    /// How long to wait before connecting again after the connection failed or closed. For
+    /// tcp both bounds are capped at 1.5 s (an attempt is one SYN; a bridge that comes back is
+    /// connected within 2 s), so only values below that change anything.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
     /// The longest telegram accepted, as for a serial source.
