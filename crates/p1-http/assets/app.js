@@ -266,7 +266,7 @@ function stat(k, v, cls) {
 function renderStatus() {
   const st = S.status || {}, ms = meterStatus();
   $('version').textContent = st.version ? 'v' + st.version : '';
-  $('telegrams').textContent = ms ? 'telegrams ok ' + (ms.telegrams_ok ?? '—') + ' · rejected ' + (ms.telegrams_rejected ?? '—') : '';
+  $('telegrams').textContent = ms ? 'telegrams ok ' + (ms.telegrams_ok ?? '—') + ' · rejected ' + (ms.telegrams_rejected ?? '—') + (ms.readings_rejected ? ' · held back ' + ms.readings_rejected : '') : '';
   const sinks = Array.isArray(st.sinks) ? st.sinks : [];
   $('sinks').replaceChildren(...sinks.map((s) => {
     const li = el('li', 'sink'), dl = el('dl', 'sstats');

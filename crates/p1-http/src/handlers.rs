@@ -150,6 +150,8 @@ struct MeterStatus {
     expected_interval_s: f64,
     telegrams_ok: Option<u64>,
     telegrams_rejected: Option<u64>,
+    /// Good telegrams the spike guard held back (`null` with the guard off).
+    readings_rejected: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,8 +171,8 @@ struct SinkStatus {
 /// (`sinks`), and the registry snapshot (`components`).
 ///
 /// Read from the health registry: a reader registered as `reader:<meter>` (or `<meter>`) gives
-/// `name`, its last success is the last telegram, its counters `telegrams_ok` and
-/// `telegrams_rejected`; a sink registered as `sink:<name>` (or `<name>`) gives its spool depth
+/// `name`, its last success is the last telegram, its counters `telegrams_ok`,
+/// `telegrams_rejected` and `readings_rejected` (held back by the spike guard); a sink registered as `sink:<name>` (or `<name>`) gives its spool depth
 /// and its counters `sent` and `failed` (`null` when the sink does not report them).
 pub(crate) async fn status(State(state): State<HttpState>) -> Response {
     let shared = &state.shared;
@@ -192,6 +194,7 @@ pub(crate) async fn status(State(state): State<HttpState>) -> Response {
             expected_interval_s: s.expected_interval.unwrap_or(shared.interval).as_secs_f64(),
             telegrams_ok: s.counters.get("telegrams_ok").copied(),
             telegrams_rejected: s.counters.get("telegrams_rejected").copied(),
+            readings_rejected: s.counters.get("readings_rejected").copied(),
         })
         .collect();
     let sinks = statuses

@@ -785,6 +785,7 @@ async fn status_lists_meters_sinks_and_components() {
         .unwrap();
     reader.set_counter("telegrams_ok", 41);
     reader.set_counter("telegrams_rejected", 2);
+    reader.set_counter("readings_rejected", 1);
     reader.success();
     reader.ok();
     let sink = gw
@@ -809,6 +810,7 @@ async fn status_lists_meters_sinks_and_components() {
     assert_eq!(meter["expected_interval_s"], 10.0);
     assert_eq!(meter["telegrams_ok"], 41);
     assert_eq!(meter["telegrams_rejected"], 2);
+    assert_eq!(meter["readings_rejected"], 1);
     assert!(meter["last_telegram_age_s"].as_f64().unwrap() < 5.0);
     let s = &v["sinks"][0];
     assert_eq!(s["name"], "influx");

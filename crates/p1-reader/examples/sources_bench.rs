@@ -61,6 +61,7 @@ fn start(meter: &str, source: SourceConfig) -> Reader {
         source,
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
+        guard: Some(p1_reader::GuardConfig::default()),
     };
     let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, stop.clone());
     Reader {

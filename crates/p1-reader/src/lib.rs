@@ -20,9 +20,12 @@
 //!   line, none, or a [`FakeLine`] in tests — driven in [`RequestMode`]
 //!   `hold`, `pulse` or `poll`. A read of `Ok(0)` or an error is an unplug:
 //!   the port is closed and reopened with backoff, and so it is after six
-//!   intervals of silence, re-toggling the request line.
+//!   intervals of silence, re-toggling the request line. While the device
+//!   path is gone the reader stats it every [`serial::PRESENCE_POLL`] and
+//!   opens it as soon as it is back, whatever the backoff.
 //! * **tcp**: a raw telegram stream from ser2net or a Wi-Fi bridge,
-//!   reconnected with backoff and after silence.
+//!   reconnected with backoff (capped at [`TCP_RETRY_CAP`]) and after
+//!   silence.
 //! * **replay**: a recording (`p1gw record`'s output, or telegram text
 //!   files), at a fixed pace, the recorded pace or as fast as possible.
 //! * **simulate** ([`SimulatedMeter`]): Veitur, DSMR 5 or Belgian telegrams
@@ -52,15 +55,27 @@
 //! `p1gw_reconnects_total` (successful reopens after a disconnect),
 //! `p1gw_serial_errors_total{kind}` (`parity`, `framing`),
 //! `p1gw_meter_clock_anomalies_total{kind}` (`backwards`, `future`, `dst_flag`: see
-//! [`ClockCheck`]; the readings are kept), gauge
+//! [`ClockCheck`]; the readings are kept),
+//! `p1gw_readings_rejected_total{reason}` (`backwards`, `implausible_jump`:
+//! good telegrams the [`guard`] held back), gauge
 //! `p1gw_last_telegram_timestamp_seconds`. Health counters (for the live
-//! page): `telegrams_ok`, `telegrams_rejected`, `reconnects`,
-//! `parity_errors`, `line_errors`. While a serial or TCP source is
+//! page): `telegrams_ok` (forwarded readings), `telegrams_rejected`,
+//! `readings_rejected`, `reconnects`, `parity_errors`, `line_errors`.
+//!
+//! # The spike guard
+//!
+//! Before a reading is broadcast, the [`SpikeGuard`] compares its cumulative
+//! registers (energy, reactive energy, gas/water/hot-water volumes, heat
+//! energy) with the last reading forwarded: a total that falls (the "zero
+//! spike") or grows faster than the configured `max_power` / `max_flow`
+//! allows holds the reading back; three consistent held-back readings in a
+//! row are a replaced meter and become the new baseline. See [`guard`]. While a serial or TCP source is
 //! disconnected, the reader's health state is degraded with the reason.
 
 #![warn(missing_docs)]
 
 mod error;
+pub mod guard;
 mod handle;
 mod pipeline;
 pub mod probe;
@@ -70,6 +85,7 @@ pub mod simulate;
 mod source;
 
 pub use crate::error::Error;
+pub use crate::guard::{GuardConfig, SpikeGuard};
 pub use crate::handle::{ReaderHandle, ReaderStatus};
 pub use crate::pipeline::{CLOCK_AHEAD_TOLERANCE, ClockCheck, Pipeline};
 pub use crate::request::{FakeLine, LineKind, RequestConfig, RequestLine, RequestMode};
@@ -78,13 +94,15 @@ pub use crate::serial::{
     SessionEnd,
 };
 pub use crate::simulate::{MeterPty, Profile, SimulatedMeter};
-pub use crate::source::{Pace, ReaderConfig, SourceConfig, run_reader};
+pub use crate::source::{
+    Pace, ReaderConfig, SourceConfig, TCP_CONNECT_TIMEOUT, TCP_RETRY_CAP, run_reader,
+};
 
 /// Registers the `# HELP` texts of the reader metrics with the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "p1gw_telegrams_total",
-        "Telegrams decoded and delivered to the sinks."
+        "Telegrams decoded and delivered to the sinks (not those the spike guard held back)."
     );
     metrics::describe_counter!(
         "p1gw_telegrams_rejected_total",
@@ -105,6 +123,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "p1gw_meter_clock_anomalies_total",
         "Readings whose meter clock was odd, by kind (backwards: earlier than the previous reading; future: more than 5 min ahead of the gateway; dst_flag: the S/W flag contradicts the zone). The readings are kept."
+    );
+    metrics::describe_counter!(
+        "p1gw_readings_rejected_total",
+        "Good telegrams the spike guard held back from the sinks, by reason (backwards: a cumulative total fell, a zero spike included; implausible_jump: it grew faster than the meter's max_power or max_flow allows)."
     );
     metrics::describe_gauge!(
         "p1gw_last_telegram_timestamp_seconds",

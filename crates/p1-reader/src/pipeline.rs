@@ -9,6 +9,8 @@ use p1_core::{HealthHandle, Reading};
 use p1_telegram::{Decoder, ParseOptions, Telegram};
 use tokio::sync::{broadcast, watch};
 
+use crate::guard::{Finding, GuardConfig, SpikeGuard, Verdict};
+
 /// Decodes one meter's byte stream and publishes its readings.
 pub struct Pipeline {
     meter: Arc<str>,
@@ -27,6 +29,12 @@ pub struct Pipeline {
     clock: ClockCheck,
     /// When each clock anomaly was last logged (once a minute per kind).
     clock_logged: HashMap<&'static str, tokio::time::Instant>,
+    /// The spike guard, unless turned off.
+    guard: Option<SpikeGuard>,
+    /// Readings the guard held back.
+    held_back: u64,
+    /// When each guard finding was last logged (once a minute per reason).
+    guard_logged: HashMap<&'static str, tokio::time::Instant>,
 }
 
 /// How far the meter's clock may run ahead of the gateway's before it is flagged: more than
@@ -101,7 +109,8 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// A pipeline for `meter`. `tz`: the zone for the meter's local
     /// timestamps; `None` guesses it from each telegram
-    /// (`Telegram::default_zone`).
+    /// (`Telegram::default_zone`). The spike guard runs with its defaults;
+    /// see [`Pipeline::with_guard`].
     pub fn new(
         meter: Arc<str>,
         source: Arc<str>,
@@ -128,7 +137,20 @@ impl Pipeline {
             logged: HashMap::new(),
             clock: ClockCheck::default(),
             clock_logged: HashMap::new(),
+            guard: Some(SpikeGuard::new(GuardConfig::default())),
+            held_back: 0,
+            guard_logged: HashMap::new(),
         }
+    }
+
+    /// Sets the spike guard's bounds, or turns it off (`None`): then every reading is forwarded.
+    #[must_use]
+    pub fn with_guard(mut self, guard: Option<GuardConfig>) -> Pipeline {
+        self.guard = guard.map(SpikeGuard::new);
+        if self.guard.is_some() {
+            self.health.set_counter("readings_rejected", 0);
+        }
+        self
     }
 
     /// The meter's name.
@@ -149,6 +171,25 @@ impl Pipeline {
     /// Rejected telegrams so far.
     pub fn telegrams_rejected(&self) -> u64 {
         self.rejected
+    }
+
+    /// The source started over (a looping replay came to its end): the spike
+    /// guard forgets its baselines, as the totals restart with the recording.
+    pub fn source_restarted(&mut self) {
+        if let Some(guard) = &mut self.guard {
+            guard.forget();
+        }
+    }
+
+    /// Readings the spike guard held back so far (good telegrams, not forwarded).
+    pub fn readings_rejected(&self) -> u64 {
+        self.held_back
+    }
+
+    /// Every telegram the decoder finished so far, forwarded or not: what a
+    /// poll or a paced replay waits for.
+    pub fn telegrams_done(&self) -> u64 {
+        self.ok + self.rejected + self.held_back
     }
 
     /// Feeds bytes; publishes every reading they complete.
@@ -280,10 +321,73 @@ impl Pipeline {
         }
     }
 
+    /// Asks the spike guard; false when the reading is held back (counted and logged here).
+    fn guard_passes(&mut self, reading: &Reading) -> bool {
+        let Some(guard) = &mut self.guard else {
+            return true;
+        };
+        match guard.check(reading) {
+            Verdict::Forward => true,
+            Verdict::NewBaseline(finding) => {
+                // Rare (a replaced meter), but a meter that keeps changing its mind
+                // must not flood the log either: once a minute, like the rest.
+                let now = tokio::time::Instant::now();
+                let due = self.guard_logged.get("new_baseline").is_none_or(|last| {
+                    now.duration_since(*last) >= std::time::Duration::from_secs(60)
+                });
+                if !due {
+                    return true;
+                }
+                self.guard_logged.insert("new_baseline", now);
+                tracing::warn!(
+                    meter = %self.meter,
+                    register = finding.register,
+                    obis = %finding.obis,
+                    previous = finding.previous,
+                    value = finding.value,
+                    "Meter totals changed for good ({} consistent readings in a row after a jump or a fall): a replaced or reset meter? Accepting them as the new baseline.",
+                    crate::guard::RESET_AFTER
+                );
+                true
+            }
+            Verdict::Reject(finding) => {
+                self.held_back += 1;
+                metrics::counter!("p1gw_readings_rejected_total", "meter" => self.meter.to_string(), "reason" => finding.reason)
+                    .increment(1);
+                self.health.set_counter("readings_rejected", self.held_back);
+                self.health
+                    .error(format!("reading held back: {}", describe(&finding)));
+                // The meter answered: readiness and the watchdog follow telegrams, not totals.
+                self.health.success();
+                let now = tokio::time::Instant::now();
+                let due = self.guard_logged.get(finding.reason).is_none_or(|last| {
+                    now.duration_since(*last) >= std::time::Duration::from_secs(60)
+                });
+                if due {
+                    self.guard_logged.insert(finding.reason, now);
+                    tracing::warn!(
+                        meter = %self.meter,
+                        reason = finding.reason,
+                        register = finding.register,
+                        obis = %finding.obis,
+                        previous = finding.previous,
+                        value = finding.value,
+                        "Reading held back by the spike guard: {} (further ones of this kind are counted, logged at most once a minute).",
+                        describe(&finding)
+                    );
+                }
+                false
+            }
+        }
+    }
+
     fn settle(&mut self, outcome: Result<(Arc<Reading>, bool), (p1_telegram::Error, u64)>) {
         match outcome {
             Ok((reading, dst_contradicts)) => {
                 self.watch_clock(&reading, dst_contradicts);
+                if !self.guard_passes(&reading) {
+                    return;
+                }
                 self.ok += 1;
                 metrics::counter!("p1gw_telegrams_total", "meter" => self.meter.to_string())
                     .increment(1);
@@ -313,5 +417,23 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// A guard finding in words, for logs and the reader's last error.
+fn describe(finding: &Finding) -> String {
+    match finding.reason {
+        "backwards" if finding.value == 0.0 => format!(
+            "{} ({}) fell to 0 from {} (a zero spike)",
+            finding.register, finding.obis, finding.previous
+        ),
+        "backwards" => format!(
+            "{} ({}) went backwards from {} to {}",
+            finding.register, finding.obis, finding.previous, finding.value
+        ),
+        _ => format!(
+            "{} ({}) jumped from {} to {}, more than the {:.3} the configured maximum rate allows",
+            finding.register, finding.obis, finding.previous, finding.value, finding.allowed
+        ),
     }
 }

@@ -283,9 +283,9 @@ pub trait Consume: Send {
 
 impl Consume for Pipeline {
     fn consume(&mut self, bytes: &[u8]) -> u64 {
-        let before = self.telegrams_ok() + self.telegrams_rejected();
+        let before = self.telegrams_done();
         self.feed(bytes);
-        self.telegrams_ok() + self.telegrams_rejected() - before
+        self.telegrams_done() - before
     }
 
     fn counters(&self) -> (u64, u64) {
@@ -597,6 +597,12 @@ pub(crate) trait Open: Send {
     type Stream: AsyncRead + Unpin + Send;
     /// Opens the port.
     fn open(&mut self) -> impl Future<Output = Result<Port<Self::Stream>, Error>> + Send;
+
+    /// Whether the device is there now (its path exists), or `None` when
+    /// that cannot be told: then only the backoff decides when to retry.
+    fn present(&self) -> impl Future<Output = Option<bool>> + Send {
+        std::future::ready(None)
+    }
 }
 
 /// Opens a serial device.
@@ -610,6 +616,67 @@ impl Open for SerialOpener {
     type Stream = tokio_serial::SerialStream;
     async fn open(&mut self) -> Result<Port, Error> {
         Port::open(&self.path, &self.settings, &self.request)
+    }
+
+    /// A stat of the path (following a udev symlink such as `/dev/p1` or a
+    /// `/dev/serial/by-id/` name, which vanish on unplug), off the runtime.
+    async fn present(&self) -> Option<bool> {
+        tokio::fs::try_exists(&self.path).await.ok()
+    }
+}
+
+/// How often a reader whose device path has vanished checks whether it is
+/// back: a replugged adapter is opened within this (plus the open itself),
+/// however long the backoff has grown.
+pub const PRESENCE_POLL: Duration = Duration::from_millis(500);
+
+/// How a wait between two open attempts ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitEnd {
+    /// The backoff delay passed.
+    Due,
+    /// The device path was missing and is back: open it now.
+    Reappeared,
+    /// `stop` fired or the last handle was dropped.
+    Stop,
+}
+
+/// Waits `delay` before the next open attempt, serving the handle, and
+/// checks every [`PRESENCE_POLL`] whether the device is there. When its path
+/// was missing (at the start or at any check) and exists again, the wait
+/// ends at once: a replug is found within half a second, not at the next
+/// backoff step. While the path exists but cannot be opened (permissions,
+/// in use), nothing changes: the backoff alone paces the attempts, as it
+/// does for an opener that cannot tell presence.
+async fn wait_before_reopen<O: Open>(
+    opener: &O,
+    delay: Duration,
+    stop: &CancellationToken,
+    control: &mut Control,
+    pipeline: &Pipeline,
+) -> WaitEnd {
+    let deadline = tokio::time::Instant::now() + delay;
+    let Some(present) = opener.present().await else {
+        return match crate::source::pause(delay, stop, control, pipeline).await {
+            true => WaitEnd::Due,
+            false => WaitEnd::Stop,
+        };
+    };
+    let mut missing = !present;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return WaitEnd::Due;
+        }
+        let step = (deadline - now).min(PRESENCE_POLL);
+        if !crate::source::pause(step, stop, control, pipeline).await {
+            return WaitEnd::Stop;
+        }
+        match opener.present().await {
+            Some(true) if missing => return WaitEnd::Reappeared,
+            Some(false) => missing = true,
+            _ => {}
+        }
     }
 }
 
@@ -712,8 +779,16 @@ pub(crate) async fn serial_loop<O: Open>(
                 health.degraded(format!("{name}: cannot open: {e}"));
             }
         }
-        if !crate::source::pause(backoff.next_delay(), stop, control, pipeline).await {
-            return;
+        match wait_before_reopen(opener, backoff.next_delay(), stop, control, pipeline).await {
+            WaitEnd::Due => {}
+            WaitEnd::Reappeared => {
+                tracing::debug!(port = name, "The serial device is back; opening it now.");
+                // Start the backoff afresh: should this open fail (udev may
+                // not have set the permissions yet), the next try is `min`
+                // away, not the long delay the unplug had grown to.
+                backoff.reset();
+            }
+            WaitEnd::Stop => return,
         }
     }
 }

@@ -12,12 +12,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handle::{Command, Control};
 use crate::serial::{SerialOpener, SerialSource};
-use crate::{Pipeline, Profile, SimulatedMeter};
+use crate::{GuardConfig, Pipeline, Profile, SimulatedMeter};
 
 /// A fast replay waits while more readings than this wait on the channel
 /// (a quarter of its capacity in p1gw), so the sinks keep up and nothing is
 /// dropped as lagged.
 const FAST_REPLAY_BACKLOG: usize = 256;
+
+/// The longest wait between two connection attempts of a `tcp` source,
+/// whatever `reconnect.max` says (both `reconnect` bounds are capped at it;
+/// the jitter stays): a ser2net or ESP bridge that comes back is connected
+/// within this much, 2 s at most with the connect itself.
+pub const TCP_RETRY_CAP: Duration = Duration::from_millis(1500);
+
+/// How long one connection attempt of a `tcp` source (name lookup included)
+/// may take before it is given up and retried: a bridge whose address does
+/// not answer at all would otherwise hold an attempt for the kernel's two
+/// minutes of SYN retries.
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How fast a recording is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +101,8 @@ pub struct ReaderConfig {
     pub max_telegram_bytes: usize,
     /// The telegram interval /readyz expects.
     pub expected_interval: Duration,
+    /// The spike guard's bounds; `None` turns it off (see [`crate::guard`]).
+    pub guard: Option<GuardConfig>,
 }
 
 /// Runs a meter's reader until its source ends (a recording without
@@ -133,7 +147,8 @@ pub(crate) async fn run(
         tx,
         latest.clone(),
         health.clone(),
-    );
+    )
+    .with_guard(cfg.guard);
     tracing::info!(meter = %cfg.meter, source = %source, "Reader started.");
     match &cfg.source {
         SourceConfig::Simulate { profile, interval } => {
@@ -193,7 +208,7 @@ pub(crate) async fn run(
             .await;
         }
     }
-    tracing::info!(meter = %cfg.meter, ok = pipeline.telegrams_ok(), rejected = pipeline.telegrams_rejected(), "Reader stopped.");
+    tracing::info!(meter = %cfg.meter, ok = pipeline.telegrams_ok(), rejected = pipeline.telegrams_rejected(), held_back = pipeline.readings_rejected(), "Reader stopped.");
     health.stopped();
 }
 
@@ -316,6 +331,8 @@ impl Replay<'_> {
             if !repeat || self.stop.is_cancelled() {
                 return;
             }
+            // Starting over is not a meter going backwards.
+            self.pipeline.source_restarted();
         }
     }
 
@@ -348,10 +365,10 @@ impl Replay<'_> {
             return true;
         }
         let mut previous_time = self.latest.borrow().as_ref().and_then(|r| r.meter_time);
-        let mut done = self.pipeline.telegrams_ok() + self.pipeline.telegrams_rejected();
+        let mut done = self.pipeline.telegrams_done();
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             self.pipeline.feed(line);
-            let now_done = self.pipeline.telegrams_ok() + self.pipeline.telegrams_rejected();
+            let now_done = self.pipeline.telegrams_done();
             if now_done == done {
                 continue;
             }
@@ -396,6 +413,12 @@ async fn recording_files(path: &std::path::Path) -> std::io::Result<Vec<PathBuf>
     Ok(files)
 }
 
+/// The backoff of a `tcp` source: `reconnect` with both bounds capped at
+/// [`TCP_RETRY_CAP`].
+pub(crate) fn tcp_backoff(min: Duration, max: Duration) -> Backoff {
+    Backoff::new(min.min(TCP_RETRY_CAP), max.min(TCP_RETRY_CAP))
+}
+
 async fn tcp(
     pipeline: &mut Pipeline,
     address: &str,
@@ -405,7 +428,9 @@ async fn tcp(
     stop: &CancellationToken,
     control: &mut Control,
 ) {
-    let mut backoff = Backoff::new(min, max);
+    // Capped: a connection attempt costs one SYN, and a bridge that comes back
+    // must be found within 2 s, not at the end of a grown backoff step.
+    let mut backoff = tcp_backoff(min, max);
     let mut connected_before = false;
     // A bridge that stops forwarding without closing: give up on the
     // connection after this much silence and reconnect.
@@ -413,7 +438,12 @@ async fn tcp(
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let connected = tokio::select! {
-            r = tokio::net::TcpStream::connect(address) => r,
+            r = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)) => {
+                r.unwrap_or_else(|_elapsed| Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", TCP_CONNECT_TIMEOUT.as_secs()),
+                )))
+            }
             () = stop.cancelled() => return,
         };
         match connected {

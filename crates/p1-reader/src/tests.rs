@@ -33,6 +33,7 @@ fn start(source: SourceConfig) -> Harness {
         source,
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
+        guard: Some(crate::GuardConfig::default()),
     };
     let task = tokio::spawn(run_reader(cfg, tx, latest_tx, health, stop.clone()));
     Harness {
@@ -296,6 +297,7 @@ async fn the_handle_reports_status_and_the_reader_stops_with_its_last_handle() {
         },
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
+        guard: Some(crate::GuardConfig::default()),
     };
     let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, CancellationToken::new());
     assert_eq!(handle.meter(), "sim");
@@ -342,6 +344,7 @@ async fn a_stopped_reader_answers_reader_gone() {
         },
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
+        guard: Some(crate::GuardConfig::default()),
     };
     let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, CancellationToken::new());
     task.await.expect("the replay ends");
@@ -436,4 +439,98 @@ fn odd_meter_clocks_are_flagged_but_every_reading_flows() {
     for _ in 0..4 {
         assert!(rx.try_recv().is_ok(), "every reading is published");
     }
+}
+
+/// A telegram of meter "guard" with import total `total` at 12:00:`secs`.
+fn guarded_frame(secs: u32, total: &str) -> String {
+    format!(
+        "/ISk5\\2MIE5E-200\r\n\r\n0-0:96.1.0(123456)\r\n1-0:0.9.1(1200{secs:02})\r\n1-0:0.9.2(240212)\r\n1-0:1.8.0({total}*kWh)\r\n!\r\n"
+    )
+}
+
+#[test]
+fn the_spike_guard_keeps_a_zero_spike_from_the_channel_and_latest() {
+    let (tx, mut rx) = broadcast::channel(16);
+    let (latest_tx, latest) = watch::channel(None);
+    let registry = Registry::new();
+    let health = registry
+        .register("reader:guard", ComponentKind::Reader)
+        .expect("register");
+    let mut pipeline = Pipeline::new(
+        Arc::from("guard"),
+        Arc::from("test"),
+        Some(jiff::tz::TimeZone::UTC),
+        16 * 1024,
+        tx,
+        latest_tx,
+        health,
+    )
+    .with_guard(Some(GuardConfig::default()));
+    let total = |r: &Reading| r.number("energy_import_total");
+    pipeline.feed(guarded_frame(0, "001988.284").as_bytes());
+    pipeline.feed(guarded_frame(10, "000000.000").as_bytes());
+    pipeline.feed(guarded_frame(20, "001988.290").as_bytes());
+    assert_eq!(
+        (
+            pipeline.telegrams_ok(),
+            pipeline.readings_rejected(),
+            pipeline.telegrams_done()
+        ),
+        (2, 1, 3)
+    );
+    let first = rx.try_recv().expect("first reading");
+    let second = rx.try_recv().expect("third reading");
+    assert!(rx.try_recv().is_err(), "the zero spike is never published");
+    assert_eq!(total(&first), Some(1988.284));
+    assert_eq!(total(&second), Some(1988.29));
+    let shown = latest.borrow().clone().expect("latest");
+    assert_eq!(total(&shown), Some(1988.29));
+    let status = registry
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == "reader:guard")
+        .expect("status");
+    assert_eq!(status.counters.get("readings_rejected"), Some(&1));
+    let error = status.last_error.expect("last error").message;
+    assert!(error.contains("fell to 0 from 1988.284"), "{error}");
+}
+
+#[test]
+fn without_the_spike_guard_every_reading_flows() {
+    let (tx, mut rx) = broadcast::channel(16);
+    let (latest_tx, _latest) = watch::channel(None);
+    let health = Registry::new()
+        .register("reader:noguard", ComponentKind::Reader)
+        .expect("register");
+    let mut pipeline = Pipeline::new(
+        Arc::from("noguard"),
+        Arc::from("test"),
+        Some(jiff::tz::TimeZone::UTC),
+        16 * 1024,
+        tx,
+        latest_tx,
+        health,
+    )
+    .with_guard(None);
+    pipeline.feed(guarded_frame(0, "001988.284").as_bytes());
+    pipeline.feed(guarded_frame(10, "000000.000").as_bytes());
+    assert_eq!(pipeline.telegrams_ok(), 2);
+    assert_eq!(pipeline.readings_rejected(), 0);
+    assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+}
+
+#[test]
+fn tcp_reconnect_waits_are_capped_and_stay_jittered() {
+    // The configured default, 1 s doubling to 60 s: after a few failures the
+    // waits would be a minute long; a tcp source caps them.
+    let mut backoff = crate::source::tcp_backoff(Duration::from_secs(1), Duration::from_secs(60));
+    let delays: Vec<Duration> = (0..50).map(|_| backoff.next_delay()).collect();
+    assert_eq!(delays[0], Duration::from_secs(1), "the first step is min");
+    assert!(delays.iter().all(|d| *d <= TCP_RETRY_CAP), "{delays:?}");
+    assert!(TCP_RETRY_CAP < Duration::from_secs(2));
+    let distinct: std::collections::BTreeSet<_> = delays[2..].iter().collect();
+    assert!(distinct.len() > 10, "jittered: {delays:?}");
+    // A min above the cap is capped too.
+    let mut slow = crate::source::tcp_backoff(Duration::from_secs(5), Duration::from_secs(60));
+    assert_eq!(slow.next_delay(), TCP_RETRY_CAP);
 }

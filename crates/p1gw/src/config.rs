@@ -355,6 +355,7 @@ impl Config {
         struct MeterEntry<'a> {
             name: &'a str,
             tz: &'a str,
+            spike_guard: &'a source::SpikeGuardConfig,
             source: &'a SourceConfig,
         }
         #[derive(Serialize)]
@@ -383,6 +384,7 @@ impl Config {
                     .map(|m| MeterEntry {
                         name: &m.meter.name,
                         tz: &m.meter.tz,
+                        spike_guard: &m.meter.spike_guard,
                         source: &m.source,
                     })
                     .collect(),

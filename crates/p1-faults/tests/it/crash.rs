@@ -23,7 +23,8 @@ use crate::proxy::{Mode, Proxy};
 /// daemon runs only to deliver what is spooled.
 fn silent_meter() -> String {
     format!(
-        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\n[source]\nkind = \"tcp\"\n\
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\
+         spike_guard = {{ max_power = \"10MW\" }}\n\n[source]\nkind = \"tcp\"\n\
          address = \"127.0.0.1:{}\"\n\n",
         crate::harness::free_port()
     )

@@ -26,7 +26,8 @@ fn a_garbage_flood_loses_no_valid_telegram_and_memory_stays_flat() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("addr");
     let config = format!(
-        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\n[source]\nkind = \"tcp\"\n\
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\
+         spike_guard = {{ max_power = \"10MW\" }}\n\n[source]\nkind = \"tcp\"\n\
          address = \"{address}\"\n\n{}{}",
         jsonl_sink(&jsonl),
         spool(&work.path().join("spool"), "")

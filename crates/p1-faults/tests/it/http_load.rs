@@ -195,7 +195,8 @@ fn two_hundred_http_clients_neither_delay_readings_nor_grow_memory() {
     let recording = work.path().join("recording.txt");
     write_recording(&recording, 1..=RECORDING, 0);
     let config = format!(
-        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\n[source]\nkind = \"replay\"\n\
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\
+         spike_guard = {{ max_power = \"10MW\" }}\n\n[source]\nkind = \"replay\"\n\
          path = \"{}\"\ninterval = \"{interval_ms}ms\"\nloop = true\n\n{}",
         recording.display(),
         spool(&work.path().join("spool"), "")

@@ -75,7 +75,8 @@ fn a_hundred_unplugs_leak_nothing_and_lose_nothing() {
     let jsonl = work.path().join("readings.jsonl");
     let mut cable = Some(Cable::plug(&a, &b));
     let config = format!(
-        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\n[source]\nkind = \"serial\"\n\
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n\
+         spike_guard = {{ max_power = \"10MW\" }}\n\n[source]\nkind = \"serial\"\n\
          port = \"{}\"\npreset = \"dsmr4\"\nreconnect = {{ min = \"50ms\", max = \"200ms\" }}\n\n\
          {}{}",
         a.display(),

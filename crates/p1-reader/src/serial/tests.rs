@@ -332,6 +332,8 @@ fn harness() -> Harness {
 struct ScriptedOpener {
     script: VecDeque<Option<(DuplexStream, FakeLine)>>,
     attempts: mpsc::UnboundedSender<Instant>,
+    /// Whether the device path exists; `None`: the opener cannot tell.
+    present: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Open for ScriptedOpener {
@@ -349,6 +351,12 @@ impl Open for ScriptedOpener {
                 port: "/dev/p1".into(),
             }),
         }
+    }
+
+    async fn present(&self) -> Option<bool> {
+        self.present
+            .as_ref()
+            .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
@@ -373,6 +381,7 @@ async fn the_reader_reopens_after_an_unplug_with_backoff_and_counts_the_reconnec
             Some((port_b, line_b.clone())),
         ]),
         attempts: attempts_tx,
+        present: None,
     };
     let (requests, requests_rx) = mpsc::channel(4);
     let mut control = Control::new(
@@ -478,6 +487,91 @@ async fn the_reader_reopens_after_an_unplug_with_backoff_and_counts_the_reconnec
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replugged_device_is_opened_within_half_a_second_whatever_the_backoff() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut h = harness();
+    let (meter_a, port_a) = tokio::io::duplex(64 * 1024);
+    let (meter_b, port_b) = tokio::io::duplex(64 * 1024);
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    let present = Arc::new(AtomicBool::new(true));
+    let mut opener = ScriptedOpener {
+        script: VecDeque::from([
+            Some((port_a, FakeLine::new())),
+            None,
+            None,
+            None,
+            None,
+            Some((port_b, FakeLine::new())),
+        ]),
+        attempts: attempts_tx,
+        present: Some(present.clone()),
+    };
+    let mut control = Control::new(
+        None,
+        Arc::from("test"),
+        "serial:/dev/p1".into(),
+        h.health.clone(),
+    );
+    let stop = CancellationToken::new();
+    let (health, stop2) = (h.health.clone(), stop.clone());
+    let mut pipeline = h.pipeline;
+    let task = tokio::spawn(async move {
+        serial_loop(
+            &mut pipeline,
+            &mut opener,
+            "/dev/p1",
+            &rts(RequestMode::Hold),
+            (S, 60 * S),
+            &health,
+            &stop2,
+            &mut control,
+        )
+        .await;
+    });
+    within("first open", attempts.recv())
+        .await
+        .expect("attempt");
+    let mut meter_a = meter_a;
+    meter_a.write_all(&veitur()).await.expect("write");
+    within("first reading", h.rx.recv()).await.expect("reading");
+
+    // Unplug: the path vanishes, the backoff grows (1 s, then up to 2, 4 and 8 s).
+    present.store(false, Ordering::SeqCst);
+    drop(meter_a);
+    let mut last = Instant::now();
+    for step in 1..=4 {
+        let t = within("a failing attempt", attempts.recv())
+            .await
+            .expect("attempt");
+        let wait = t - last;
+        let ceiling = S * (1 << (step - 1));
+        assert!(wait <= ceiling, "attempt {step} after {wait:?}");
+        last = t;
+    }
+    // Replugged well before the next backoff step (at least 8 s away).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let replugged = Instant::now();
+    present.store(true, Ordering::SeqCst);
+    let t = within("the attempt after the replug", attempts.recv())
+        .await
+        .expect("attempt");
+    assert!(
+        t - replugged <= PRESENCE_POLL,
+        "opened {:?} after the replug",
+        t - replugged
+    );
+    let mut meter_b = meter_b;
+    meter_b.write_all(&veitur()).await.expect("write");
+    within("reading after the replug", h.rx.recv())
+        .await
+        .expect("reading");
+    assert_eq!(h.health.status().counters.get("reconnects"), Some(&1));
+
+    stop.cancel();
+    within("reader stops", task).await.expect("task");
+}
+
+#[tokio::test(start_paused = true)]
 async fn silence_reopens_the_port_and_retoggles_the_request_line() {
     let h = harness();
     let (_meter_a, port_a) = tokio::io::duplex(1024);
@@ -490,6 +584,7 @@ async fn silence_reopens_the_port_and_retoggles_the_request_line() {
             Some((port_b, line_b.clone())),
         ]),
         attempts: attempts_tx,
+        present: None,
     };
     let mut control = Control::new(None, Arc::from("test"), "serial".into(), h.health.clone());
     let stop = CancellationToken::new();
@@ -577,6 +672,7 @@ async fn a_real_pty_is_opened_exclusively_read_and_reopened_after_an_unplug() {
         }),
         max_telegram_bytes: 16 * 1024,
         expected_interval: 10 * S,
+        guard: Some(crate::GuardConfig::default()),
     };
     let (handle, task) = crate::ReaderHandle::spawn(cfg, tx, latest, health, stop.clone());
     let telegram = fixture("netherlands_iskra_am550_dsmr50.txt");

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::locate::{KeyPath, Problems};
 use super::value::{
-    RawDuration, RawSize, check_name, format_duration, parse_duration, parse_host_port, parse_size,
-    parse_time_zone,
+    RawDuration, RawSize, check_name, format_duration, parse_duration, parse_flow, parse_host_port,
+    parse_power, parse_size, parse_time_zone,
 };
 
 /// The smallest `max_telegram_bytes`: a DSMR 5 telegram with a text message is about 1.5 KiB.
@@ -31,6 +31,65 @@ pub struct MeterTable {
     /// `"Atlantic/Reykjavik"` for Veitur (UTC all year), `"Europe/Amsterdam"` for DSMR,
     /// `"Europe/Brussels"` for Fluvius.
     pub tz: String,
+    /// The spike guard: readings whose totals go backwards (a "zero spike") or grow faster
+    /// than the meter can count are held back from the sinks and counted. On by default;
+    /// `spike_guard = { enabled = false }` turns it off.
+    #[serde(default)]
+    pub spike_guard: SpikeGuardConfig,
+}
+
+/// `spike_guard = { … }` of a meter: the bounds beyond which a reading's cumulative totals are
+/// implausible. A total that falls is always held back while the guard is on.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeGuardConfig {
+    /// `false` forwards every decoded reading, however its totals move. Default `true`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The most power the meter can count: an energy total (kWh, kvarh, a heat meter's GJ) may
+    /// grow by at most this times the time since the last reading forwarded, plus a minute.
+    /// `"W"`, `"kW"` or `"MW"`; default `"100kW"`, above any household connection. Raise it
+    /// for a meter behind current transformers.
+    #[serde(default = "default_max_power")]
+    pub max_power: String,
+    /// The largest flow a gas, water or hot-water submeter can count, as `max_power` for
+    /// volumes: `"m3/h"`, `"l/h"` or `"l/min"`; default `"25m3/h"` (a G16 gas meter's
+    /// maximum).
+    #[serde(default = "default_max_flow")]
+    pub max_flow: String,
+}
+
+impl Default for SpikeGuardConfig {
+    fn default() -> Self {
+        SpikeGuardConfig {
+            enabled: true,
+            max_power: default_max_power(),
+            max_flow: default_max_flow(),
+        }
+    }
+}
+
+/// Validated spike guard bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidSpikeGuard {
+    /// The largest power counted, kW.
+    pub max_power_kw: f64,
+    /// The largest flow counted, m³/h.
+    pub max_flow_m3_per_h: f64,
+}
+
+impl SpikeGuardConfig {
+    /// Validates the bounds (also when the guard is off, so that turning it on later cannot
+    /// surprise); `Ok(None)` when it is off.
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<Option<ValidSpikeGuard>> {
+        let power = problems.ok(&at.key("max_power"), parse_power(&self.max_power));
+        let flow = problems.ok(&at.key("max_flow"), parse_flow(&self.max_flow));
+        let guard = ValidSpikeGuard {
+            max_power_kw: power?,
+            max_flow_m3_per_h: flow?,
+        };
+        Some(self.enabled.then_some(guard))
+    }
 }
 
 /// Where in the file a meter was written: `[meter]` + `[source]`, or `[[meters]]` entry `i`.
@@ -251,7 +310,9 @@ impl Default for ReconnectConfig {
 pub struct TcpConfig {
     /// The bridge's `host:port`, e.g. `"192.168.1.20:8088"` or `"p1reader.local:23"`.
     pub address: String,
-    /// How long to wait before connecting again after the connection failed or closed.
+    /// How long to wait before connecting again after the connection failed or closed. For
+    /// tcp both bounds are capped at 1.5 s (an attempt is one SYN; a bridge that comes back is
+    /// connected within 2 s), so only values below that change anything.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
     /// The longest telegram accepted, as for a serial source.
@@ -302,6 +363,15 @@ pub struct SimulateConfig {
     pub interval: RawDuration,
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_max_power() -> String {
+    "100kW".to_owned()
+}
+fn default_max_flow() -> String {
+    "25m3/h".to_owned()
+}
 fn default_max_telegram_bytes() -> RawSize {
     RawSize::Bytes(16_384)
 }
@@ -339,6 +409,8 @@ pub struct ValidMeter {
     pub tz: jiff::tz::TimeZone,
     /// How to read it.
     pub source: ValidSource,
+    /// The spike guard's bounds; `None` when it is turned off.
+    pub spike_guard: Option<ValidSpikeGuard>,
     /// Where it was written, to locate `check` errors.
     pub form: MeterForm,
 }
@@ -526,11 +598,16 @@ impl MeterConfig {
             .ok(&at.key("name"), check_name(&self.meter.name))
             .map(|()| self.meter.name.clone());
         let tz = problems.ok(&at.key("tz"), parse_time_zone(&self.meter.tz));
+        let guard = self
+            .meter
+            .spike_guard
+            .validate(&at.key("spike_guard"), problems);
         let source = self.source.validate(&self.form.source_path(), problems);
         Some(ValidMeter {
             name: name?,
             tz: tz?,
             source: source?,
+            spike_guard: guard?,
             form: self.form,
         })
     }

@@ -606,6 +606,52 @@ const BROKEN: &[Broken] = &[
         message: "invalid type: string \"yes\", expected true or false",
     },
     Broken {
+        what: "a spike guard power without a unit",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            r#"spike_guard = { max_power = "100" }"#,
+            "[source]",
+            r#"kind = "simulate""#,
+        ],
+        line: 4,
+        column: 29,
+        key: "meter.spike_guard.max_power",
+        message: "\"100\" has no unit; write e.g. \"100kW\" (units: W, kW, MW)",
+    },
+    Broken {
+        what: "a spike guard flow of zero, in a [[meters]] entry",
+        lines: &[
+            "[[meters]]",
+            r#"name = "cabin""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "source = { kind = \"simulate\" }",
+            "[meters.spike_guard]",
+            r#"max_flow = "0l/min""#,
+        ],
+        line: 6,
+        column: 12,
+        key: "meters[0].spike_guard.max_flow",
+        message: "the flow must be more than 0",
+    },
+    Broken {
+        what: "an unknown spike guard key",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[meter.spike_guard]",
+            "max_jump = 5",
+            "[source]",
+            r#"kind = "simulate""#,
+        ],
+        line: 5,
+        column: 1,
+        key: "meter.spike_guard.max_jump",
+        message: "unknown key `max_jump`, expected one of `enabled`, `max_power`, `max_flow`",
+    },
+    Broken {
         what: "tcp address without a port",
         lines: &[
             "[meter]",
@@ -1007,6 +1053,45 @@ fn broken_configs_give_one_located_error_naming_the_key() {
             case.what
         );
     }
+}
+
+#[test]
+fn the_spike_guard_is_on_by_default_and_configurable_per_meter() {
+    let config = valid(&[
+        "[[meters]]",
+        r#"name = "house""#,
+        r#"tz = "Atlantic/Reykjavik""#,
+        "source = { kind = \"simulate\" }",
+        "[[meters]]",
+        r#"name = "shop""#,
+        r#"tz = "Europe/Amsterdam""#,
+        r#"spike_guard = { max_power = "0.5 MW", max_flow = "400l/min" }"#,
+        "source = { kind = \"simulate\" }",
+        "[[meters]]",
+        r#"name = "lab""#,
+        r#"tz = "Europe/Amsterdam""#,
+        "spike_guard = { enabled = false }",
+        "source = { kind = \"simulate\" }",
+    ]);
+    let guards: Vec<_> = config.meters.iter().map(|m| m.spike_guard).collect();
+    assert_eq!(
+        guards,
+        [
+            Some(source::ValidSpikeGuard {
+                max_power_kw: 100.0,
+                max_flow_m3_per_h: 25.0
+            }),
+            Some(source::ValidSpikeGuard {
+                max_power_kw: 500.0,
+                max_flow_m3_per_h: 24.0
+            }),
+            None,
+        ]
+    );
+    assert_eq!(value::parse_power("2500W"), Ok(2.5));
+    assert_eq!(value::parse_flow("6 m³/h"), Ok(6.0));
+    assert!(value::parse_power("-5kW").is_err());
+    assert!(value::parse_flow("5kW").is_err());
 }
 
 #[test]
@@ -1873,7 +1958,7 @@ fn a_source_inside_meter_gets_a_hint() {
         error::report(&errors),
         [
             r#"test.toml:1:1: source: missing required table: add [source] with kind = "serial", "tcp", "replay" or "simulate""#,
-            "test.toml:4:1: meter.source: unknown key `source`, expected `name` or `tz`; [source] is a table of its own, after [meter] (or use [[meters]] entries, which hold their source)",
+            "test.toml:4:1: meter.source: unknown key `source`, expected one of `name`, `tz`, `spike_guard`; [source] is a table of its own, after [meter] (or use [[meters]] entries, which hold their source)",
         ]
         .join("\n")
     );

@@ -160,6 +160,64 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Parses a power for the spike guard: a positive number and `W`, `kW` or `MW` (`"100kW"`,
+/// `"2.5MW"`); the result in kW.
+pub fn parse_power(text: &str) -> Result<f64, String> {
+    parse_rate(
+        text,
+        "power",
+        "\"100kW\"",
+        &[("W", 0.001), ("kW", 1.0), ("MW", 1000.0)],
+    )
+}
+
+/// Parses a flow for the spike guard: a positive number and `m3/h` (or `m³/h`), `l/h` or
+/// `l/min` (`"25m3/h"`, `"400l/min"`); the result in m³/h.
+pub fn parse_flow(text: &str) -> Result<f64, String> {
+    parse_rate(
+        text,
+        "flow",
+        "\"25m3/h\"",
+        &[
+            ("m3/h", 1.0),
+            ("m³/h", 1.0),
+            ("l/h", 0.001),
+            ("l/min", 0.06),
+        ],
+    )
+}
+
+/// A positive decimal number followed by one of `units` (matched case-insensitively, spaces
+/// between allowed), times the unit's factor.
+fn parse_rate(text: &str, what: &str, example: &str, units: &[(&str, f64)]) -> Result<f64, String> {
+    let names = units.iter().map(|(u, _)| *u).collect::<Vec<_>>().join(", ");
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim());
+    if number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a {what}; write a number and a unit, e.g. {example} (units: {names})"
+        ));
+    }
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
+    if unit.is_empty() {
+        return Err(format!(
+            "{text:?} has no unit; write e.g. {example} (units: {names})"
+        ));
+    }
+    let Some((_, factor)) = units.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)) else {
+        return Err(format!("{text:?}: unknown unit {unit:?} (units: {names})"));
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?}: the {what} must be more than 0"));
+    }
+    Ok(value * factor)
+}
+
 /// A duration as the configuration writes it: `"1h30m"`, `"50ms"`, `"0s"`.
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.subsec_millis();

@@ -17,5 +17,6 @@ mod notify;
 mod packaging;
 mod parse;
 mod serial;
+mod spike_guard;
 mod support;
 mod tools;
