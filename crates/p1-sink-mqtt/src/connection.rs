@@ -43,12 +43,12 @@ use crate::discovery::Configs;
 use crate::encode::Message;
 
 /// rumqttc's in-flight limit (packet ids 1..=this).
-pub(crate) const MAX_INFLIGHT: u16 = 100;
+pub(crate) const MAX_INFLIGHT: u16 = 1024;
 /// rumqttc's request channel; more than [`WINDOW`] plus status and subscribe requests.
-pub(crate) const REQUEST_CAPACITY: usize = 256;
+pub(crate) const REQUEST_CAPACITY: usize = 640;
 /// Messages handed to rumqttc and not yet settled, at most. Below [`MAX_INFLIGHT`], so that
 /// packet ids are not reused while in flight when the broker acks in order.
-pub(crate) const WINDOW: usize = 64;
+pub(crate) const WINDOW: usize = 512;
 /// Data messages queued here at most before more jobs are taken from delivery.
 const QUEUE_LIMIT: usize = 1024;
 /// How long a clean stop waits for the broker to take `offline` and the DISCONNECT.

@@ -21,7 +21,7 @@ use crate::{BuildError, MqttSettings};
 pub const KIND: &str = "mqtt";
 
 /// Records per delivery attempt.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 512;
 /// How long one delivery attempt waits for a connection before it reports a failure (it
 /// returns earlier when a connection attempt fails).
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
