@@ -714,3 +714,12 @@ fn discovery_payloads_follow_home_assistants_schema() {
     );
     assert_eq!(gas["device"]["via_device"], "p1gw_home");
 }
+
+#[test]
+fn a_delivery_batch_is_about_a_second_of_the_backlog_rate() {
+    use crate::sink::batch_for;
+    assert_eq!(batch_for(1), 16);
+    assert_eq!(batch_for(50), 50);
+    assert_eq!(batch_for(300), 300);
+    assert_eq!(batch_for(10_000), 512);
+}
