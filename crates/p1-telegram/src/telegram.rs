@@ -3,6 +3,7 @@
 use crate::crc::{crc16_arc, crc16_arc_crlf, parse_crc_text};
 use crate::names::{SubmeterKind, channel_name, meter_name, unit_is};
 use crate::obis::trim_ascii;
+use crate::scan::group_end;
 use crate::value::{Decimal, Group, MeterTime, Quantity, Stamp, decode_hex_text};
 use crate::{Error, ObisCode};
 
@@ -502,11 +503,10 @@ impl<'a> Iterator for Groups<'a> {
         if self.rest.first() != Some(&b'(') {
             return None;
         }
-        // Groups are short: a plain loop beats a memchr call here.
-        let close = self.rest.iter().position(|&b| b == b')')?;
-        let inner = &self.rest[1..close];
-        self.rest = &self.rest[close + 1..];
-        Some(Group::split(inner))
+        let (close, star) = group_end(&self.rest[1..], false)?;
+        let inner = &self.rest[1..=close];
+        self.rest = &self.rest[close + 2..];
+        Some(Group::split_at_star(inner, star))
     }
 }
 
@@ -576,9 +576,7 @@ fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
     let open = line.len() - s.len();
     let group_and_rest = s.strip_prefix(b"(")?;
     // The group ends at ')'; a line end first means an unclosed group.
-    let close_at = group_and_rest
-        .iter()
-        .position(|&b| b == b')' || b == b'\n')?;
+    let (close_at, star) = group_end(group_and_rest, true)?;
     let inner = &group_and_rest[..close_at];
     let after = &group_and_rest[close_at..];
     let after = after.strip_prefix(b")")?;
@@ -591,16 +589,7 @@ fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
     };
     let close = open + 1 + close_at;
     let next = close + 1 + line_end;
-    let group = match inner.iter().position(|&b| b == b'*') {
-        Some(star) => Group {
-            value: &inner[..star],
-            unit: Some(&inner[star + 1..]),
-        },
-        None => Group {
-            value: inner,
-            unit: None,
-        },
-    };
+    let group = Group::split_at_star(inner, star);
     let code = ObisCode { a, b, c, d, e, f };
     let object = Object {
         code: Some(code),

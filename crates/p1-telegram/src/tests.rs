@@ -573,6 +573,22 @@ proptest! {
     }
 
     #[test]
+    fn decimal_parse_agrees_with_the_counting_parser(
+        text in "[-+]?[0.]{0,6}[0-9.]{0,22}[a-z*]?",
+    ) {
+        // `parse_long` counts significant digits one by one; `parse` takes a
+        // shortcut for 18 characters or fewer. Both must give the same.
+        let bytes = text.as_bytes();
+        let (negative, digits) = match bytes.first() {
+            Some(b'-') => (true, &bytes[1..]),
+            Some(b'+') => (false, &bytes[1..]),
+            _ => (false, bytes),
+        };
+        let reference = if bytes.is_empty() { None } else { Decimal::parse_long(negative, digits) };
+        prop_assert_eq!(Decimal::parse(bytes), reference, "{:?}", text);
+    }
+
+    #[test]
     fn decimals_round_trip(mantissa in -999_999_999_999i64..999_999_999_999, scale in 0u8..8) {
         let d = Decimal::new(mantissa, scale).expect("scale");
         let text = d.to_string();

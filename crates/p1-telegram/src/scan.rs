@@ -1,0 +1,90 @@
+//! Word-at-a-time byte search for the short spans of a data line.
+//!
+//! A group's value is 1–160 bytes; a `memchr` call costs more than that to
+//! set up, and a byte loop checks one byte per step. Here eight bytes are
+//! read as one `u64` and tested for several bytes at once (SWAR: "SIMD within
+//! a register"), in plain safe integer arithmetic.
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// `b` in every byte of a word.
+#[inline(always)]
+const fn splat(b: u8) -> u64 {
+    ONES * b as u64
+}
+
+/// A word with the high bit set in the byte where `v` has a zero byte. Bytes
+/// above a zero byte may be flagged too (the borrow runs upwards), but the
+/// lowest flag is always exact: only `trailing_zeros` is used on the result.
+#[inline(always)]
+const fn zero_bytes(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v & HIGHS
+}
+
+/// Index of the lowest flagged byte of a non-zero [`zero_bytes`] word.
+#[inline(always)]
+fn lowest(flags: u64) -> usize {
+    (flags.trailing_zeros() / 8) as usize
+}
+
+/// The end of a group's contents: the index of the first `)` in `s` (or of
+/// the first `)` or `\n` when `stop_at_lf`), and the index of the first `*`
+/// before it. `None` when no such end is in `s`.
+#[inline(always)]
+pub(crate) fn group_end(s: &[u8], stop_at_lf: bool) -> Option<(usize, Option<usize>)> {
+    let mut star = None;
+    let mut at = 0;
+    while let Some(chunk) = s[at..].first_chunk::<8>() {
+        let w = u64::from_le_bytes(*chunk);
+        let mut stop = zero_bytes(w ^ splat(b')'));
+        if stop_at_lf {
+            stop |= zero_bytes(w ^ splat(b'\n'));
+        }
+        let stars = zero_bytes(w ^ splat(b'*'));
+        if star.is_none() && stars != 0 {
+            star = Some(at + lowest(stars));
+        }
+        if stop != 0 {
+            let end = at + lowest(stop);
+            return Some((end, star.filter(|&i| i < end)));
+        }
+        at += 8;
+    }
+    for (i, &b) in s.iter().enumerate().skip(at) {
+        if b == b')' || (stop_at_lf && b == b'\n') {
+            return Some((i, star));
+        }
+        if b == b'*' && star.is_none() {
+            star = Some(i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_end;
+    use proptest::prelude::*;
+
+    /// The byte-at-a-time definition.
+    fn reference(s: &[u8], stop_at_lf: bool) -> Option<(usize, Option<usize>)> {
+        let end = s
+            .iter()
+            .position(|&b| b == b')' || (stop_at_lf && b == b'\n'))?;
+        Some((end, s[..end].iter().position(|&b| b == b'*')))
+    }
+
+    proptest! {
+        #[test]
+        fn group_end_agrees_with_a_byte_loop(
+            s in proptest::collection::vec(prop_oneof![
+                Just(b')'), Just(b'*'), Just(b'\n'), Just(b'('), Just(0u8), Just(0x80u8),
+                Just(b')' ^ 0x80), Just(b'*' + 1), Just(b')' - 1), any::<u8>(), b'0'..=b'9',
+            ], 0..40),
+            stop_at_lf in any::<bool>(),
+        ) {
+            prop_assert_eq!(group_end(&s, stop_at_lf), reference(&s, stop_at_lf));
+        }
+    }
+}
