@@ -491,6 +491,7 @@ pub(crate) fn is_text_code(code: &ObisCode) -> bool {
 
 /// Iterates the `(…)` groups of a value part; stops at the first byte that
 /// does not open a group (junk) or at an unclosed group.
+#[derive(Clone)]
 struct Groups<'a> {
     rest: &'a [u8],
 }
@@ -504,7 +505,7 @@ impl<'a> Iterator for Groups<'a> {
             return None;
         }
         let (close, star) = group_end(&self.rest[1..], false)?;
-        let inner = &self.rest[1..=close];
+        let inner = &self.rest[1..close + 1];
         self.rest = &self.rest[close + 2..];
         Some(Group::split_at_star(inner, star))
     }
@@ -594,14 +595,26 @@ fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
     let object = Object {
         code: Some(code),
         code_text: &line[..open],
-        raw: &line[open..=close],
+        // `..close + 1`, not `..=close`: the inclusive range is an
+        // out-of-line call with its own overflow check.
+        raw: &line[open..close + 1],
         continuation: None,
-        value: single_typed(&code, group),
+        // Only C groups 0, 1, 42 and 96 hold text, times or dates
+        // (`is_text_code`, `single_typed`); every other line is a number.
+        value: if matches!(code.c, 0 | 1 | 42 | 96) {
+            single_typed(&code, group)
+        } else {
+            single(group)
+        },
         name: None,
         groups: 1,
     };
     Some((object, start + next))
 }
+
+/// How many groups the general path keeps on the stack; a line with more
+/// (only a long failure log or peak history) is scanned again instead.
+const STACK_GROUPS: usize = 16;
 
 /// Parses any line (the general path; [`fast_line`] takes the common ones).
 fn parse_line(line: &[u8]) -> Object<'_> {
@@ -609,17 +622,26 @@ fn parse_line(line: &[u8]) -> Object<'_> {
     let code_text = trim_ascii(&line[..open]);
     let raw = &line[open..];
     let code = ObisCode::parse(code_text);
-    // Most lines have one group: look at the first two before counting all.
-    let mut it = groups(raw);
-    let first = it.next();
-    let count = match first {
-        None => 0,
-        Some(_) => 1 + it.count(),
-    };
-    let value = match (code, count, first) {
-        (Some(code), 1, Some(g)) => single_typed(&code, g),
-        (Some(code), _, _) => typed_value(&code, raw, count),
-        (None, _, _) => untyped_value(raw, count),
+    // Scan the groups once, keeping the first STACK_GROUPS.
+    let mut kept = [Group::EMPTY; STACK_GROUPS];
+    let mut count = 0;
+    for g in groups(raw) {
+        if let Some(slot) = kept.get_mut(count) {
+            *slot = g;
+        }
+        count += 1;
+    }
+    let value = if count <= STACK_GROUPS {
+        let kept = kept[..count].iter().copied();
+        match code {
+            Some(code) => typed_value(&code, kept, count),
+            None => untyped_value(kept, count),
+        }
+    } else {
+        match code {
+            Some(code) => typed_value(&code, groups(raw), count),
+            None => untyped_value(groups(raw), count),
+        }
     };
     Object {
         code,
@@ -632,14 +654,16 @@ fn parse_line(line: &[u8]) -> Object<'_> {
     }
 }
 
-fn untyped_value(raw: &[u8], count: usize) -> Value<'_> {
+/// The value of a line without a valid code: its `count` groups are `groups`.
+fn untyped_value<'a>(mut groups: impl Iterator<Item = Group<'a>>, count: usize) -> Value<'a> {
     match count {
         0 => Value::Empty,
-        1 => groups(raw).next().map_or(Value::Empty, |g| single(g)),
-        _ => Value::Groups(groups(raw).map(|g| g.quantity()).collect()),
+        1 => groups.next().map_or(Value::Empty, |g| single(g)),
+        _ => Value::Groups(groups.map(|g| g.quantity()).collect()),
     }
 }
 
+#[inline(always)]
 fn single(g: Group<'_>) -> Value<'_> {
     if g.is_empty() {
         return Value::Empty;
@@ -688,9 +712,14 @@ fn single_typed<'a>(code: &ObisCode, first: Group<'a>) -> Value<'a> {
     single(first)
 }
 
-fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
-    let mut it = groups(raw);
-    let Some(first) = it.next() else {
+/// The value of a line with a valid code and `count` groups, `groups`.
+fn typed_value<'a>(
+    code: &ObisCode,
+    mut groups: impl Iterator<Item = Group<'a>> + Clone,
+    count: usize,
+) -> Value<'a> {
+    let all = groups.clone();
+    let Some(first) = groups.next() else {
         return Value::Empty;
     };
     let cde = code.cde();
@@ -701,28 +730,28 @@ fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
         (1, 0, (99, 97, 0)) => {
             let count = first.quantity().and_then(|q| q.value.as_integer());
             // (n)(log code) then pairs of (end)(duration).
-            let rest: Vec<Group<'a>> = it.skip(1).collect();
-            let events = rest
-                .chunks(2)
-                .map(|pair| FailureEvent {
-                    end: pair.first().and_then(Group::stamp),
-                    duration: pair.get(1).and_then(Group::quantity),
-                })
-                .collect();
+            let mut rest = groups.skip(1);
+            let mut events = Vec::new();
+            while let Some(end) = rest.next() {
+                events.push(FailureEvent {
+                    end: end.stamp(),
+                    duration: rest.next().and_then(|g| g.quantity()),
+                });
+            }
             Value::FailureLog { count, events }
         }
         (0, 0, (98, 1, 0)) => {
             let count = first.quantity().and_then(|q| q.value.as_integer());
             // (n)(code)(code) then triples of (month)(peak time)(value).
-            let rest: Vec<Group<'a>> = it.skip(2).collect();
-            let peaks = rest
-                .chunks(3)
-                .map(|t| Peak {
-                    month: t.first().and_then(Group::stamp),
-                    time: t.get(1).and_then(Group::stamp),
-                    quantity: t.get(2).and_then(Group::quantity),
-                })
-                .collect();
+            let mut rest = groups.skip(2);
+            let mut peaks = Vec::new();
+            while let Some(month) = rest.next() {
+                peaks.push(Peak {
+                    month: month.stamp(),
+                    time: rest.next().and_then(|g| g.stamp()),
+                    quantity: rest.next().and_then(|g| g.quantity()),
+                });
+            }
             Value::PeakHistory { count, peaks }
         }
         (0, _, (24, 3, 0)) => {
@@ -737,13 +766,13 @@ fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
             if count == 2
                 && let Some(stamp) = first.stamp()
             {
-                let second = it.next();
+                let second = groups.next();
                 return Value::Reading {
                     time: Some(stamp),
                     quantity: second.and_then(|g| g.quantity()),
                 };
             }
-            Value::Groups(groups(raw).map(|g| g.quantity()).collect())
+            Value::Groups(all.map(|g| g.quantity()).collect())
         }
     }
 }

@@ -325,6 +325,12 @@ pub(crate) struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
+    /// `()`, a placeholder for arrays of groups.
+    pub(crate) const EMPTY: Group<'static> = Group {
+        value: &[],
+        unit: None,
+    };
+
     /// Splits a group's contents `inner` at its first `*`, which the caller
     /// has found already (`star` indexes `inner`).
     #[inline(always)]
@@ -341,6 +347,7 @@ impl<'a> Group<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn quantity(&self) -> Option<Quantity<'a>> {
         let value = Decimal::parse(self.value)?;
         let unit = match self.unit {
