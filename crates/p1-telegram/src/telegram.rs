@@ -522,60 +522,75 @@ fn groups(raw: &[u8]) -> Groups<'_> {
 /// gives the same result for the ones this takes (property-tested).
 #[inline]
 fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
-    /// 1–3 decimal digits from the front of `s`.
+    /// One code group of 1–3 digits and the byte after it, which is consumed
+    /// too. `None` for no digit, a fourth digit, or fewer than 4 bytes left
+    /// (the general path takes such a line); values over 255 are `None` by
+    /// the caller's `u8::try_from`. One length check per group, not one per
+    /// byte.
     #[inline(always)]
-    fn number(s: &mut &[u8]) -> Option<u8> {
-        let mut n: u32 = 0;
-        let mut digits = 0;
-        while let [c, tail @ ..] = *s {
-            let d = c.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            if digits == 3 {
-                // A fourth digit: not an OBIS group (and no overflow).
-                return None;
-            }
-            n = n * 10 + u32::from(d);
-            digits += 1;
-            *s = tail;
-        }
-        if digits == 0 {
+    fn field(s: &mut &[u8]) -> Option<(u32, u8)> {
+        let [c0, c1, c2, c3, ..] = **s else {
             return None;
+        };
+        let digit = |c: u8| {
+            let d = c.wrapping_sub(b'0');
+            (d <= 9).then_some(u32::from(d))
+        };
+        let n = digit(c0)?;
+        let Some(d1) = digit(c1) else {
+            *s = &s[2..];
+            return Some((n, c1));
+        };
+        let n = n * 10 + d1;
+        let Some(d2) = digit(c2) else {
+            *s = &s[3..];
+            return Some((n, c2));
+        };
+        if digit(c3).is_some() {
+            return None; // a fourth digit: not an OBIS group
         }
-        u8::try_from(n).ok()
-    }
-    /// Takes one byte from the front of `s` if `ok` accepts it.
-    #[inline(always)]
-    fn sep(s: &mut &[u8], ok: impl Fn(u8) -> bool) -> Option<u8> {
-        match *s {
-            [c, tail @ ..] if ok(*c) => {
-                *s = tail;
-                Some(*c)
-            }
-            _ => None,
-        }
+        *s = &s[4..];
+        Some((n * 10 + d2, c3))
     }
     let line = &body[start..];
     let mut s = line;
-    let a = number(&mut s)?;
-    sep(&mut s, |c| c == b'-')?;
-    let b = number(&mut s)?;
-    sep(&mut s, |c| c == b':')?;
-    let c = number(&mut s)?;
-    sep(&mut s, |c| c == b'.' || c == b':')?;
-    let d = number(&mut s)?;
-    sep(&mut s, |c| c == b'.' || c == b':')?;
-    let e = number(&mut s)?;
-    let f = match sep(&mut s, |c| c == b'.' || c == b'*') {
-        Some(_) => {
-            let f = number(&mut s)?;
+    let (a, t) = field(&mut s)?;
+    if t != b'-' {
+        return None;
+    }
+    let (b, t) = field(&mut s)?;
+    if t != b':' {
+        return None;
+    }
+    let (c, t) = field(&mut s)?;
+    if t != b'.' && t != b':' {
+        return None;
+    }
+    let (d, t) = field(&mut s)?;
+    if t != b'.' && t != b':' {
+        return None;
+    }
+    let (e, t) = field(&mut s)?;
+    let f = match t {
+        b'(' => None,
+        b'.' | b'*' => {
+            let (f, t) = field(&mut s)?;
+            if t != b'(' {
+                return None;
+            }
             (f != 255).then_some(f)
         }
+        _ => return None,
+    };
+    let byte = |n: u32| u8::try_from(n).ok();
+    let (a, b, c, d, e) = (byte(a)?, byte(b)?, byte(c)?, byte(d)?, byte(e)?);
+    let f = match f {
+        Some(f) => Some(byte(f)?),
         None => None,
     };
-    let open = line.len() - s.len();
-    let group_and_rest = s.strip_prefix(b"(")?;
+    // `s` starts after the '('.
+    let group_and_rest = s;
+    let open = line.len() - s.len() - 1;
     // The group ends at ')'; a line end first means an unclosed group.
     let (close_at, star) = group_end(group_and_rest, true)?;
     let inner = &group_and_rest[..close_at];
