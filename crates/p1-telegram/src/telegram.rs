@@ -3,8 +3,8 @@
 use crate::crc::{crc16_arc, crc16_arc_crlf, parse_crc_text};
 use crate::names::{SubmeterKind, channel_name, meter_name, unit_is};
 use crate::obis::trim_ascii;
-use crate::scan::group_end;
-use crate::value::{Decimal, Group, MeterTime, Quantity, Stamp, decode_hex_text};
+use crate::scan::{group_end, leading_digits};
+use crate::value::{Decimal, Group, MeterTime, Quantity, Stamp, decode_hex_text, unit_str};
 use crate::{Error, ObisCode};
 
 /// What the CRC check found.
@@ -281,8 +281,7 @@ impl<'a> Telegram<'a> {
         while start < body.len() {
             // Most lines are `A-B:C.D.E(value*unit)`: parsed in one pass
             // that also finds the line end.
-            if let Some((object, next)) = fast_line(body, start) {
-                objects.push(object);
+            if let Some(next) = fast_line(body, start, &mut objects) {
                 start = next;
                 continue;
             }
@@ -499,7 +498,9 @@ struct Groups<'a> {
 impl<'a> Iterator for Groups<'a> {
     type Item = Group<'a>;
 
-    #[inline]
+    // Inlined: returned through memory, the group was stored in pieces and
+    // reloaded whole, a store-forwarding stall per group.
+    #[inline(always)]
     fn next(&mut self) -> Option<Group<'a>> {
         if self.rest.first() != Some(&b'(') {
             return None;
@@ -517,11 +518,12 @@ fn groups(raw: &[u8]) -> Groups<'_> {
 
 /// The common line, `A-B:C.D.E(value[*unit])` and its line end, starting at
 /// `body[start]`, in one forward pass: no line search, no trimming, no second
-/// look at the group. Returns the object and where the next line starts.
+/// look at the group. Pushes the object and returns where the next line
+/// starts; pushes nothing when it returns `None`.
 /// `None` sends the line to [`parse_line`], which handles every line and
 /// gives the same result for the ones this takes (property-tested).
 #[inline]
-fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
+fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) -> Option<usize> {
     /// One code group of 1–3 digits and the byte after it, which is consumed
     /// too. `None` for no digit, a fourth digit, or fewer than 4 bytes left
     /// (the general path takes such a line); values over 255 are `None` by
@@ -591,45 +593,216 @@ fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
     // `s` starts after the '('.
     let group_and_rest = s;
     let open = line.len() - s.len() - 1;
+    let code = ObisCode { a, b, c, d, e, f };
+    // The line end after the group's ')' at `close_at`: its length, or `None`
+    // for more groups, junk or a lone CR (the general path's lines).
+    let line_end = |close_at: usize| match group_and_rest.get(close_at..)? {
+        [b')'] => Some(0),
+        [b')', b'\n', ..] => Some(1),
+        [b')', b'\r', b'\n', ..] => Some(2),
+        _ => None,
+    };
+    // The object is built in place, from scalars: assembling it (or its
+    // value) on the stack and copying it into the Vec made the CPU reload
+    // bytes it had just stored narrower, a store-forwarding stall per line.
+    if objects.len() == objects.capacity() {
+        objects.reserve(1);
+    }
+    // A number first, in one pass that also finds the unit and the ')'; any
+    // other value, and codes that may hold text or times, the general way.
+    let number = if may_hold_text_or_time(c, d) {
+        None
+    } else {
+        number_group(group_and_rest)
+    };
+    if let Some((close_at, mantissa, scale, unit)) = number {
+        let close = open + 1 + close_at;
+        let next = close + 1 + line_end(close_at)?;
+        objects.push(Object {
+            code: Some(code),
+            code_text: &line[..open],
+            // `..close + 1`, not `..=close`: the inclusive range is an
+            // out-of-line call with its own overflow check.
+            raw: &line[open..close + 1],
+            continuation: None,
+            value: Value::Number(Quantity {
+                value: Decimal::from_parts(mantissa, scale),
+                unit,
+            }),
+            name: None,
+            groups: 1,
+        });
+        return Some(start + next);
+    }
     // The group ends at ')'; a line end first means an unclosed group.
     let (close_at, star) = group_end(group_and_rest, true)?;
-    let inner = &group_and_rest[..close_at];
-    let after = &group_and_rest[close_at..];
-    let after = after.strip_prefix(b")")?;
-    let line_end = match after {
-        [] => 0,
-        [b'\n', ..] => 1,
-        [b'\r', b'\n', ..] => 2,
-        // More groups, junk, or a lone CR: the general path.
-        _ => return None,
-    };
     let close = open + 1 + close_at;
-    let next = close + 1 + line_end;
-    let group = Group::split_at_star(inner, star);
-    let code = ObisCode { a, b, c, d, e, f };
-    let object = Object {
+    let next = close + 1 + line_end(close_at)?;
+    let group = Group::split_at_star(&group_and_rest[..close_at], star);
+    objects.push(Object {
         code: Some(code),
         code_text: &line[..open],
-        // `..close + 1`, not `..=close`: the inclusive range is an
-        // out-of-line call with its own overflow check.
         raw: &line[open..close + 1],
         continuation: None,
         // Only C groups 0, 1, 42 and 96 hold text, times or dates
         // (`is_text_code`, `single_typed`); every other line is a number.
-        value: if matches!(code.c, 0 | 1 | 42 | 96) {
+        value: if matches!(c, 0 | 1 | 42 | 96) {
             single_typed(&code, group)
         } else {
             single(group)
         },
         name: None,
         groups: 1,
-    };
-    Some((object, start + next))
+    });
+    Some(start + next)
 }
 
 /// How many groups the general path keeps on the stack; a line with more
 /// (only a long failure log or peak history) is scanned again instead.
 const STACK_GROUPS: usize = 16;
+
+/// Whether a code with these C and D groups may hold text or a time
+/// ([`is_text_code`], the time and date codes of [`single_typed`]); every
+/// other code's single group is read as a number.
+#[inline(always)]
+fn may_hold_text_or_time(c: u8, d: u8) -> bool {
+    matches!(
+        (c, d),
+        (0, 0) | (0, 9) | (1, 0) | (1, 1) | (42, 0) | (96, 1) | (96, 5) | (96, 13)
+    )
+}
+
+/// A group holding a number, `[+-]digits[.digits][*unit])` with at most 18
+/// characters after the sign, read from `rest` (the bytes after the `(`) in
+/// one pass: the digits, then the unit up to the `)`. Returns the index of
+/// the `)` and the number, the same as [`single`] gives for that group; `None`
+/// for anything else (text, a time, a long or odd number, a non-UTF-8 unit,
+/// a line end before the `)`), which the caller parses the general way.
+#[inline(always)]
+fn number_group(rest: &[u8]) -> Option<NumberGroup<'_>> {
+    let (negative, sign, digits) = match rest {
+        [b'-', tail @ ..] => (true, 1, tail),
+        [b'+', tail @ ..] => (false, 1, tail),
+        _ => (false, 0, rest),
+    };
+    // Eight bytes at a time, without a loop per digit (whose exit the branch
+    // predictor misses on every value): the whole part, then what follows
+    // its '.', picked or dropped without a branch.
+    // 16 bytes: the whole part's word and, after at most 7 digits and a
+    // point, the fraction's. Fewer only at the very end of the body.
+    let Some(head) = digits.get(..16).and_then(<[u8]>::first_chunk::<8>) else {
+        return number_group_scalar(rest);
+    };
+    let (whole, int) = leading_digits(u64::from_le_bytes(*head));
+    if whole == 8 {
+        return number_group_scalar(rest);
+    }
+    let after_whole = digits[whole];
+    let Some(fraction_word) = digits[whole + 1..].first_chunk::<8>() else {
+        return number_group_scalar(rest);
+    };
+    let (scale, fraction) = leading_digits(u64::from_le_bytes(*fraction_word));
+    let point = after_whole == b'.';
+    if point && scale == 8 {
+        return number_group_scalar(rest);
+    }
+    let (scale, fraction) = if point { (scale, fraction) } else { (0, 0) };
+    let end = if point { whole + 1 + scale } else { whole };
+    if whole + scale == 0 {
+        return None;
+    }
+    // At most 7 + 7 digits: no overflow.
+    let mantissa = (int * POW10_U64[scale] + fraction) as i64;
+    finish_number_group(rest, negative, mantissa, scale, sign + end)
+}
+
+/// What [`number_group`] found: the index of the `)`, the mantissa and scale
+/// of the [`Decimal`], and the unit. Scalars, not a [`Value`]: see `fast_line`.
+type NumberGroup<'a> = (usize, i64, u8, Option<&'a str>);
+
+/// 10^n for the digit counts [`number_group`] sees.
+const POW10_U64: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// After the number of a group (`rest[..value_end]`): a `)`, or a `*`, the
+/// unit and the `)`.
+#[inline(always)]
+fn finish_number_group(
+    rest: &[u8],
+    negative: bool,
+    mantissa: i64,
+    scale: usize,
+    value_end: usize,
+) -> Option<NumberGroup<'_>> {
+    let mantissa = if negative { -mantissa } else { mantissa };
+    // At most 18 digits: the scale fits.
+    let scale = scale as u8;
+    match *rest.get(value_end)? {
+        b')' => Some((value_end, mantissa, scale, None)),
+        b'*' => {
+            let unit_start = value_end + 1;
+            let len = rest
+                .get(unit_start..)?
+                .iter()
+                .position(|&b| b == b')' || b == b'\n')?;
+            let close = unit_start + len;
+            if rest[close] != b')' {
+                return None;
+            }
+            let unit = match &rest[unit_start..close] {
+                [] => None,
+                u => Some(unit_str(u)?),
+            };
+            Some((close, mantissa, scale, unit))
+        }
+        _ => None,
+    }
+}
+
+/// [`number_group`] a byte at a time, for the rare group it does not take
+/// word-wise (8 or more digits in a row, or the end of the body near).
+#[cold]
+fn number_group_scalar(rest: &[u8]) -> Option<NumberGroup<'_>> {
+    let (negative, sign, digits) = match rest {
+        [b'-', tail @ ..] => (true, 1, tail),
+        [b'+', tail @ ..] => (false, 1, tail),
+        _ => (false, 0, rest),
+    };
+    // 19 bytes: 18 characters at most, and the byte after them.
+    let window = &digits[..digits.len().min(19)];
+    let mut mantissa: i64 = 0;
+    let mut i = 0;
+    while let Some(&ch) = window.get(i) {
+        let d = ch.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        mantissa = mantissa * 10 + i64::from(d);
+        i += 1;
+    }
+    let whole = i;
+    let mut scale = 0;
+    if window.get(i) == Some(&b'.') {
+        i += 1;
+        let first = i;
+        while let Some(&ch) = window.get(i) {
+            let d = ch.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mantissa = mantissa * 10 + i64::from(d);
+            i += 1;
+        }
+        scale = i - first;
+    }
+    // No byte after the digits within 19: too long (or the body ended).
+    let &after = window.get(i)?;
+    if whole + scale == 0 {
+        return None;
+    }
+    // At most 18 characters: at most 18 digits, no overflow, scale <= 18.
+    let _ = after;
+    finish_number_group(rest, negative, mantissa, scale, sign + i)
+}
 
 /// Parses any line (the general path; [`fast_line`] takes the common ones).
 fn parse_line(line: &[u8]) -> Object<'_> {
@@ -891,11 +1064,52 @@ fn infer_kind(objects: &[Object<'_>], channel: u8) -> SubmeterKind {
 }
 
 /// For the property test: the fast path's object (if it takes the line) and
-/// the general path's.
+/// the general path's. `body` is the line followed by `more` bytes (another
+/// line): the fast path reads whole words past the line end when they are there.
 #[cfg(test)]
-pub(crate) fn fast_and_general(line: &[u8]) -> (Option<Object<'_>>, Object<'_>) {
+pub(crate) fn fast_and_general(body: &[u8], more: usize) -> (Option<Object<'_>>, Object<'_>) {
+    let line = &body[..body.len() - more];
+    let mut objects = Vec::new();
+    let fast = fast_line(body, 0, &mut objects).map(|next| {
+        assert_eq!(
+            next,
+            line.len(),
+            "the fast path ends the line where it ends"
+        );
+        assert_eq!(objects.len(), 1, "one object per line");
+        objects.remove(0)
+    });
+    if fast.is_none() {
+        assert!(
+            objects.is_empty(),
+            "nothing pushed when the fast path declines"
+        );
+    }
+    (fast, parse_line(trim_line_end(line)))
+}
+
+/// For the test of [`may_hold_text_or_time`]: whether a line with `code` and
+/// this one group reads the same through the typed and the plain path.
+#[cfg(test)]
+pub(crate) fn typed_is_plain(code: &ObisCode, inner: &[u8]) -> (bool, bool) {
+    let star = inner.iter().position(|&b| b == b'*');
+    let group = Group::split_at_star(inner, star);
     (
-        fast_line(line, 0).map(|(o, _)| o),
-        parse_line(trim_line_end(line)),
+        may_hold_text_or_time(code.c, code.d),
+        single_typed(code, group) == single(group),
     )
+}
+
+/// For the property test of [`number_group`]: its value and [`single`]'s for
+/// the group it found, when it takes `rest`.
+#[cfg(test)]
+pub(crate) fn number_group_and_single(rest: &[u8]) -> Option<(Value<'_>, Value<'_>)> {
+    let (close, mantissa, scale, unit) = number_group(rest)?;
+    let inner = &rest[..close];
+    let group = Group::split_at_star(inner, inner.iter().position(|&b| b == b'*'));
+    let number = Value::Number(Quantity {
+        value: Decimal::from_parts(mantissa, scale),
+        unit,
+    });
+    Some((number, single(group)))
 }

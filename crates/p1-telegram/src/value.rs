@@ -41,6 +41,12 @@ impl Decimal {
         (scale <= 18).then_some(Decimal { mantissa, scale })
     }
 
+    /// `mantissa × 10^-scale` for a caller that has checked `scale <= 18`.
+    #[inline(always)]
+    pub(crate) const fn from_parts(mantissa: i64, scale: u8) -> Decimal {
+        Decimal { mantissa, scale }
+    }
+
     /// The digits as an integer, sign included.
     pub fn mantissa(&self) -> i64 {
         self.mantissa
@@ -373,7 +379,7 @@ impl<'a> Group<'a> {
 /// A unit as text: the common spellings without a UTF-8 check (the `&'static
 /// str` has the same bytes), anything else checked; `None` when not UTF-8.
 #[inline]
-fn unit_str(unit: &[u8]) -> Option<&str> {
+pub(crate) fn unit_str(unit: &[u8]) -> Option<&str> {
     Some(match unit {
         b"kW" => "kW",
         b"kWh" => "kWh",
