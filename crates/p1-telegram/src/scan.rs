@@ -70,7 +70,12 @@ pub(crate) fn leading_digits(w: u64) -> (usize, u64) {
 pub(crate) fn group_end(s: &[u8], stop_at_lf: bool) -> Option<(usize, Option<usize>)> {
     let mut star = None;
     let mut at = 0;
-    while let Some(chunk) = s[at..].first_chunk::<8>() {
+    // Most groups end within a few words (hex ids take four or five); longer
+    // ones (the text message, up to 2 KiB) go on with memchr, which takes 32
+    // bytes a step but costs more to start.
+    while at < 48
+        && let Some(chunk) = s[at..].first_chunk::<8>()
+    {
         let w = u64::from_le_bytes(*chunk);
         let mut stop = zero_bytes(w ^ splat(b')'));
         if stop_at_lf {
@@ -86,15 +91,27 @@ pub(crate) fn group_end(s: &[u8], stop_at_lf: bool) -> Option<(usize, Option<usi
         }
         at += 8;
     }
-    for (i, &b) in s.iter().enumerate().skip(at) {
-        if b == b')' || (stop_at_lf && b == b'\n') {
-            return Some((i, star));
-        }
-        if b == b'*' && star.is_none() {
-            star = Some(i);
-        }
-    }
-    None
+    long_group_end(s, at, stop_at_lf, star)
+}
+
+/// [`group_end`] from `at` on, for a long group: out of line, so that the
+/// word loop for the common short groups stays small.
+#[inline(never)]
+fn long_group_end(
+    s: &[u8],
+    at: usize,
+    stop_at_lf: bool,
+    star: Option<usize>,
+) -> Option<(usize, Option<usize>)> {
+    let rest = &s[at..];
+    let end = at
+        + if stop_at_lf {
+            memchr::memchr2(b')', b'\n', rest)?
+        } else {
+            memchr::memchr(b')', rest)?
+        };
+    let star = star.or_else(|| memchr::memchr(b'*', &s[at..end]).map(|i| at + i));
+    Some((end, star))
 }
 
 #[cfg(test)]
@@ -116,7 +133,8 @@ mod tests {
             s in proptest::collection::vec(prop_oneof![
                 Just(b')'), Just(b'*'), Just(b'\n'), Just(b'('), Just(0u8), Just(0x80u8),
                 Just(b')' ^ 0x80), Just(b'*' + 1), Just(b')' - 1), any::<u8>(), b'0'..=b'9',
-            ], 0..40),
+                b'0'..=b'9', b'A'..=b'F', b'A'..=b'F',
+            ], 0..120),
             stop_at_lf in any::<bool>(),
         ) {
             prop_assert_eq!(group_end(&s, stop_at_lf), reference(&s, stop_at_lf));

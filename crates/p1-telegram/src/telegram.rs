@@ -525,34 +525,36 @@ fn groups(raw: &[u8]) -> Groups<'_> {
 #[inline]
 fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) -> Option<usize> {
     /// One code group of 1–3 digits and the byte after it, which is consumed
-    /// too. `None` for no digit, a fourth digit, or fewer than 4 bytes left
-    /// (the general path takes such a line); values over 255 are `None` by
-    /// the caller's `u8::try_from`. One length check per group, not one per
-    /// byte.
+    /// too. `None` for no digit, a fourth digit, a value over 255, or fewer
+    /// than 4 bytes left (the general path takes such a line). One length
+    /// check per group, not one per byte.
     #[inline(always)]
-    fn field(s: &mut &[u8]) -> Option<(u32, u8)> {
+    fn field(s: &mut &[u8]) -> Option<(u8, u8)> {
         let [c0, c1, c2, c3, ..] = **s else {
             return None;
         };
-        let digit = |c: u8| {
-            let d = c.wrapping_sub(b'0');
-            (d <= 9).then_some(u32::from(d))
-        };
-        let n = digit(c0)?;
-        let Some(d1) = digit(c1) else {
+        let d0 = c0.wrapping_sub(b'0');
+        if d0 > 9 {
+            return None;
+        }
+        let d1 = c1.wrapping_sub(b'0');
+        if d1 > 9 {
             *s = &s[2..];
-            return Some((n, c1));
-        };
-        let n = n * 10 + d1;
-        let Some(d2) = digit(c2) else {
+            return Some((d0, c1));
+        }
+        // Two digits: at most 99, no overflow.
+        let n = d0 * 10 + d1;
+        let d2 = c2.wrapping_sub(b'0');
+        if d2 > 9 {
             *s = &s[3..];
             return Some((n, c2));
-        };
-        if digit(c3).is_some() {
+        }
+        if c3.wrapping_sub(b'0') <= 9 {
             return None; // a fourth digit: not an OBIS group
         }
         *s = &s[4..];
-        Some((n * 10 + d2, c3))
+        let n = u8::try_from(u32::from(n) * 10 + u32::from(d2)).ok()?;
+        Some((n, c3))
     }
     let line = &body[start..];
     let mut s = line;
@@ -584,24 +586,21 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
         }
         _ => return None,
     };
-    let byte = |n: u32| u8::try_from(n).ok();
-    let (a, b, c, d, e) = (byte(a)?, byte(b)?, byte(c)?, byte(d)?, byte(e)?);
-    let f = match f {
-        Some(f) => Some(byte(f)?),
-        None => None,
-    };
     // `s` starts after the '('.
     let group_and_rest = s;
     let open = line.len() - s.len() - 1;
     let code = ObisCode { a, b, c, d, e, f };
     // The line end after the group's ')' at `close_at`: its length, or `None`
     // for more groups, junk or a lone CR (the general path's lines).
-    let line_end = |close_at: usize| match group_and_rest.get(close_at..)? {
-        [b')'] => Some(0),
-        [b')', b'\n', ..] => Some(1),
-        [b')', b'\r', b'\n', ..] => Some(2),
-        _ => None,
-    };
+    #[inline(always)]
+    fn line_end(after_open: &[u8], close_at: usize) -> Option<usize> {
+        match after_open.get(close_at..)? {
+            [b')'] => Some(0),
+            [b')', b'\n', ..] => Some(1),
+            [b')', b'\r', b'\n', ..] => Some(2),
+            _ => None,
+        }
+    }
     // The object is built in place, from scalars: assembling it (or its
     // value) on the stack and copying it into the Vec made the CPU reload
     // bytes it had just stored narrower, a store-forwarding stall per line.
@@ -617,7 +616,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     };
     if let Some((close_at, mantissa, scale, unit)) = number {
         let close = open + 1 + close_at;
-        let next = close + 1 + line_end(close_at)?;
+        let next = close + 1 + line_end(group_and_rest, close_at)?;
         objects.push(Object {
             code: Some(code),
             code_text: &line[..open],
@@ -637,7 +636,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     // The group ends at ')'; a line end first means an unclosed group.
     let (close_at, star) = group_end(group_and_rest, true)?;
     let close = open + 1 + close_at;
-    let next = close + 1 + line_end(close_at)?;
+    let next = close + 1 + line_end(group_and_rest, close_at)?;
     let group = Group::split_at_star(&group_and_rest[..close_at], star);
     objects.push(Object {
         code: Some(code),
