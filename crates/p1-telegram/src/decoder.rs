@@ -19,6 +19,26 @@ pub struct Frame<'a> {
     pub terminated: bool,
 }
 
+/// A line that ends or breaks the frame being collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The `!` line ends at this index of `buf`.
+    End(usize),
+    /// A `/` line starts at the first index and ends at the second.
+    Restart(usize, usize),
+}
+
+impl Event {
+    /// The event of a complete line `buf[start..end]` whose first byte is `first`.
+    fn of_line(first: u8, start: usize, end: usize) -> Option<Event> {
+        match first {
+            b'!' => Some(Event::End(end)),
+            b'/' => Some(Event::Restart(start, end)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Between frames: skipping bytes until a `/` at the start of a line.
@@ -222,44 +242,56 @@ impl Decoder {
         *input = &input[n..];
     }
 
+    /// The first line completed by the bytes `buf[old_len..]` that starts
+    /// with `!` or `/` (the frame's own first line aside), as an event; and
+    /// `self.line` moved to the start of the first line not completed.
+    fn first_event(&mut self, old_len: usize) -> Option<Event> {
+        let new = &self.buf[old_len..];
+        // The line in progress (it may have begun in an earlier chunk).
+        let first_end = old_len + memchr::memchr(b'\n', new)? + 1;
+        let line_start = std::mem::replace(&mut self.line, first_end);
+        if line_start != 0
+            && let Some(event) = Event::of_line(self.buf[line_start], line_start, first_end)
+        {
+            return Some(event);
+        }
+        // Lines starting after it: only those whose first byte is '!' or '/'
+        // matter, and both bytes are rare inside a frame.
+        let rest = &self.buf[first_end..];
+        for at in memchr::memchr2_iter(b'!', b'/', rest) {
+            if at > 0 && rest[at - 1] != b'\n' {
+                continue; // inside a line (`m3/h`)
+            }
+            let start = first_end + at;
+            let Some(len) = memchr::memchr(b'\n', &rest[at..]) else {
+                // The line is not complete yet: no event, and no line after it is.
+                self.line = start;
+                return None;
+            };
+            let end = start + len + 1;
+            self.line = end;
+            return Event::of_line(self.buf[start], start, end);
+        }
+        // No event line: the next line starts after the chunk's last line end.
+        self.line = old_len + memchr::memrchr(b'\n', new).map_or(0, |i| i + 1);
+        None
+    }
+
     /// Appends as much of `input` as the limit allows, then looks at each
     /// line completed by it. Returns `Some(Ok(true))` when a `!` line
     /// completed the frame, `Some(Err)` when the frame broke; bytes after
     /// the event stay in `input`.
     fn collect(&mut self, input: &mut &[u8]) -> Option<Result<bool, Error>> {
-        #[derive(Clone, Copy)]
-        enum Event {
-            /// The `!` line ends at this index of `buf`.
-            End(usize),
-            /// A `/` line starts at the first index and ends at the second.
-            Restart(usize, usize),
-        }
         let old_len = self.buf.len();
         let room = self.max - old_len;
         let avail = input.len().min(room);
-        // One copy and one SIMD scan for all the lines in this chunk, instead
-        // of a copy and a search per line.
+        // One copy for the whole chunk; then, instead of a search per line,
+        // one search for the first line end and one for the bytes that can
+        // start an event line ('!', '/'), checking that a line end precedes
+        // them. Same result as looking at the first byte of every line the
+        // chunk completes, in order.
         self.buf.extend_from_slice(&input[..avail]);
-        let mut event = None;
-        for nl in memchr::memchr_iter(b'\n', &self.buf[old_len..]) {
-            let line_start = self.line;
-            let line_end = old_len + nl + 1;
-            self.line = line_end;
-            if line_start == 0 {
-                continue;
-            }
-            match self.buf[line_start] {
-                b'!' => {
-                    event = Some(Event::End(line_end));
-                    break;
-                }
-                b'/' => {
-                    event = Some(Event::Restart(line_start, line_end));
-                    break;
-                }
-                _ => {}
-            }
-        }
+        let event = self.first_event(old_len);
         let consumed = match event {
             Some(Event::End(end) | Event::Restart(_, end)) => end - old_len,
             None => avail,

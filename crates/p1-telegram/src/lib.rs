@@ -41,6 +41,7 @@ mod error;
 pub mod json;
 mod names;
 mod obis;
+mod scan;
 mod telegram;
 mod value;
 

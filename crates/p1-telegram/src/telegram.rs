@@ -3,7 +3,8 @@
 use crate::crc::{crc16_arc, crc16_arc_crlf, parse_crc_text};
 use crate::names::{SubmeterKind, channel_name, meter_name, unit_is};
 use crate::obis::trim_ascii;
-use crate::value::{Decimal, Group, MeterTime, Quantity, Stamp, decode_hex_text};
+use crate::scan::{group_end, leading_digits};
+use crate::value::{Decimal, Group, MeterTime, Quantity, Stamp, decode_hex_text, unit_str};
 use crate::{Error, ObisCode};
 
 /// What the CRC check found.
@@ -280,8 +281,7 @@ impl<'a> Telegram<'a> {
         while start < body.len() {
             // Most lines are `A-B:C.D.E(value*unit)`: parsed in one pass
             // that also finds the line end.
-            if let Some((object, next)) = fast_line(body, start) {
-                objects.push(object);
+            if let Some(next) = fast_line(body, start, &mut objects) {
                 start = next;
                 continue;
             }
@@ -490,6 +490,7 @@ pub(crate) fn is_text_code(code: &ObisCode) -> bool {
 
 /// Iterates the `(…)` groups of a value part; stops at the first byte that
 /// does not open a group (junk) or at an unclosed group.
+#[derive(Clone)]
 struct Groups<'a> {
     rest: &'a [u8],
 }
@@ -497,16 +498,17 @@ struct Groups<'a> {
 impl<'a> Iterator for Groups<'a> {
     type Item = Group<'a>;
 
-    #[inline]
+    // Inlined: returned through memory, the group was stored in pieces and
+    // reloaded whole, a store-forwarding stall per group.
+    #[inline(always)]
     fn next(&mut self) -> Option<Group<'a>> {
         if self.rest.first() != Some(&b'(') {
             return None;
         }
-        // Groups are short: a plain loop beats a memchr call here.
-        let close = self.rest.iter().position(|&b| b == b')')?;
-        let inner = &self.rest[1..close];
-        self.rest = &self.rest[close + 1..];
-        Some(Group::split(inner))
+        let (close, star) = group_end(&self.rest[1..], false)?;
+        let inner = &self.rest[1..close + 1];
+        self.rest = &self.rest[close + 2..];
+        Some(Group::split_at_star(inner, star))
     }
 }
 
@@ -516,102 +518,289 @@ fn groups(raw: &[u8]) -> Groups<'_> {
 
 /// The common line, `A-B:C.D.E(value[*unit])` and its line end, starting at
 /// `body[start]`, in one forward pass: no line search, no trimming, no second
-/// look at the group. Returns the object and where the next line starts.
+/// look at the group. Pushes the object and returns where the next line
+/// starts; pushes nothing when it returns `None`.
 /// `None` sends the line to [`parse_line`], which handles every line and
 /// gives the same result for the ones this takes (property-tested).
 #[inline]
-fn fast_line(body: &[u8], start: usize) -> Option<(Object<'_>, usize)> {
-    /// 1–3 decimal digits from the front of `s`.
+fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) -> Option<usize> {
+    /// One code group of 1–3 digits and the byte after it, which is consumed
+    /// too. `None` for no digit, a fourth digit, a value over 255, or fewer
+    /// than 4 bytes left (the general path takes such a line). One length
+    /// check per group, not one per byte.
     #[inline(always)]
-    fn number(s: &mut &[u8]) -> Option<u8> {
-        let mut n: u32 = 0;
-        let mut digits = 0;
-        while let [c, tail @ ..] = *s {
-            let d = c.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            if digits == 3 {
-                // A fourth digit: not an OBIS group (and no overflow).
-                return None;
-            }
-            n = n * 10 + u32::from(d);
-            digits += 1;
-            *s = tail;
-        }
-        if digits == 0 {
+    fn field(s: &mut &[u8]) -> Option<(u8, u8)> {
+        let [c0, c1, c2, c3, ..] = **s else {
+            return None;
+        };
+        let d0 = c0.wrapping_sub(b'0');
+        if d0 > 9 {
             return None;
         }
-        u8::try_from(n).ok()
-    }
-    /// Takes one byte from the front of `s` if `ok` accepts it.
-    #[inline(always)]
-    fn sep(s: &mut &[u8], ok: impl Fn(u8) -> bool) -> Option<u8> {
-        match *s {
-            [c, tail @ ..] if ok(*c) => {
-                *s = tail;
-                Some(*c)
-            }
-            _ => None,
+        let d1 = c1.wrapping_sub(b'0');
+        if d1 > 9 {
+            *s = &s[2..];
+            return Some((d0, c1));
         }
+        // Two digits: at most 99, no overflow.
+        let n = d0 * 10 + d1;
+        let d2 = c2.wrapping_sub(b'0');
+        if d2 > 9 {
+            *s = &s[3..];
+            return Some((n, c2));
+        }
+        if c3.wrapping_sub(b'0') <= 9 {
+            return None; // a fourth digit: not an OBIS group
+        }
+        *s = &s[4..];
+        let n = u8::try_from(u32::from(n) * 10 + u32::from(d2)).ok()?;
+        Some((n, c3))
     }
     let line = &body[start..];
     let mut s = line;
-    let a = number(&mut s)?;
-    sep(&mut s, |c| c == b'-')?;
-    let b = number(&mut s)?;
-    sep(&mut s, |c| c == b':')?;
-    let c = number(&mut s)?;
-    sep(&mut s, |c| c == b'.' || c == b':')?;
-    let d = number(&mut s)?;
-    sep(&mut s, |c| c == b'.' || c == b':')?;
-    let e = number(&mut s)?;
-    let f = match sep(&mut s, |c| c == b'.' || c == b'*') {
-        Some(_) => {
-            let f = number(&mut s)?;
+    let (a, t) = field(&mut s)?;
+    if t != b'-' {
+        return None;
+    }
+    let (b, t) = field(&mut s)?;
+    if t != b':' {
+        return None;
+    }
+    let (c, t) = field(&mut s)?;
+    if t != b'.' && t != b':' {
+        return None;
+    }
+    let (d, t) = field(&mut s)?;
+    if t != b'.' && t != b':' {
+        return None;
+    }
+    let (e, t) = field(&mut s)?;
+    let f = match t {
+        b'(' => None,
+        b'.' | b'*' => {
+            let (f, t) = field(&mut s)?;
+            if t != b'(' {
+                return None;
+            }
             (f != 255).then_some(f)
         }
-        None => None,
-    };
-    let open = line.len() - s.len();
-    let group_and_rest = s.strip_prefix(b"(")?;
-    // The group ends at ')'; a line end first means an unclosed group.
-    let close_at = group_and_rest
-        .iter()
-        .position(|&b| b == b')' || b == b'\n')?;
-    let inner = &group_and_rest[..close_at];
-    let after = &group_and_rest[close_at..];
-    let after = after.strip_prefix(b")")?;
-    let line_end = match after {
-        [] => 0,
-        [b'\n', ..] => 1,
-        [b'\r', b'\n', ..] => 2,
-        // More groups, junk, or a lone CR: the general path.
         _ => return None,
     };
-    let close = open + 1 + close_at;
-    let next = close + 1 + line_end;
-    let group = match inner.iter().position(|&b| b == b'*') {
-        Some(star) => Group {
-            value: &inner[..star],
-            unit: Some(&inner[star + 1..]),
-        },
-        None => Group {
-            value: inner,
-            unit: None,
-        },
-    };
+    // `s` starts after the '('.
+    let group_and_rest = s;
+    let open = line.len() - s.len() - 1;
     let code = ObisCode { a, b, c, d, e, f };
-    let object = Object {
+    // The line end after the group's ')' at `close_at`: its length, or `None`
+    // for more groups, junk or a lone CR (the general path's lines).
+    #[inline(always)]
+    fn line_end(after_open: &[u8], close_at: usize) -> Option<usize> {
+        match after_open.get(close_at..)? {
+            [b')'] => Some(0),
+            [b')', b'\n', ..] => Some(1),
+            [b')', b'\r', b'\n', ..] => Some(2),
+            _ => None,
+        }
+    }
+    // The object is built in place, from scalars: assembling it (or its
+    // value) on the stack and copying it into the Vec made the CPU reload
+    // bytes it had just stored narrower, a store-forwarding stall per line.
+    if objects.len() == objects.capacity() {
+        objects.reserve(1);
+    }
+    // A number first, in one pass that also finds the unit and the ')'; any
+    // other value, and codes that may hold text or times, the general way.
+    let number = if may_hold_text_or_time(c, d) {
+        None
+    } else {
+        number_group(group_and_rest)
+    };
+    if let Some((close_at, mantissa, scale, unit)) = number {
+        let close = open + 1 + close_at;
+        let next = close + 1 + line_end(group_and_rest, close_at)?;
+        objects.push(Object {
+            code: Some(code),
+            code_text: &line[..open],
+            // `..close + 1`, not `..=close`: the inclusive range is an
+            // out-of-line call with its own overflow check.
+            raw: &line[open..close + 1],
+            continuation: None,
+            value: Value::Number(Quantity {
+                value: Decimal::from_parts(mantissa, scale),
+                unit,
+            }),
+            name: None,
+            groups: 1,
+        });
+        return Some(start + next);
+    }
+    // The group ends at ')'; a line end first means an unclosed group.
+    let (close_at, star) = group_end(group_and_rest, true)?;
+    let close = open + 1 + close_at;
+    let next = close + 1 + line_end(group_and_rest, close_at)?;
+    let group = Group::split_at_star(&group_and_rest[..close_at], star);
+    objects.push(Object {
         code: Some(code),
         code_text: &line[..open],
-        raw: &line[open..=close],
+        raw: &line[open..close + 1],
         continuation: None,
-        value: single_typed(&code, group),
+        // Only C groups 0, 1, 42 and 96 hold text, times or dates
+        // (`is_text_code`, `single_typed`); every other line is a number.
+        value: if matches!(c, 0 | 1 | 42 | 96) {
+            single_typed(&code, group)
+        } else {
+            single(group)
+        },
         name: None,
         groups: 1,
+    });
+    Some(start + next)
+}
+
+/// How many groups the general path keeps on the stack; a line with more
+/// (only a long failure log or peak history) is scanned again instead.
+const STACK_GROUPS: usize = 16;
+
+/// Whether a code with these C and D groups may hold text or a time
+/// ([`is_text_code`], the time and date codes of [`single_typed`]); every
+/// other code's single group is read as a number.
+#[inline(always)]
+fn may_hold_text_or_time(c: u8, d: u8) -> bool {
+    matches!(
+        (c, d),
+        (0, 0) | (0, 9) | (1, 0) | (1, 1) | (42, 0) | (96, 1) | (96, 5) | (96, 13)
+    )
+}
+
+/// A group holding a number, `[+-]digits[.digits][*unit])` with at most 18
+/// characters after the sign, read from `rest` (the bytes after the `(`) in
+/// one pass: the digits, then the unit up to the `)`. Returns the index of
+/// the `)` and the number, the same as [`single`] gives for that group; `None`
+/// for anything else (text, a time, a long or odd number, a non-UTF-8 unit,
+/// a line end before the `)`), which the caller parses the general way.
+#[inline(always)]
+fn number_group(rest: &[u8]) -> Option<NumberGroup<'_>> {
+    let (negative, sign, digits) = match rest {
+        [b'-', tail @ ..] => (true, 1, tail),
+        [b'+', tail @ ..] => (false, 1, tail),
+        _ => (false, 0, rest),
     };
-    Some((object, start + next))
+    // Eight bytes at a time, without a loop per digit (whose exit the branch
+    // predictor misses on every value): the whole part, then what follows
+    // its '.', picked or dropped without a branch.
+    // 16 bytes: the whole part's word and, after at most 7 digits and a
+    // point, the fraction's. Fewer only at the very end of the body.
+    let Some(head) = digits.get(..16).and_then(<[u8]>::first_chunk::<8>) else {
+        return number_group_scalar(rest);
+    };
+    let (whole, int) = leading_digits(u64::from_le_bytes(*head));
+    if whole == 8 {
+        return number_group_scalar(rest);
+    }
+    let after_whole = digits[whole];
+    let Some(fraction_word) = digits[whole + 1..].first_chunk::<8>() else {
+        return number_group_scalar(rest);
+    };
+    let (scale, fraction) = leading_digits(u64::from_le_bytes(*fraction_word));
+    let point = after_whole == b'.';
+    if point && scale == 8 {
+        return number_group_scalar(rest);
+    }
+    let (scale, fraction) = if point { (scale, fraction) } else { (0, 0) };
+    let end = if point { whole + 1 + scale } else { whole };
+    if whole + scale == 0 {
+        return None;
+    }
+    // At most 7 + 7 digits: no overflow.
+    let mantissa = (int * POW10_U64[scale] + fraction) as i64;
+    finish_number_group(rest, negative, mantissa, scale, sign + end)
+}
+
+/// What [`number_group`] found: the index of the `)`, the mantissa and scale
+/// of the [`Decimal`], and the unit. Scalars, not a [`Value`]: see `fast_line`.
+type NumberGroup<'a> = (usize, i64, u8, Option<&'a str>);
+
+/// 10^n for the digit counts [`number_group`] sees.
+const POW10_U64: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// After the number of a group (`rest[..value_end]`): a `)`, or a `*`, the
+/// unit and the `)`.
+#[inline(always)]
+fn finish_number_group(
+    rest: &[u8],
+    negative: bool,
+    mantissa: i64,
+    scale: usize,
+    value_end: usize,
+) -> Option<NumberGroup<'_>> {
+    let mantissa = if negative { -mantissa } else { mantissa };
+    // At most 18 digits: the scale fits.
+    let scale = scale as u8;
+    match *rest.get(value_end)? {
+        b')' => Some((value_end, mantissa, scale, None)),
+        b'*' => {
+            let unit_start = value_end + 1;
+            let len = rest
+                .get(unit_start..)?
+                .iter()
+                .position(|&b| b == b')' || b == b'\n')?;
+            let close = unit_start + len;
+            if rest[close] != b')' {
+                return None;
+            }
+            let unit = match &rest[unit_start..close] {
+                [] => None,
+                u => Some(unit_str(u)?),
+            };
+            Some((close, mantissa, scale, unit))
+        }
+        _ => None,
+    }
+}
+
+/// [`number_group`] a byte at a time, for the rare group it does not take
+/// word-wise (8 or more digits in a row, or the end of the body near).
+#[cold]
+fn number_group_scalar(rest: &[u8]) -> Option<NumberGroup<'_>> {
+    let (negative, sign, digits) = match rest {
+        [b'-', tail @ ..] => (true, 1, tail),
+        [b'+', tail @ ..] => (false, 1, tail),
+        _ => (false, 0, rest),
+    };
+    // 19 bytes: 18 characters at most, and the byte after them.
+    let window = &digits[..digits.len().min(19)];
+    let mut mantissa: i64 = 0;
+    let mut i = 0;
+    while let Some(&ch) = window.get(i) {
+        let d = ch.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        mantissa = mantissa * 10 + i64::from(d);
+        i += 1;
+    }
+    let whole = i;
+    let mut scale = 0;
+    if window.get(i) == Some(&b'.') {
+        i += 1;
+        let first = i;
+        while let Some(&ch) = window.get(i) {
+            let d = ch.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mantissa = mantissa * 10 + i64::from(d);
+            i += 1;
+        }
+        scale = i - first;
+    }
+    // No byte after the digits within 19: too long (or the body ended).
+    let &after = window.get(i)?;
+    if whole + scale == 0 {
+        return None;
+    }
+    // At most 18 characters: at most 18 digits, no overflow, scale <= 18.
+    let _ = after;
+    finish_number_group(rest, negative, mantissa, scale, sign + i)
 }
 
 /// Parses any line (the general path; [`fast_line`] takes the common ones).
@@ -620,17 +809,26 @@ fn parse_line(line: &[u8]) -> Object<'_> {
     let code_text = trim_ascii(&line[..open]);
     let raw = &line[open..];
     let code = ObisCode::parse(code_text);
-    // Most lines have one group: look at the first two before counting all.
-    let mut it = groups(raw);
-    let first = it.next();
-    let count = match first {
-        None => 0,
-        Some(_) => 1 + it.count(),
-    };
-    let value = match (code, count, first) {
-        (Some(code), 1, Some(g)) => single_typed(&code, g),
-        (Some(code), _, _) => typed_value(&code, raw, count),
-        (None, _, _) => untyped_value(raw, count),
+    // Scan the groups once, keeping the first STACK_GROUPS.
+    let mut kept = [Group::EMPTY; STACK_GROUPS];
+    let mut count = 0;
+    for g in groups(raw) {
+        if let Some(slot) = kept.get_mut(count) {
+            *slot = g;
+        }
+        count += 1;
+    }
+    let value = if count <= STACK_GROUPS {
+        let kept = kept[..count].iter().copied();
+        match code {
+            Some(code) => typed_value(&code, kept, count),
+            None => untyped_value(kept, count),
+        }
+    } else {
+        match code {
+            Some(code) => typed_value(&code, groups(raw), count),
+            None => untyped_value(groups(raw), count),
+        }
     };
     Object {
         code,
@@ -643,14 +841,16 @@ fn parse_line(line: &[u8]) -> Object<'_> {
     }
 }
 
-fn untyped_value(raw: &[u8], count: usize) -> Value<'_> {
+/// The value of a line without a valid code: its `count` groups are `groups`.
+fn untyped_value<'a>(mut groups: impl Iterator<Item = Group<'a>>, count: usize) -> Value<'a> {
     match count {
         0 => Value::Empty,
-        1 => groups(raw).next().map_or(Value::Empty, |g| single(g)),
-        _ => Value::Groups(groups(raw).map(|g| g.quantity()).collect()),
+        1 => groups.next().map_or(Value::Empty, |g| single(g)),
+        _ => Value::Groups(groups.map(|g| g.quantity()).collect()),
     }
 }
 
+#[inline(always)]
 fn single(g: Group<'_>) -> Value<'_> {
     if g.is_empty() {
         return Value::Empty;
@@ -699,9 +899,14 @@ fn single_typed<'a>(code: &ObisCode, first: Group<'a>) -> Value<'a> {
     single(first)
 }
 
-fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
-    let mut it = groups(raw);
-    let Some(first) = it.next() else {
+/// The value of a line with a valid code and `count` groups, `groups`.
+fn typed_value<'a>(
+    code: &ObisCode,
+    mut groups: impl Iterator<Item = Group<'a>> + Clone,
+    count: usize,
+) -> Value<'a> {
+    let all = groups.clone();
+    let Some(first) = groups.next() else {
         return Value::Empty;
     };
     let cde = code.cde();
@@ -712,28 +917,28 @@ fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
         (1, 0, (99, 97, 0)) => {
             let count = first.quantity().and_then(|q| q.value.as_integer());
             // (n)(log code) then pairs of (end)(duration).
-            let rest: Vec<Group<'a>> = it.skip(1).collect();
-            let events = rest
-                .chunks(2)
-                .map(|pair| FailureEvent {
-                    end: pair.first().and_then(Group::stamp),
-                    duration: pair.get(1).and_then(Group::quantity),
-                })
-                .collect();
+            let mut rest = groups.skip(1);
+            let mut events = Vec::new();
+            while let Some(end) = rest.next() {
+                events.push(FailureEvent {
+                    end: end.stamp(),
+                    duration: rest.next().and_then(|g| g.quantity()),
+                });
+            }
             Value::FailureLog { count, events }
         }
         (0, 0, (98, 1, 0)) => {
             let count = first.quantity().and_then(|q| q.value.as_integer());
             // (n)(code)(code) then triples of (month)(peak time)(value).
-            let rest: Vec<Group<'a>> = it.skip(2).collect();
-            let peaks = rest
-                .chunks(3)
-                .map(|t| Peak {
-                    month: t.first().and_then(Group::stamp),
-                    time: t.get(1).and_then(Group::stamp),
-                    quantity: t.get(2).and_then(Group::quantity),
-                })
-                .collect();
+            let mut rest = groups.skip(2);
+            let mut peaks = Vec::new();
+            while let Some(month) = rest.next() {
+                peaks.push(Peak {
+                    month: month.stamp(),
+                    time: rest.next().and_then(|g| g.stamp()),
+                    quantity: rest.next().and_then(|g| g.quantity()),
+                });
+            }
             Value::PeakHistory { count, peaks }
         }
         (0, _, (24, 3, 0)) => {
@@ -748,13 +953,13 @@ fn typed_value<'a>(code: &ObisCode, raw: &'a [u8], count: usize) -> Value<'a> {
             if count == 2
                 && let Some(stamp) = first.stamp()
             {
-                let second = it.next();
+                let second = groups.next();
                 return Value::Reading {
                     time: Some(stamp),
                     quantity: second.and_then(|g| g.quantity()),
                 };
             }
-            Value::Groups(groups(raw).map(|g| g.quantity()).collect())
+            Value::Groups(all.map(|g| g.quantity()).collect())
         }
     }
 }
@@ -858,11 +1063,52 @@ fn infer_kind(objects: &[Object<'_>], channel: u8) -> SubmeterKind {
 }
 
 /// For the property test: the fast path's object (if it takes the line) and
-/// the general path's.
+/// the general path's. `body` is the line followed by `more` bytes (another
+/// line): the fast path reads whole words past the line end when they are there.
 #[cfg(test)]
-pub(crate) fn fast_and_general(line: &[u8]) -> (Option<Object<'_>>, Object<'_>) {
+pub(crate) fn fast_and_general(body: &[u8], more: usize) -> (Option<Object<'_>>, Object<'_>) {
+    let line = &body[..body.len() - more];
+    let mut objects = Vec::new();
+    let fast = fast_line(body, 0, &mut objects).map(|next| {
+        assert_eq!(
+            next,
+            line.len(),
+            "the fast path ends the line where it ends"
+        );
+        assert_eq!(objects.len(), 1, "one object per line");
+        objects.remove(0)
+    });
+    if fast.is_none() {
+        assert!(
+            objects.is_empty(),
+            "nothing pushed when the fast path declines"
+        );
+    }
+    (fast, parse_line(trim_line_end(line)))
+}
+
+/// For the test of [`may_hold_text_or_time`]: whether a line with `code` and
+/// this one group reads the same through the typed and the plain path.
+#[cfg(test)]
+pub(crate) fn typed_is_plain(code: &ObisCode, inner: &[u8]) -> (bool, bool) {
+    let star = inner.iter().position(|&b| b == b'*');
+    let group = Group::split_at_star(inner, star);
     (
-        fast_line(line, 0).map(|(o, _)| o),
-        parse_line(trim_line_end(line)),
+        may_hold_text_or_time(code.c, code.d),
+        single_typed(code, group) == single(group),
     )
+}
+
+/// For the property test of [`number_group`]: its value and [`single`]'s for
+/// the group it found, when it takes `rest`.
+#[cfg(test)]
+pub(crate) fn number_group_and_single(rest: &[u8]) -> Option<(Value<'_>, Value<'_>)> {
+    let (close, mantissa, scale, unit) = number_group(rest)?;
+    let inner = &rest[..close];
+    let group = Group::split_at_star(inner, inner.iter().position(|&b| b == b'*'));
+    let number = Value::Number(Quantity {
+        value: Decimal::from_parts(mantissa, scale),
+        unit,
+    });
+    Some((number, single(group)))
 }

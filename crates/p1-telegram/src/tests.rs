@@ -487,6 +487,36 @@ fn telegram_strategy() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+#[test]
+fn only_codes_the_number_path_skips_hold_text_or_times() {
+    // The fast path reads a group as a plain number unless
+    // `may_hold_text_or_time(C, D)`; for every other code the typed path
+    // must give the same value, whatever the group holds.
+    let groups: [&[u8]; 6] = [
+        b"101209113020W",
+        b"123456",
+        b"4B384547303034303436333935353037",
+        b"00012.5*kWh",
+        b"",
+        b"0",
+    ];
+    for a in 0..=1 {
+        for b in 0..=1 {
+            for c in 0..=255 {
+                for d in 0..=255 {
+                    for e in [0, 1, 5, 13, 255] {
+                        let code = ObisCode::new(a, b, c, d, e);
+                        for g in groups {
+                            let (may, same) = crate::telegram::typed_is_plain(&code, g);
+                            assert!(may || same, "{code} {:?}", String::from_utf8_lossy(g));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -566,9 +596,58 @@ proptest! {
             Some(u) => format!("{code}({value}*{u}){tail}"),
             None => format!("{code}({value}){tail}"),
         };
-        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes());
+        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
         if let Some(fast) = fast {
             prop_assert_eq!(fast, general, "{:?}", line);
+        }
+        // With a next line after it, as inside a telegram (the fast path
+        // reads whole words where there is room).
+        if line.ends_with('\n') {
+            let next = "1-0:1.8.1(000123.456*kWh)\r\n";
+            let body = format!("{line}{next}");
+            let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, general, "{:?}", line);
+            }
+        }
+    }
+
+    #[test]
+    fn decimal_parse_agrees_with_the_counting_parser(
+        text in "[-+]?[0.]{0,6}[0-9.]{0,22}[a-z*]?",
+    ) {
+        // `parse_long` counts significant digits one by one; `parse` takes a
+        // shortcut for 18 characters or fewer. Both must give the same.
+        let bytes = text.as_bytes();
+        let (negative, digits) = match bytes.first() {
+            Some(b'-') => (true, &bytes[1..]),
+            Some(b'+') => (false, &bytes[1..]),
+            _ => (false, bytes),
+        };
+        let reference = if bytes.is_empty() { None } else { Decimal::parse_long(negative, digits) };
+        prop_assert_eq!(Decimal::parse(bytes), reference, "{:?}", text);
+    }
+
+    #[test]
+    fn the_number_path_reads_numbers_as_the_general_one(
+        sign in "[-+]?",
+        whole in "[0-9]{0,10}",
+        fraction in proptest::option::of("[0-9]{0,10}"),
+        after in "(\\*[A-Za-z0-9]{0,5})?\\)",
+        rest in "[0-9A-Z()*.\r\n]{0,24}",
+    ) {
+        let fraction = fraction.map(|f| format!(".{f}")).unwrap_or_default();
+        let text = format!("{sign}{whole}{fraction}{after}{rest}");
+        if let Some((fast, general)) = crate::telegram::number_group_and_single(text.as_bytes()) {
+            prop_assert_eq!(fast, general, "{:?}", text);
+        } else {
+            // Declined: only groups it cannot take (no digit, too long, no ')').
+            let value = &text[..text.find([')', '*']).unwrap_or(text.len())];
+            let digits = value.trim_start_matches(['-', '+']);
+            prop_assert!(
+                !digits.bytes().any(|b| b.is_ascii_digit()) || digits.len() > 18 || !text.contains(')'),
+                "{:?}", text
+            );
         }
     }
 

@@ -41,6 +41,12 @@ impl Decimal {
         (scale <= 18).then_some(Decimal { mantissa, scale })
     }
 
+    /// `mantissa × 10^-scale` for a caller that has checked `scale <= 18`.
+    #[inline(always)]
+    pub(crate) const fn from_parts(mantissa: i64, scale: u8) -> Decimal {
+        Decimal { mantissa, scale }
+    }
+
     /// The digits as an integer, sign included.
     pub fn mantissa(&self) -> i64 {
         self.mantissa
@@ -60,6 +66,49 @@ impl Decimal {
             b'+' => (false, &text[1..]),
             _ => (false, text),
         };
+        if digits.len() > 18 {
+            return Decimal::parse_long(negative, digits);
+        }
+        // At most 18 digits: below i64::MAX, so no overflow check per digit;
+        // and no count, as the limit cannot be reached.
+        let mut rest = digits;
+        let mut mantissa: i64 = 0;
+        while let [c, tail @ ..] = rest {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mantissa = mantissa * 10 + i64::from(d);
+            rest = tail;
+        }
+        let whole = digits.len() - rest.len();
+        let mut scale = 0;
+        if let [b'.', fraction @ ..] = rest {
+            rest = fraction;
+            while let [c, tail @ ..] = rest {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                mantissa = mantissa * 10 + i64::from(d);
+                rest = tail;
+            }
+            scale = fraction.len() - rest.len();
+        }
+        if !rest.is_empty() || whole + scale == 0 {
+            return None;
+        }
+        Some(Decimal {
+            mantissa: if negative { -mantissa } else { mantissa },
+            // At most 18 bytes, so at most 18 fraction digits.
+            scale: scale as u8,
+        })
+    }
+
+    /// [`Decimal::parse`] of more than 18 characters after the sign: leading
+    /// zeros are skipped, and the significant digits are counted.
+    #[cold]
+    pub(crate) fn parse_long(negative: bool, digits: &[u8]) -> Option<Decimal> {
         // Leading zeros carry no value: skip them so that fixed-width
         // registers (`000000002.331`) count only their significant digits.
         let zeros = digits.iter().take_while(|&&c| c == b'0').count();
@@ -282,9 +331,17 @@ pub(crate) struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
-    #[inline]
-    pub(crate) fn split(inner: &'a [u8]) -> Group<'a> {
-        match inner.iter().position(|&b| b == b'*') {
+    /// `()`, a placeholder for arrays of groups.
+    pub(crate) const EMPTY: Group<'static> = Group {
+        value: &[],
+        unit: None,
+    };
+
+    /// Splits a group's contents `inner` at its first `*`, which the caller
+    /// has found already (`star` indexes `inner`).
+    #[inline(always)]
+    pub(crate) fn split_at_star(inner: &'a [u8], star: Option<usize>) -> Group<'a> {
+        match star {
             Some(star) => Group {
                 value: &inner[..star],
                 unit: Some(&inner[star + 1..]),
@@ -296,12 +353,13 @@ impl<'a> Group<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn quantity(&self) -> Option<Quantity<'a>> {
         let value = Decimal::parse(self.value)?;
         let unit = match self.unit {
             None => None,
             Some([]) => None,
-            Some(u) => Some(std::str::from_utf8(u).ok()?),
+            Some(u) => Some(unit_str(u)?),
         };
         Some(Quantity { value, unit })
     }
@@ -316,6 +374,25 @@ impl<'a> Group<'a> {
     pub(crate) fn is_empty(&self) -> bool {
         self.value.is_empty() && self.unit.is_none_or(<[u8]>::is_empty)
     }
+}
+
+/// A unit as text: the common spellings without a UTF-8 check (the `&'static
+/// str` has the same bytes), anything else checked; `None` when not UTF-8.
+#[inline]
+pub(crate) fn unit_str(unit: &[u8]) -> Option<&str> {
+    Some(match unit {
+        b"kW" => "kW",
+        b"kWh" => "kWh",
+        b"A" => "A",
+        b"V" => "V",
+        b"kvar" => "kvar",
+        b"kvarh" => "kvarh",
+        b"m3" => "m3",
+        b"s" => "s",
+        b"W" => "W",
+        b"Wh" => "Wh",
+        _ => return std::str::from_utf8(unit).ok(),
+    })
 }
 
 /// Decodes hex-encoded text the way P1 meters use it (`96.1.1`, `96.13.0`, …):
