@@ -416,12 +416,18 @@ async fn a_puback_read_together_with_the_end_of_the_connection_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_budget_holds_messages_until_the_next_utc_day() {
     let hub = hub(vec![FakeDevice::sas("meter-1", KEY)], Faults::default());
-    // The sink's clock: real time shifted to 12:00 UTC today; the test moves it a day on.
+    // The sink's clock: real time shifted to the next 12:00 UTC; the test moves it a day on.
+    // Only ever forward: the hub checks the SAS tokens, made from the sink's clock, against
+    // real time, so a clock set back more than a token's lifetime would make them expired
+    // (this test failed every afternoon when it shifted to noon today).
     let real = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
-    let noon = real - real % 86_400 + 12 * 3600;
+    let mut noon = real - real % 86_400 + 12 * 3600;
+    if noon < real {
+        noon += 86_400;
+    }
     let offset = Arc::new(AtomicI64::new(noon - real));
     let clock_offset = offset.clone();
     let mut s = settings(&hub);
