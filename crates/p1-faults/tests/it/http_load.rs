@@ -151,7 +151,22 @@ async fn read_events(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Seen {
 async fn poll(port: u16, path: &'static str, stop: Arc<AtomicBool>) -> (u64, u64, f64) {
     let (mut requests, mut bad, mut slowest) = (0u64, 0u64, 0f64);
     let mut buf = Vec::with_capacity(64 * 1024);
+    // As fast as it can by default (a stress: the load generator shares the machine's cores
+    // with p1gw); `P1GW_HTTP_POLL_MS=N` paces each poller to a request every N ms.
+    let pace = std::env::var("P1GW_HTTP_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(|ms| {
+            let mut tick = tokio::time::interval(Duration::from_millis(ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+    let mut pace = pace;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(tick) = pace.as_mut() {
+            tick.tick().await; // the request rate of a paced client, not a synchronisation
+        }
         let t = Instant::now();
         let ok = async {
             let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
