@@ -10,6 +10,9 @@
 //! same pkid is published.
 //!
 //! One `Acks` belongs to one connection (one event loop): clear it when the connection goes.
+//!
+//! [`Acks::on_event`] reads rumqttc's MQTT 3.1.1 events; an MQTT 5 caller feeds the same
+//! steps through [`Acks::published`], [`Acks::await_ack`] and [`Acks::acked`].
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,8 +23,10 @@ use rumqttc::{Event, Incoming, Outgoing};
 pub struct Acks<T> {
     /// Tags handed to rumqttc, not yet seen as `Outgoing::Publish`.
     fifo: VecDeque<T>,
-    /// Tags by packet id, waiting for PUBACK/PUBCOMP.
-    inflight: HashMap<u16, T>,
+    /// Tags by packet id, waiting for PUBACK/PUBCOMP, with the order they went out in.
+    inflight: HashMap<u16, (u64, T)>,
+    /// Publications so far, to order `inflight`.
+    sent: u64,
     /// A tag parked by a packet-id collision.
     collided: Option<(u16, T)>,
 }
@@ -31,6 +36,7 @@ impl<T> Default for Acks<T> {
         Acks {
             fifo: VecDeque::new(),
             inflight: HashMap::new(),
+            sent: 0,
             collided: None,
         }
     }
@@ -60,8 +66,8 @@ impl<T: Clone> Acks<T> {
     /// Forgets everything (the connection is gone); returns the unsettled tags, those already
     /// on the wire first (by packet id), then those still queued in rumqttc.
     pub fn clear(&mut self) -> Vec<T> {
-        let mut sent: Vec<(u16, T)> = self.inflight.drain().collect();
-        sent.sort_by_key(|(pkid, _)| *pkid);
+        let mut sent: Vec<(u64, T)> = self.inflight.drain().map(|(_, t)| t).collect();
+        sent.sort_by_key(|(order, _)| *order);
         let mut out: Vec<T> = sent.into_iter().map(|(_, t)| t).collect();
         out.extend(self.collided.take().map(|(_, t)| t));
         out.extend(self.fifo.drain(..));
@@ -72,39 +78,65 @@ impl<T: Clone> Acks<T> {
     /// nothing to do with publishing are ignored.
     pub fn on_event(&mut self, event: &Event) -> Option<T> {
         match event {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let pkid = *pkid;
-                let tag = match self.collided.take() {
-                    Some((parked, tag)) if parked == pkid && !self.inflight.contains_key(&pkid) => {
-                        Some(tag)
-                    }
-                    other => {
-                        self.collided = other;
-                        self.fifo.pop_front()
-                    }
-                };
-                match (tag, pkid) {
-                    (Some(tag), 0) => Some(tag),
-                    (Some(tag), pkid) => {
-                        self.inflight.insert(pkid, tag);
-                        None
-                    }
-                    (None, _) => {
-                        tracing::warn!(pkid, "MQTT publish without a tag; ignored.");
-                        None
-                    }
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.published(*pkid),
             Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
-                if let Some(tag) = self.fifo.pop_front() {
-                    self.collided = Some((*pkid, tag));
-                }
+                self.await_ack(*pkid);
                 None
             }
-            Event::Incoming(Incoming::PubAck(ack)) => self.inflight.remove(&ack.pkid),
-            Event::Incoming(Incoming::PubComp(comp)) => self.inflight.remove(&comp.pkid),
+            Event::Incoming(Incoming::PubAck(ack)) => self.acked(ack.pkid),
+            Event::Incoming(Incoming::PubComp(comp)) => self.acked(comp.pkid),
             _ => None,
         }
+    }
+
+    /// rumqttc wrote the oldest handed message under `pkid` (`Outgoing::Publish`); returns its
+    /// tag when that settles it (QoS 0, `pkid` 0).
+    pub fn published(&mut self, pkid: u16) -> Option<T> {
+        let tag = match self.collided.take() {
+            Some((parked, tag)) if parked == pkid && !self.inflight.contains_key(&pkid) => {
+                Some(tag)
+            }
+            other => {
+                self.collided = other;
+                self.fifo.pop_front()
+            }
+        };
+        match (tag, pkid) {
+            (Some(tag), 0) => Some(tag),
+            (Some(tag), pkid) => {
+                self.sent += 1;
+                self.inflight.insert(pkid, (self.sent, tag));
+                None
+            }
+            (None, _) => {
+                tracing::warn!(pkid, "MQTT publish without a tag; ignored.");
+                None
+            }
+        }
+    }
+
+    /// rumqttc holds the oldest handed message back: `pkid` is still in flight
+    /// (`Outgoing::AwaitAck`).
+    pub fn await_ack(&mut self, pkid: u16) {
+        if let Some(tag) = self.fifo.pop_front() {
+            self.collided = Some((pkid, tag));
+        }
+    }
+
+    /// The broker answered the message under `pkid` (PUBACK, PUBCOMP, or an MQTT 5 refusal);
+    /// returns its tag.
+    pub fn acked(&mut self, pkid: u16) -> Option<T> {
+        self.inflight.remove(&pkid).map(|(_, tag)| tag)
+    }
+
+    /// The tag of the message that went out first of those still waiting for the broker's
+    /// answer. A broker answers one client's QoS 1 messages in order, so this is the one its
+    /// next PUBACK is for.
+    pub fn oldest_inflight(&self) -> Option<&T> {
+        self.inflight
+            .values()
+            .min_by_key(|(order, _)| *order)
+            .map(|(_, tag)| tag)
     }
 }
 

@@ -1,6 +1,6 @@
 //! p1-mqtt-transport: the MQTT plumbing the `mqtt` and `azure-iot` sinks share.
 //!
-//! Both sinks speak MQTT 3.1.1 through rumqttc over rustls (ring), delete a spool record only
+//! Both sinks speak MQTT (3.1.1; the `mqtt` sink also 5) through rumqttc over rustls (ring), delete a spool record only
 //! on the broker's acknowledgement, and run one fresh rumqttc event loop per connection. What
 //! that takes, beyond each sink's own protocol, lives here once:
 //!
@@ -30,5 +30,5 @@ pub mod poll;
 pub mod tls;
 
 pub use acks::Acks;
-pub use poll::{Polled, poll_events};
+pub use poll::{Polled, Polled5, poll_events, poll_events_v5};
 pub use tls::{ClientIdentity, TlsError, TlsSettings, client_config};

@@ -39,6 +39,18 @@ impl Qos {
     }
 }
 
+/// The MQTT protocol version spoken with the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (the default): every broker speaks it. A broker that drops a message (too
+    /// large, not allowed) still acknowledges it, and p1gw cannot tell.
+    #[default]
+    V311,
+    /// MQTT 5: the broker's PUBACK says when it refused a message, and its CONNACK states the
+    /// largest packet it takes.
+    V5,
+}
+
 /// Everything an MQTT sink needs. p1gw builds it from a validated `[[sink]]` entry; the
 /// defaults of [`MqttSettings::new`] are those of the configuration file.
 #[derive(Clone)]
@@ -47,6 +59,8 @@ pub struct MqttSettings {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// MQTT 3.1.1 or 5.
+    pub protocol: Protocol,
     /// TLS, for `mqtts://`.
     pub tls: Option<TlsSettings>,
     /// User name.
@@ -92,6 +106,7 @@ impl fmt::Debug for MqttSettings {
         f.debug_struct("MqttSettings")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("protocol", &self.protocol)
             .field("tls", &self.tls)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -120,6 +135,7 @@ impl MqttSettings {
         MqttSettings {
             host: host.into(),
             port,
+            protocol: Protocol::V311,
             tls: None,
             username: None,
             password: None,
@@ -200,6 +216,50 @@ impl MqttSettings {
         if let Some(tls) = tls {
             o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
         }
+        o
+    }
+}
+
+/// The session expiry interval asked for over MQTT 5: "never expires", as an MQTT 3.1.1
+/// persistent session, so the broker keeps the subscription to Home Assistant's status while
+/// p1gw is away (MQTT 5's default, 0, would end the session with the connection).
+const SESSION_NEVER_EXPIRES: u32 = u32::MAX;
+
+impl MqttSettings {
+    /// The rumqttc MQTT 5 options of every connection: what [`MqttSettings::options`] sets for
+    /// 3.1.1, with MQTT 5's spelling of a persistent session (`clean_start = false` plus a
+    /// session expiry interval) and `TCP_NODELAY` (the v5 event loop reads it from here).
+    pub(crate) fn options_v5(
+        &self,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> rumqttc::v5::MqttOptions {
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::mqttbytes::v5::LastWill;
+        let mut o =
+            rumqttc::v5::MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(SESSION_NEVER_EXPIRES));
+        o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
+        // What we accept from the broker; what it accepts comes in its CONNACK.
+        o.set_max_packet_size(u32::try_from(MAX_PACKET_BYTES).ok());
+        o.set_outgoing_inflight_upper_limit(crate::connection::MAX_INFLIGHT);
+        o.set_request_channel_capacity(crate::connection::REQUEST_CAPACITY);
+        o.set_last_will(LastWill::new(
+            self.status_topic(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+        if let Some(user) = &self.username {
+            o.set_credentials(user.clone(), self.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        let mut network = o.network_options();
+        network.set_tcp_nodelay(true);
+        o.set_network_options(network);
         o
     }
 }

@@ -18,6 +18,29 @@
 //! (`clean_session = false`, fixed client id), so the broker keeps our subscription to Home
 //! Assistant's status topic and queues its birth message while we are away.
 //!
+//! # MQTT 5
+//!
+//! With `protocol = "5"` the same task drives rumqttc's v5 client; its events are turned into
+//! the 3.1.1 events the rest of the task reads ([`Run::read_v5`]), except where MQTT 5 says
+//! more:
+//!
+//! * A PUBACK (or PUBREC) with a failure reason code is *not* an ack. "Payload format
+//!   invalid" can never succeed: the message is dropped ([`Run::drop_message`]). Every other
+//!   code (not authorized, quota exceeded, topic name invalid, unspecified, …) may pass once
+//!   the broker or the configuration changes: the record stays spooled and delivery backs off
+//!   ([`Report::Refused`]).
+//! * A message larger than the largest packet the broker's CONNACK allows is never sent (it
+//!   never could be; rumqttc would end the connection over it): dropped.
+//! * Mosquitto answers a message over its `message_size_limit` with PUBACK 0x95, a code
+//!   rumqttc 0.25 cannot decode: the connection ends with that decode error. Mosquitto acks
+//!   in order, so the refused message is the oldest one still in flight: dropped, the
+//!   connection is made again and the rest resent.
+//!
+//! A dropped message is logged at ERROR (topic, size, the broker's reason), counted in
+//! `p1gw_sink_dropped_total{reason="too_large"}` (or `"rejected"`), and remembered by spool
+//! sequence number so that a resend of its record after a reconnect leaves it out; the
+//! record's other messages are delivered as usual.
+//!
 //! # Pacing
 //!
 //! Data messages pass a token bucket of `backlog_rate` tokens per second holding one second's
@@ -25,13 +48,14 @@
 //! Status and discovery messages are not paced and go before data. At most [`WINDOW`]
 //! messages are unsettled at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use p1_core::{Backoff, HealthHandle};
-use p1_mqtt_transport::{Acks, Polled, poll_events};
+use p1_mqtt_transport::{Acks, Polled, Polled5, poll_events, poll_events_v5};
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, PubRecReason};
 use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, Outgoing};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +63,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::MqttSettings;
+use crate::config::Protocol;
 use crate::discovery::Configs;
 use crate::encode::Message;
 
@@ -73,6 +98,15 @@ pub(crate) enum Report {
     /// The connection was lost (or never there): the attempt's unsettled records are not
     /// delivered.
     Lost { epoch: u64, reason: String },
+    /// MQTT 5: the broker refused a message of record `seq` with a reason code that may pass
+    /// later: the record stays spooled, delivery backs off.
+    Refused {
+        epoch: u64,
+        seq: u64,
+        /// The metrics' `reason` label.
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// The connection as delivery sees it.
@@ -89,10 +123,109 @@ pub(crate) struct ConnState {
 /// What a published message is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
-    /// A message of spool record `seq`, sent in delivery attempt `epoch`.
-    Data { epoch: u64, seq: u64 },
+    /// Message `idx` of spool record `seq`, sent in delivery attempt `epoch`.
+    Data { epoch: u64, seq: u64, idx: u32 },
     /// Status or discovery: nobody waits for its ack.
     Control,
+}
+
+/// A message handed to rumqttc: what [`Acks`] gives back when the broker answers.
+#[derive(Debug, Clone)]
+struct Sent {
+    tag: Tag,
+    topic: String,
+    bytes: usize,
+}
+
+impl Sent {
+    fn control() -> Sent {
+        Sent {
+            tag: Tag::Control,
+            topic: String::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The client of one connection, in the configured protocol version.
+enum Client {
+    V311(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+fn qos5(qos: rumqttc::QoS) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    match qos {
+        rumqttc::QoS::AtMostOnce => Q5::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce => Q5::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce => Q5::ExactlyOnce,
+    }
+}
+
+impl Client {
+    /// `try_publish`; false when the request channel is full (or the event loop ended).
+    fn try_publish(
+        &self,
+        topic: String,
+        qos: rumqttc::QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> bool {
+        match self {
+            Client::V311(c) => c.try_publish(topic, qos, retain, payload).is_ok(),
+            Client::V5(c) => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
+        }
+    }
+
+    fn try_subscribe(&self, topic: String) -> bool {
+        match self {
+            Client::V311(c) => c.try_subscribe(topic, rumqttc::QoS::AtLeastOnce).is_ok(),
+            Client::V5(c) => c
+                .try_subscribe(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .is_ok(),
+        }
+    }
+
+    fn try_disconnect(&self) -> bool {
+        match self {
+            Client::V311(c) => c.try_disconnect().is_ok(),
+            Client::V5(c) => c.try_disconnect().is_ok(),
+        }
+    }
+}
+
+/// What the pollers of either protocol send the task.
+pub(crate) enum Net {
+    V311(Polled),
+    /// Boxed: a v5 event is more than twice the size of a 3.1.1 one.
+    V5(Box<Polled5>),
+}
+
+impl From<Polled> for Net {
+    fn from(p: Polled) -> Net {
+        Net::V311(p)
+    }
+}
+
+impl From<Polled5> for Net {
+    fn from(p: Polled5) -> Net {
+        Net::V5(Box::new(p))
+    }
+}
+
+/// An event of either protocol, as the task reads it.
+enum Step {
+    /// A 3.1.1 event, or the 3.1.1 equivalent of a v5 one.
+    Event(Event),
+    /// MQTT 5: the broker refused the message under `pkid`.
+    Refused {
+        pkid: u16,
+        code: u8,
+        name: String,
+        reason_string: Option<String>,
+    },
+    /// Nothing for us.
+    Ignore,
 }
 
 /// A message waiting to be published.
@@ -150,7 +283,7 @@ impl Bucket {
 
 /// The live connection of the moment.
 struct Live {
-    client: AsyncClient,
+    client: Client,
     poller: JoinHandle<()>,
     connected: bool,
 }
@@ -183,7 +316,15 @@ struct Run {
     ha_status_topic: Option<String>,
     live: Option<Live>,
     /// Messages handed to rumqttc and not settled yet, by packet id.
-    acks: Acks<Tag>,
+    acks: Acks<Sent>,
+    /// MQTT 5: the largest packet the broker takes, from its CONNACK.
+    max_packet: Option<u32>,
+    /// Messages dropped for good (by spool sequence number and index), left out when their
+    /// record is sent again after a reconnect.
+    skip: HashMap<u64, HashSet<u32>>,
+    /// Status and discovery topics whose message the broker refused as too large: not sent
+    /// again by this task (they would be on every connect).
+    skip_control: HashSet<String>,
     control: VecDeque<Out>,
     data: VecDeque<Out>,
     /// Unsettled messages per (epoch, seq).
@@ -203,7 +344,7 @@ impl Connection {
     /// Runs until a clean stop (after `offline` and the DISCONNECT went out, or
     /// [`STOP_GRACE`]) or the hard stop.
     pub(crate) async fn run(mut self) {
-        let (events_tx, mut events) = mpsc::channel::<Polled>(256);
+        let (events_tx, mut events) = mpsc::channel::<Net>(256);
         let mut run = Run {
             qos: self.settings.qos.mqtt(),
             status_topic: self.settings.status_topic(),
@@ -215,6 +356,9 @@ impl Connection {
             settings: self.settings.clone(),
             live: None,
             acks: Acks::new(),
+            max_packet: None,
+            skip: HashMap::new(),
+            skip_control: HashSet::new(),
             control: VecDeque::new(),
             data: VecDeque::new(),
             remaining: HashMap::new(),
@@ -249,11 +393,11 @@ impl Connection {
                         Some(live) if live.connected => {
                             // Our own retained `offline`: a clean DISCONNECT suppresses the will.
                             let offline = live.client.try_publish(
-                                run.status_topic.clone(), rumqttc::QoS::AtLeastOnce, true, "offline");
-                            if offline.is_ok() {
-                                run.acks.handed(Tag::Control);
+                                run.status_topic.clone(), rumqttc::QoS::AtLeastOnce, true, b"offline".to_vec());
+                            if offline {
+                                run.acks.handed(Sent::control());
                             }
-                            if live.client.try_disconnect().is_err() {
+                            if !live.client.try_disconnect() {
                                 break;
                             }
                         }
@@ -261,19 +405,34 @@ impl Connection {
                     }
                 }
                 () = tokio::time::sleep_until(stopping.unwrap_or_else(Instant::now)), if stopping.is_some() => break,
-                Some((g, event)) = events.recv() => {
+                Some(net) = events.recv() => {
+                    let (g, step) = match net {
+                        Net::V311((g, event)) => (g, event.map(Step::Event).map_err(|e| describe(&e, &self.settings))),
+                        Net::V5(polled) => {
+                            // Only the live connection's events may touch its acks.
+                            let (g, event) = *polled;
+                            (g, match event {
+                                _ if g != generation => Ok(Step::Ignore),
+                                Ok(event) => Ok(run.read_v5(event)),
+                                Err(e) => Err(run.v5_failed(&e, &self)),
+                            })
+                        }
+                    };
                     if g != generation {
                         continue;
                     }
-                    match event {
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) if stopping.is_some() => break,
-                        Ok(event) => {
+                    match step {
+                        Ok(Step::Event(Event::Outgoing(Outgoing::Disconnect))) if stopping.is_some() => break,
+                        Ok(Step::Event(event)) => {
                             if run.handle(event, &self) {
                                 backoff.reset();
                             }
                         }
-                        Err(e) => {
-                            let reason = describe(&e, &self.settings);
+                        Ok(Step::Refused { pkid, code, name, reason_string }) => {
+                            run.refused(pkid, code, &name, reason_string.as_deref(), &self);
+                        }
+                        Ok(Step::Ignore) => {}
+                        Err(reason) => {
                             run.lost(&self, reason);
                             if stopping.is_some() {
                                 break;
@@ -292,9 +451,18 @@ impl Connection {
                 }
                 () = tokio::time::sleep_until(reconnect_at), if run.live.is_none() && stopping.is_none() => {
                     generation += 1;
-                    let options = self.settings.options(self.tls.as_ref());
-                    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-                    let poller = tokio::spawn(poll_events(generation, eventloop, events_tx.clone()));
+                    let (client, poller) = match self.settings.protocol {
+                        Protocol::V311 => {
+                            let options = self.settings.options(self.tls.as_ref());
+                            let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+                            (Client::V311(client), tokio::spawn(poll_events(generation, eventloop, events_tx.clone())))
+                        }
+                        Protocol::V5 => {
+                            let options = self.settings.options_v5(self.tls.as_ref());
+                            let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, REQUEST_CAPACITY);
+                            (Client::V5(client), tokio::spawn(poll_events_v5(generation, eventloop, events_tx.clone())))
+                        }
+                    };
                     tracing::debug!(sink = %self.name, broker = %self.settings.broker(), "Connecting to the MQTT broker.");
                     run.live = Some(Live { client, poller, connected: false });
                 }
@@ -330,15 +498,18 @@ impl Run {
 
     /// Hands queued messages to rumqttc: control first, data as the bucket allows.
     fn pump(&mut self, cx: &Connection) {
-        let Some(live) = self.live.as_ref().filter(|l| l.connected) else {
+        if !self.live.as_ref().is_some_and(|l| l.connected) {
             return;
-        };
+        }
         while self.outstanding() < WINDOW {
             let now = Instant::now();
             let out = if let Some(out) = self.control.pop_front() {
+                if self.skip_control.contains(&out.topic) {
+                    continue;
+                }
                 out
             } else if let Some(stale) = self.data.front().and_then(|out| match out.tag {
-                Tag::Data { epoch, seq } if epoch < cx.attempt.load(Ordering::Acquire) => {
+                Tag::Data { epoch, seq, .. } if epoch < cx.attempt.load(Ordering::Acquire) => {
                     Some((epoch, seq))
                 }
                 _ => None,
@@ -360,12 +531,33 @@ impl Run {
                 Tag::Control => rumqttc::QoS::AtLeastOnce,
                 Tag::Data { .. } => self.qos,
             };
-            match live
-                .client
-                .try_publish(out.topic.clone(), qos, out.retain, out.payload.clone())
-            {
-                Ok(()) => self.acks.handed(out.tag),
-                Err(_) => {
+            if let Some(max) = self.max_packet {
+                let size = packet_size_v5(&out.topic, qos, &out.payload);
+                if size > u64::from(max) {
+                    // The broker said it takes no packet this large: it never will.
+                    let sent = Sent {
+                        tag: out.tag,
+                        topic: out.topic,
+                        bytes: out.payload.len(),
+                    };
+                    let why = format!(
+                        "too large: a {size}-byte packet, the broker takes at most {max} bytes (its CONNACK's maximum packet size)"
+                    );
+                    self.drop_message(sent, "too_large", &why, cx);
+                    continue;
+                }
+            }
+            if self.live.as_ref().is_some_and(|live| {
+                live.client
+                    .try_publish(out.topic.clone(), qos, out.retain, out.payload.clone())
+            }) {
+                self.acks.handed(Sent {
+                    tag: out.tag,
+                    topic: out.topic,
+                    bytes: out.payload.len(),
+                });
+            } else {
+                {
                     // The request channel is full (or the event loop just ended, which its
                     // error event reports): try again after the next event.
                     tracing::debug!(sink = %cx.name, "MQTT request channel full; waiting.");
@@ -413,26 +605,44 @@ impl Run {
             );
             return;
         }
-        let tag = Tag::Data {
-            epoch: job.epoch,
-            seq: job.seq,
-        };
-        self.remaining
-            .insert((job.epoch, job.seq), job.messages.len());
-        for m in job.messages {
+        let skip = self.skip.get(&job.seq);
+        let mut count = 0;
+        for (idx, m) in job.messages.into_iter().enumerate() {
+            let idx = u32::try_from(idx).unwrap_or(u32::MAX);
+            if skip.is_some_and(|s| s.contains(&idx)) {
+                // Dropped for good (and counted) when first refused.
+                continue;
+            }
+            count += 1;
             self.data.push_back(Out {
                 topic: format!("{}/{}", self.settings.topic_prefix, m.topic),
                 payload: m.payload,
                 retain: m.retain,
-                tag,
+                tag: Tag::Data {
+                    epoch: job.epoch,
+                    seq: job.seq,
+                    idx,
+                },
             });
         }
+        if count == 0 {
+            self.skip.remove(&job.seq);
+            report(
+                cx,
+                Report::Acked {
+                    epoch: job.epoch,
+                    seq: job.seq,
+                },
+            );
+            return;
+        }
+        self.remaining.insert((job.epoch, job.seq), count);
     }
 
     /// Handles one event of the live connection; true on a CONNACK.
     fn handle(&mut self, event: Event, cx: &Connection) -> bool {
-        if let Some(tag) = self.acks.on_event(&event) {
-            self.settle(tag, cx);
+        if let Some(sent) = self.acks.on_event(&event) {
+            self.settle(sent.tag, cx);
             return false;
         }
         match event {
@@ -461,7 +671,7 @@ impl Run {
 
     /// One message of `tag` is settled.
     fn settle(&mut self, tag: Tag, cx: &Connection) {
-        let Tag::Data { epoch, seq } = tag else {
+        let Tag::Data { epoch, seq, .. } = tag else {
             return;
         };
         let key = (epoch, seq);
@@ -474,7 +684,155 @@ impl Run {
         };
         if done {
             self.remaining.remove(&key);
+            self.skip.remove(&seq);
             report(cx, Report::Acked { epoch, seq });
+        }
+    }
+
+    /// An MQTT 5 event, as the 3.1.1 event it amounts to (or a refusal).
+    fn read_v5(&mut self, event: rumqttc::v5::Event) -> Step {
+        use rumqttc::v5::Event as E5;
+        match event {
+            E5::Outgoing(out) => Step::Event(Event::Outgoing(out)),
+            E5::Incoming(Packet5::ConnAck(ack)) => {
+                self.max_packet = ack.properties.as_ref().and_then(|p| p.max_packet_size);
+                Step::Event(Event::Incoming(Incoming::ConnAck(rumqttc::ConnAck::new(
+                    rumqttc::ConnectReturnCode::Success,
+                    ack.session_present,
+                ))))
+            }
+            E5::Incoming(Packet5::PubAck(ack)) => match ack.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Step::Event(
+                    Event::Incoming(Incoming::PubAck(rumqttc::PubAck::new(ack.pkid))),
+                ),
+                reason => Step::Refused {
+                    pkid: ack.pkid,
+                    code: puback_code(reason),
+                    name: format!("{reason:?}"),
+                    reason_string: ack.properties.and_then(|p| p.reason_string),
+                },
+            },
+            E5::Incoming(Packet5::PubRec(rec)) => match rec.reason {
+                PubRecReason::Success | PubRecReason::NoMatchingSubscribers => Step::Ignore,
+                reason => Step::Refused {
+                    pkid: rec.pkid,
+                    code: pubrec_code(reason),
+                    name: format!("{reason:?}"),
+                    reason_string: rec.properties.and_then(|p| p.reason_string),
+                },
+            },
+            E5::Incoming(Packet5::PubComp(comp)) => Step::Event(Event::Incoming(
+                Incoming::PubComp(rumqttc::PubComp::new(comp.pkid)),
+            )),
+            E5::Incoming(Packet5::Publish(p)) => {
+                Step::Event(Event::Incoming(Incoming::Publish(rumqttc::Publish::new(
+                    String::from_utf8_lossy(&p.topic),
+                    rumqttc::QoS::AtMostOnce,
+                    p.payload.to_vec(),
+                ))))
+            }
+            E5::Incoming(_) => Step::Ignore,
+        }
+    }
+
+    /// The MQTT 5 connection ended with `e`: its description, after dropping the message a
+    /// PUBACK 0x95 that rumqttc could not read refused (see the module docs).
+    fn v5_failed(&mut self, e: &rumqttc::v5::ConnectionError, cx: &Connection) -> String {
+        use rumqttc::v5::mqttbytes::Error as MqttError;
+        use rumqttc::v5::{ConnectionError as C5, StateError as S5};
+        if let C5::MqttState(S5::Deserialization(MqttError::InvalidConnectReturnCode(0x95))) = e
+            && let Some(sent) = self.acks.oldest_inflight().cloned()
+        {
+            let why = "the broker refused it: packet too large (reason code 0x95; e.g. Mosquitto's message_size_limit)".to_owned();
+            let reason = format!(
+                "the broker {} refused the message on {} ({} bytes) as too large (PUBACK 0x95, which ends rumqttc's connection); dropped it, reconnecting",
+                cx.settings.broker(),
+                sent.topic,
+                sent.bytes
+            );
+            self.drop_message(sent, "too_large", &why, cx);
+            return reason;
+        }
+        describe_v5(e, &cx.settings)
+    }
+
+    /// MQTT 5: the broker answered the message under `pkid` with failure reason `code`.
+    fn refused(
+        &mut self,
+        pkid: u16,
+        code: u8,
+        name: &str,
+        reason_string: Option<&str>,
+        cx: &Connection,
+    ) {
+        let Some(sent) = self.acks.acked(pkid) else {
+            return;
+        };
+        let said = match reason_string {
+            Some(r) => format!("{name} (reason code 0x{code:02x}: {r})"),
+            None => format!("{name} (reason code 0x{code:02x})"),
+        };
+        let Tag::Data { epoch, seq, .. } = sent.tag else {
+            tracing::warn!(sink = %cx.name, topic = %sent.topic, reason = %said, "The broker refused a status or discovery message.");
+            return;
+        };
+        if code == 0x99 {
+            // Payload format invalid: the same bytes never pass.
+            let why = format!("the broker refused it: {said}");
+            self.drop_message(sent, "rejected", &why, cx);
+            return;
+        }
+        // May pass later (ACL, quota, topic, broker trouble): keep it spooled, back off.
+        self.remaining.remove(&(epoch, seq));
+        let label = match code {
+            0x87 => "not_authorized",
+            0x97 => "quota",
+            0x90 => "topic",
+            _ => "refused",
+        };
+        let hint = match code {
+            0x87 => " (check the broker's ACL for this user and topic)",
+            0x90 => " (check topic_prefix)",
+            _ => "",
+        };
+        let message = format!(
+            "the broker {} refused a message on {} ({} bytes): {said}{hint}; the reading stays spooled",
+            self.settings.broker(),
+            sent.topic,
+            sent.bytes
+        );
+        cx.health.degraded(format!("MQTT: {message}"));
+        report(
+            cx,
+            Report::Refused {
+                epoch,
+                seq,
+                reason: label,
+                message,
+            },
+        );
+    }
+
+    /// A message the broker will never take: logged at ERROR, counted, settled, and left
+    /// out of its record's resends.
+    fn drop_message(&mut self, sent: Sent, reason: &'static str, why: &str, cx: &Connection) {
+        let message = format!(
+            "MQTT message on {} ({} bytes) dropped: {why}",
+            sent.topic, sent.bytes
+        );
+        tracing::error!(sink = %cx.name, topic = %sent.topic, bytes = sent.bytes, reason, error = %why, "The broker will never take this MQTT message; dropped.");
+        metrics::counter!("p1gw_sink_dropped_total", "sink" => cx.name.clone(), "reason" => reason)
+            .increment(1);
+        cx.health.add_counter("dropped", 1);
+        cx.health.error(message);
+        match sent.tag {
+            Tag::Data { seq, idx, .. } => {
+                self.skip.entry(seq).or_default().insert(idx);
+                self.settle(sent.tag, cx);
+            }
+            Tag::Control => {
+                self.skip_control.insert(sent.topic);
+            }
         }
     }
 
@@ -487,10 +845,7 @@ impl Run {
             tag: Tag::Control,
         });
         if let (Some(topic), Some(live)) = (&self.ha_status_topic, &self.live)
-            && live
-                .client
-                .try_subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
-                .is_err()
+            && !live.client.try_subscribe(topic.clone())
         {
             tracing::warn!(sink = %cx.name, "Could not subscribe to Home Assistant's status topic.");
         }
@@ -548,6 +903,7 @@ impl Run {
         }
         let had_data = !self.remaining.is_empty();
         self.dead_epoch = self.epoch;
+        self.max_packet = None;
         self.acks.clear();
         self.control.clear();
         self.data.clear();
@@ -625,6 +981,88 @@ pub(crate) fn describe(e: &ConnectionError, settings: &MqttSettings) -> String {
         ConnectionError::MqttState(state) => {
             format!("connection to the broker {broker} lost: {state}")
         }
+        other => format!("connection to the broker {broker} failed: {other}"),
+    }
+}
+
+/// The size of the MQTT 5 PUBLISH packet rumqttc makes of this message (no properties), as
+/// the broker's maximum packet size counts it.
+pub(crate) fn packet_size_v5(topic: &str, qos: rumqttc::QoS, payload: &[u8]) -> u64 {
+    let mut publish =
+        rumqttc::v5::mqttbytes::v5::Publish::new(topic, qos5(qos), payload.to_vec(), None);
+    if qos != rumqttc::QoS::AtMostOnce {
+        publish.pkid = 1;
+    }
+    u64::try_from(publish.size()).unwrap_or(u64::MAX)
+}
+
+fn puback_code(reason: PubAckReason) -> u8 {
+    match reason {
+        PubAckReason::Success => 0x00,
+        PubAckReason::NoMatchingSubscribers => 0x10,
+        PubAckReason::UnspecifiedError => 0x80,
+        PubAckReason::ImplementationSpecificError => 0x83,
+        PubAckReason::NotAuthorized => 0x87,
+        PubAckReason::TopicNameInvalid => 0x90,
+        PubAckReason::PacketIdentifierInUse => 0x91,
+        PubAckReason::QuotaExceeded => 0x97,
+        PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn pubrec_code(reason: PubRecReason) -> u8 {
+    match reason {
+        PubRecReason::Success => 0x00,
+        PubRecReason::NoMatchingSubscribers => 0x10,
+        PubRecReason::UnspecifiedError => 0x80,
+        PubRecReason::ImplementationSpecificError => 0x83,
+        PubRecReason::NotAuthorized => 0x87,
+        PubRecReason::TopicNameInvalid => 0x90,
+        PubRecReason::PacketIdentifierInUse => 0x91,
+        PubRecReason::QuotaExceeded => 0x97,
+        PubRecReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// [`describe`] for an MQTT 5 connection.
+pub(crate) fn describe_v5(e: &rumqttc::v5::ConnectionError, settings: &MqttSettings) -> String {
+    use rumqttc::v5::mqttbytes::Error as MqttError;
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
+    use rumqttc::v5::{ConnectionError as C5, StateError as S5};
+    let broker = settings.broker();
+    match e {
+        C5::ConnectionRefused(Code::BadUserNamePassword) => format!(
+            "the broker {broker} refused the login: bad user name or password (check username and password_file or P1GW_MQTT_PASSWORD)"
+        ),
+        C5::ConnectionRefused(Code::NotAuthorized) => format!(
+            "the broker {broker} refused the connection: not authorized (check username and password_file or P1GW_MQTT_PASSWORD, and the broker's ACL)"
+        ),
+        C5::ConnectionRefused(Code::ClientIdentifierNotValid) => format!(
+            "the broker {broker} refused the client id {:?}",
+            settings.client_id
+        ),
+        C5::ConnectionRefused(Code::UnsupportedProtocolVersion) => {
+            format!("the broker {broker} does not speak MQTT 5 (set protocol = \"3.1.1\")")
+        }
+        C5::ConnectionRefused(code) => {
+            format!("the broker {broker} refused the connection: {code:?}")
+        }
+        C5::Io(io) => format!("cannot reach the broker {broker}: {io}"),
+        C5::Tls(tls) => format!("TLS with the broker {broker} failed: {tls}"),
+        C5::MqttState(S5::AwaitPingResp) => {
+            format!("the broker {broker} stopped answering (keep-alive ping not acknowledged)")
+        }
+        C5::MqttState(S5::Deserialization(MqttError::InvalidConnectReturnCode(0x95))) => format!(
+            "the broker {broker} refused a message as too large (PUBACK 0x95, which rumqttc cannot read: reconnecting)"
+        ),
+        C5::MqttState(S5::ServerDisconnect {
+            reason_code,
+            reason_string,
+        }) => match reason_string {
+            Some(r) => format!("the broker {broker} disconnected: {reason_code:?} ({r})"),
+            None => format!("the broker {broker} disconnected: {reason_code:?}"),
+        },
+        C5::MqttState(state) => format!("connection to the broker {broker} lost: {state}"),
         other => format!("connection to the broker {broker} failed: {other}"),
     }
 }

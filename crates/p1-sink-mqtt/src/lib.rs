@@ -27,12 +27,18 @@
 //!
 //! # MQTT session
 //!
-//! MQTT 3.1.1 through rumqttc, persistent session (`clean_session = false`) under a fixed client
+//! MQTT 3.1.1 (or 5, [`Protocol`]) through rumqttc, persistent session (`clean_session = false`;
+//! over MQTT 5 `clean_start = false` with a session that never expires) under a fixed client
 //! id, keep-alive, last will `offline` (retained). rumqttc's own in-memory resend queue is not
 //! used: each connection gets a fresh client and event loop, and the spool is the only resend
 //! queue, so a broker restarted without persistence (CONNACK `session_present = false`) loses
 //! nothing (docs/dependencies.md §2.1). Reconnects back off (capped, jittered) in this crate,
 //! since rumqttc's event loop would retry at once (§2.2).
+//!
+//! Over MQTT 5 a PUBACK with a failure reason code is not an ack: a message the broker will
+//! never take (too large, bad payload format) is dropped, logged at ERROR and counted in
+//! `p1gw_sink_dropped_total`; any other refusal keeps the reading spooled and backs off
+//! (module `connection`).
 //!
 //! # Place in the graph
 //!
@@ -55,7 +61,7 @@ pub mod encode;
 mod error;
 mod sink;
 
-pub use config::{ClientIdentity, MqttSettings, Qos, TlsSettings};
+pub use config::{ClientIdentity, MqttSettings, Protocol, Qos, TlsSettings};
 pub use error::BuildError;
 pub use sink::{KIND, MqttSink, build};
 

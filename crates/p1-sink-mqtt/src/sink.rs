@@ -274,25 +274,33 @@ impl Deliver for MqttDeliver {
                     Ok(Some(Report::Acked { epoch: e, seq })) if e == epoch => {
                         acked.insert(seq);
                     }
-                    Ok(Some(Report::Lost { epoch: e, reason })) if e == epoch => break reason,
+                    Ok(Some(Report::Lost { epoch: e, reason })) if e == epoch => {
+                        break transient(reason);
+                    }
+                    Ok(Some(Report::Refused {
+                        epoch: e,
+                        reason,
+                        message,
+                        ..
+                    })) if e == epoch => {
+                        // MQTT 5: the broker refused a message with a code that may pass
+                        // later. The records from the refused one on stay spooled.
+                        break DeliveryError::Refused { reason, message };
+                    }
                     Ok(Some(_)) => {}
-                    Ok(None) => break "the MQTT connection task ended".to_owned(),
+                    Ok(None) => break transient("the MQTT connection task ended"),
                     Err(_) => {
-                        break format!(
+                        break transient(format!(
                             "no acknowledgement from the broker within {} s",
                             ACK_WAIT.as_secs()
-                        );
+                        ));
                     }
                 }
             };
             // This attempt is over: the connection task drops what it still holds of it, so
             // that nothing of it is published after (ahead of) the resend.
             self.attempt.store(epoch + 1, Ordering::Release);
-            if prefix > 0 {
-                Ok(prefix)
-            } else {
-                Err(transient(failure))
-            }
+            if prefix > 0 { Ok(prefix) } else { Err(failure) }
         })
     }
 }

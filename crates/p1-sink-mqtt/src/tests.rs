@@ -5,7 +5,7 @@ use p1_core::Reading;
 use serde_json::Value;
 
 use crate::MqttSettings;
-use crate::connection::Bucket;
+use crate::connection::{Bucket, describe_v5, packet_size_v5};
 use crate::discovery::{Discovery, EXPIRE_READINGS, maker, spec};
 use crate::encode::{Message, Publisher, decode_record, encode_record, format_number, values};
 
@@ -722,4 +722,47 @@ fn a_delivery_batch_is_about_a_second_of_the_backlog_rate() {
     assert_eq!(batch_for(50), 50);
     assert_eq!(batch_for(300), 300);
     assert_eq!(batch_for(10_000), 512);
+}
+
+#[test]
+fn mqtt5_packet_size_is_counted_as_rumqttc_and_the_broker_count_it() {
+    // rumqttc refused this very message with `OutgoingPacketTooLarge { pkt_size: 314 }`
+    // against a Mosquitto with `max_packet_size 200` (measured while writing the check).
+    assert_eq!(
+        packet_size_v5("p1/big", rumqttc::QoS::AtLeastOnce, &[b'a'; 300]),
+        314
+    );
+    // QoS 0 has no packet id.
+    assert_eq!(
+        packet_size_v5("p1/big", rumqttc::QoS::AtMostOnce, &[b'a'; 300]),
+        312
+    );
+}
+
+#[test]
+fn mqtt5_connection_errors_say_what_happened() {
+    use rumqttc::v5::mqttbytes::Error as MqttError;
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+    use rumqttc::v5::{ConnectionError, StateError};
+    let s = MqttSettings::new("broker.local", 1883, "home");
+    let e = describe_v5(
+        &ConnectionError::ConnectionRefused(ConnectReturnCode::UnsupportedProtocolVersion),
+        &s,
+    );
+    assert!(
+        e.contains("broker.local:1883") && e.contains("3.1.1"),
+        "{e}"
+    );
+    let e = describe_v5(
+        &ConnectionError::MqttState(StateError::Deserialization(
+            MqttError::InvalidConnectReturnCode(0x95),
+        )),
+        &s,
+    );
+    assert!(e.contains("too large"), "{e}");
+    let e = describe_v5(
+        &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+        &s,
+    );
+    assert!(e.contains("password_file"), "{e}");
 }

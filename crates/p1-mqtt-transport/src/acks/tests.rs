@@ -70,3 +70,20 @@ fn clear_returns_the_unsettled_on_the_wire_first() {
     assert_eq!(acks.clear(), ["a", "b", "c"]);
     assert!(acks.is_empty());
 }
+
+#[test]
+fn the_oldest_in_flight_message_is_by_send_order_not_packet_id() {
+    let mut acks = Acks::new();
+    acks.handed("a");
+    acks.handed("b");
+    acks.handed("c");
+    // Packet ids wrapped: "a" went out last of the range, "b" and "c" after it with low ids.
+    acks.published(1024);
+    acks.published(1);
+    acks.published(2);
+    assert_eq!(acks.oldest_inflight(), Some(&"a"));
+    assert_eq!(acks.acked(1024), Some("a"));
+    assert_eq!(acks.oldest_inflight(), Some(&"b"));
+    assert_eq!(acks.clear(), vec!["b", "c"]);
+    assert_eq!(acks.oldest_inflight(), None);
+}

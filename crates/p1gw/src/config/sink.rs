@@ -92,6 +92,11 @@ pub struct MqttConfig {
     /// The broker: `mqtt://host:1883` or `tcp://…` in the clear, `mqtts://host:8883` or
     /// `ssl://…` with TLS. No credentials in the URL.
     pub url: String,
+    /// The MQTT version: `"3.1.1"` (every broker) or `"5"` (the broker says when it refuses
+    /// a message, e.g. one too large, instead of acknowledging and dropping it). Default
+    /// `"3.1.1"`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// The user name to log in with.
     pub username: Option<String>,
     /// A file holding the password (one line), readable by p1gw only. `P1GW_MQTT_PASSWORD`
@@ -301,6 +306,9 @@ fn default_topic_prefix() -> String {
 fn default_qos() -> u8 {
     1
 }
+fn default_protocol() -> String {
+    "3.1.1".to_owned()
+}
 fn default_keep_alive() -> RawDuration {
     RawDuration::new("30s")
 }
@@ -410,11 +418,22 @@ pub enum Qos {
     ExactlyOnce,
 }
 
+/// The MQTT version of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1.
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
 /// A validated MQTT sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidMqtt {
     /// The broker.
     pub url: Endpoint,
+    /// The MQTT version.
+    pub protocol: MqttProtocol,
     /// User name.
     pub username: Option<String>,
     /// Password (only with a user name).
@@ -676,6 +695,17 @@ impl MqttConfig {
             &at.key("min_interval"),
             parse_duration(&self.min_interval.0),
         );
+        let protocol = match self.protocol.as_str() {
+            "3.1.1" => Some(MqttProtocol::V311),
+            "5" | "5.0" => Some(MqttProtocol::V5),
+            other => {
+                problems.value(
+                    at.key("protocol"),
+                    format!("{other:?}: protocol is \"3.1.1\" or \"5\""),
+                );
+                None
+            }
+        };
         let qos = match self.qos {
             0 => Some(Qos::AtMostOnce),
             1 => Some(Qos::AtLeastOnce),
@@ -755,6 +785,7 @@ impl MqttConfig {
         client_id?;
         Some(ValidMqtt {
             url,
+            protocol: protocol?,
             username: self.username.clone(),
             password: password?,
             client_id: self.client_id.clone(),
@@ -828,6 +859,10 @@ impl ValidMqtt {
                     }),
                 },
             }),
+        };
+        s.protocol = match self.protocol {
+            MqttProtocol::V311 => p1_sink_mqtt::Protocol::V311,
+            MqttProtocol::V5 => p1_sink_mqtt::Protocol::V5,
         };
         s.keep_alive = self.keep_alive;
         s.qos = match self.qos {
@@ -1295,6 +1330,7 @@ mod mqtt_tests {
             "only_on_change = true",
             r#"min_interval = "5s""#,
             "qos = 0",
+            r#"protocol = "5""#,
             "retain = true",
             r#"client_id = "gw-1""#,
             r#"topic_prefix = "house/p1""#,
@@ -1308,6 +1344,7 @@ mod mqtt_tests {
         assert!(s.only_on_change && s.retain && s.value_topics);
         assert_eq!(s.min_interval, Duration::from_secs(5));
         assert_eq!(s.qos, p1_sink_mqtt::Qos::AtMostOnce);
+        assert_eq!(s.protocol, p1_sink_mqtt::Protocol::V5);
         assert_eq!(s.status_topic(), "house/p1/home/status");
         let tls = s.tls.expect("tls");
         assert_eq!(
@@ -1331,6 +1368,12 @@ mod mqtt_tests {
     #[test]
     fn mqtt_key_errors_are_located() {
         let base = r#"url = "mqtt://broker.local""#;
+        let e = error(&[base, r#"protocol = "4""#]);
+        assert!(
+            e.contains("sink[0].protocol") && e.contains(r#""3.1.1" or "5""#),
+            "{e}"
+        );
+        assert_eq!(mqtt(&[base]).protocol, super::MqttProtocol::V311);
         let e = error(&[base, r#"keep_alive = "500ms""#]);
         assert!(e.contains("sink[0].keep_alive") && e.contains("1s"), "{e}");
         let e = error(&[base, r#"keep_alive = "19h""#]);

@@ -811,6 +811,24 @@ const BROKEN: &[Broken] = &[
         message: "3: qos is 0, 1 or 2",
     },
     Broken {
+        what: "unknown MQTT protocol version",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[source]",
+            r#"kind = "simulate""#,
+            "[[sink]]",
+            r#"kind = "mqtt""#,
+            r#"url = "mqtt://broker.local""#,
+            r#"protocol = "3.1""#,
+        ],
+        line: 9,
+        column: 12,
+        key: "sink[0].protocol",
+        message: r#""3.1": protocol is "3.1.1" or "5""#,
+    },
+    Broken {
         what: "InfluxDB v2 without a token",
         lines: &[
             "[meter]",

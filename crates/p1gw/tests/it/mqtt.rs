@@ -1,7 +1,8 @@
 //! The MQTT sink against a real Mosquitto (Debian's `mosquitto` + `mosquitto-clients`, started
 //! by `scripts/servers` on a free port in a temp dir and stopped by pid, also on failure):
 //! state messages in order, Home Assistant discovery, availability and the last will, the
-//! birth message, password and TLS logins, and no loss across a broker restart.
+//! birth message, password and TLS logins, and no loss across a broker restart; over MQTT 5
+//! as well, and a broker refusing a too-large message.
 //!
 //! These tests fail (never skip) when Mosquitto is missing, naming the packages.
 
@@ -287,14 +288,25 @@ impl Drop for Sub {
 /// Writes a recording of `n` Veitur-like telegrams whose energy register counts 1.000, 2.000, …
 /// kWh, with the heat/hot-water submeter on channel 1; returns its path.
 fn recording(dir: &Path, n: usize) -> PathBuf {
+    recording_with_big(dir, n, None)
+}
+
+/// The same, with a 2000-character text message (`0-0:96.13.0`) in telegram `big`: its state
+/// message is about 4.5 kB, the others' about 1.5 kB.
+fn recording_with_big(dir: &Path, n: usize, big: Option<usize>) -> PathBuf {
     let mut text = String::new();
     for i in 1..=n {
+        let message = if Some(i) == big {
+            format!("0-0:96.13.0({})\r\n", "41".repeat(1000))
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
             "/ISk5\\2MIE5E-200\r\n\r\n0-0:96.1.0(86818632)\r\n1-0:0.9.1({:06})\r\n1-0:0.9.2(240501)\r\n\
              0-0:96.1.1(36303836383138363631)\r\n1-0:1.7.0(00.588*kW)\r\n1-0:1.8.0({:010.3}*kWh)\r\n\
              1-0:2.8.0(000000.000*kWh)\r\n1-0:32.7.0(231.3*V)\r\n1-0:31.7.0(002*A)\r\n\
              0-1:24.2.1(0366.475*m3)\r\n0-1:24.2.2(0000.090*m3/h)\r\n0-1:24.2.3(000074.8*degC)\r\n\
-             0-1:24.2.4(000031.3*degC)\r\n0-1:24.2.5(0019.078*Wh)\r\n!\r\n",
+             0-1:24.2.4(000031.3*degC)\r\n0-1:24.2.5(0019.078*Wh)\r\n{message}!\r\n",
             100_000 + i % 60 + (i / 60) * 100,
             i as f64
         ));
@@ -714,4 +726,226 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
         "a clear log line: {}",
         daemon.log()
     );
+}
+
+#[test]
+fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
+    let broker = Broker::start(&[]);
+    let mut sub = Sub::start(&broker, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rec = recording(tmp.path(), 30);
+    // A second, looping meter keeps the daemon running after "home"'s 30 readings.
+    let belgium = root().join("fixtures/telegrams/belgium_fluvius_emucs_gas_water.txt");
+    let meters = format!(
+        r#"
+[[meters]]
+name = "home"
+tz = "Atlantic/Reykjavik"
+source = {{ kind = "replay", path = "{}", interval = "50ms" }}
+
+[[meters]]
+name = "be"
+tz = "Europe/Brussels"
+source = {{ kind = "replay", path = "{}", interval = "200ms", loop = true }}
+"#,
+        rec.display(),
+        belgium.display()
+    );
+    let sink = format!(
+        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
+        broker.port()
+    );
+    let (mut daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+
+    sub.expect("status online", |m| {
+        m.topic == "p1gw/home/status" && m.payload == "online"
+    });
+    let states = wait_for(Duration::from_secs(20), "30 state messages", || {
+        let s = sub.states("home");
+        (s.len() >= 30).then_some(s)
+    });
+    assert_eq!(states.len(), 30, "each reading once");
+    for (i, state) in states.iter().enumerate() {
+        assert_eq!(state["meter"], "home");
+        assert_eq!(energy(state), (i + 1) as f64, "in order: {state}");
+    }
+    let hot = sub.expect("hot water volume value", |m| {
+        m.topic == "p1gw/home/hot_water_1/hot_water_volume"
+    });
+    assert_eq!(hot.payload, "366.475");
+    let energy_cfg = sub
+        .expect("energy discovery", |m| {
+            m.topic == "homeassistant/sensor/p1gw_home/energy_import_total/config"
+                && !m.payload.is_empty()
+        })
+        .json();
+    assert_eq!(energy_cfg["device_class"], "energy");
+    assert_eq!(energy_cfg["state_class"], "total_increasing");
+    assert_eq!(energy_cfg["availability_topic"], "p1gw/home/status");
+    // Nothing dropped.
+    assert_eq!(
+        metric(&daemon, "p1gw_sink_dropped_total{sink=\"mqtt\"").unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        std::fs::read_to_string(broker.get("LOG")).is_ok_and(|log| log.contains("(p5,")),
+        "the broker saw an MQTT 5 client"
+    );
+
+    broker.publish("homeassistant/status", "online");
+    sub.wait_next(Duration::from_secs(10), |m| {
+        m.topic == "homeassistant/sensor/p1gw_home/energy_import_total/config"
+    })
+    .expect("discovery published again after homeassistant/status = online");
+
+    daemon.child.kill().expect("kill p1gw");
+    daemon.child.wait().expect("reap p1gw");
+    let will = sub
+        .wait_next(Duration::from_secs(10), |m| m.topic == "p1gw/home/status")
+        .expect("the last will after p1gw was killed");
+    assert_eq!(will.payload, "offline");
+}
+
+/// Reading 5 of 12 has a state message of ~4.5 kB; the broker takes 3000 bytes at most (by
+/// `option`): that one message is dropped, counted and logged at ERROR naming topic and size;
+/// the reading's other messages and every other reading arrive, in order, and the spool
+/// empties.
+fn mqtt5_too_large(option: &str) {
+    let broker = Broker::start(&[option, "3000"]);
+    let mut sub = Sub::start(&broker, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rec = recording_with_big(tmp.path(), 12, Some(5));
+    let meters = format!(
+        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
+        rec.display()
+    );
+    let sink = format!(
+        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
+        broker.port()
+    );
+    let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+
+    let states = wait_for(Duration::from_secs(20), "11 state messages", || {
+        let s = sub.states("home");
+        (s.len() >= 11).then_some(s)
+    });
+    let got: Vec<f64> = states.iter().map(energy).collect();
+    let want: Vec<f64> = (1..=12).filter(|i| *i != 5).map(f64::from).collect();
+    assert_eq!(got, want, "every other reading, once, in order");
+    // The big reading's other messages were delivered.
+    sub.expect("reading 5's energy value", |m| {
+        m.topic == "p1gw/home/energy_import_total" && m.payload == "5"
+    });
+    wait_for(Duration::from_secs(10), "the drop counted", || {
+        metric(
+            &daemon,
+            "p1gw_sink_dropped_total{sink=\"mqtt\",reason=\"too_large\"}",
+        )
+        .filter(|n| *n == 1.0)
+    });
+    wait_for(Duration::from_secs(10), "an empty spool", || {
+        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 0.0)
+    });
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("dropped"))
+        .unwrap_or_else(|| panic!("no ERROR line about the drop in\n{log}"));
+    assert!(
+        line.contains("p1gw/home/state") && line.contains("too large"),
+        "names topic and reason: {line}"
+    );
+    let status = sink_status(&daemon).expect("sink status");
+    assert_eq!(status["counters"]["dropped"], 1, "{status}");
+    let last_error = status["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("p1gw/home/state") && last_error.contains("too large"),
+        "/api/v1/status names the dropped message: {status}"
+    );
+    // No reading repeated, nothing more dropped.
+    assert_eq!(sub.states("home").len(), 11);
+}
+
+#[test]
+fn mqtt5_a_message_over_the_brokers_size_limit_is_dropped_counted_and_logged() {
+    // Mosquitto's message_size_limit: PUBACK 0x95, which rumqttc 0.25 cannot decode.
+    mqtt5_too_large("--max-message");
+}
+
+#[test]
+fn mqtt5_a_message_over_the_brokers_maximum_packet_size_is_never_sent() {
+    // Mosquitto's max_packet_size: announced in the CONNACK, checked before sending.
+    mqtt5_too_large("--max-packet");
+}
+
+/// A broker whose ACL refuses the state topic (PUBACK 0x87 over MQTT 5): the readings stay
+/// spooled, the sink is degraded naming the topic and the reason, the refusal is logged at
+/// ERROR and counted; once the broker takes them (restarted without the ACL on the same port)
+/// every reading arrives, in order.
+#[test]
+fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it() {
+    let persist = tempfile::tempdir().expect("tempdir");
+    let persist_dir = persist.path().display().to_string();
+    let mut broker = Broker::start(&["--deny", "p1gw/home/state", "--persistence", &persist_dir]);
+    let port = broker.port().to_string();
+    // A persistent subscriber, so that the restarted broker keeps for it what p1gw sends
+    // before it is back.
+    drop(Sub::start(&broker, Some("p1gw-it-refused")));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rec = recording(tmp.path(), 10);
+    let meters = format!(
+        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
+        rec.display()
+    );
+    let sink = format!(
+        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nprotocol = \"5\"\ndiscovery = false\nvalue_topics = false"
+    );
+    let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+
+    let status = wait_for(Duration::from_secs(20), "the sink degraded", || {
+        sink_status(&daemon).filter(|s| s["state"] == "degraded")
+    });
+    let reason = status["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.contains("p1gw/home/state") && reason.contains("NotAuthorized"),
+        "{status}"
+    );
+    wait_for(Duration::from_secs(20), "all 10 readings spooled", || {
+        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 10.0)
+    });
+    wait_for(Duration::from_secs(20), "the refusal counted", || {
+        metric(
+            &daemon,
+            "p1gw_sink_failed_total{sink=\"mqtt\",reason=\"not_authorized\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert!(
+        daemon
+            .log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("p1gw/home/state")),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        metric(&daemon, "p1gw_sink_dropped_total{sink=\"mqtt\"").unwrap_or(0.0),
+        0.0,
+        "a refusal that may pass later drops nothing"
+    );
+
+    // The operator fixes the ACL: the broker comes back without it, on the same port.
+    broker.stop();
+    let broker = Broker::start(&["--port", &port, "--persistence", &persist_dir]);
+    let mut sub = Sub::start(&broker, Some("p1gw-it-refused"));
+    let states = wait_for(Duration::from_secs(30), "10 state messages", || {
+        let s = sub.states("home");
+        (s.len() >= 10).then_some(s)
+    });
+    let got: Vec<f64> = states.iter().map(energy).collect();
+    let want: Vec<f64> = (1..=10).map(f64::from).collect();
+    assert_eq!(got, want, "every reading, once, in order");
+    wait_for(Duration::from_secs(10), "an empty spool", || {
+        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 0.0)
+    });
 }
