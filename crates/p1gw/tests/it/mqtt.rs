@@ -354,14 +354,11 @@ fn metric(daemon: &Daemon, line_start: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[test]
-fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
-    let broker = Broker::start(&[]);
-    let mut sub = Sub::start(&broker, None);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let rec = recording(tmp.path(), 30);
+/// Two meters: "home" replays `rec` (30 readings at 50 ms), and a looping Belgian meter keeps
+/// the daemon running after them.
+fn home_and_belgium(rec: &Path) -> String {
     let belgium = root().join("fixtures/telegrams/belgium_fluvius_emucs_gas_water.txt");
-    let meters = format!(
+    format!(
         r#"
 [[meters]]
 name = "home"
@@ -375,7 +372,15 @@ source = {{ kind = "replay", path = "{}", interval = "200ms", loop = true }}
 "#,
         rec.display(),
         belgium.display()
-    );
+    )
+}
+
+#[test]
+fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
+    let broker = Broker::start(&[]);
+    let mut sub = Sub::start(&broker, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let meters = home_and_belgium(&recording(tmp.path(), 30));
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"",
         broker.port()
@@ -733,24 +738,7 @@ fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
     let broker = Broker::start(&[]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rec = recording(tmp.path(), 30);
-    // A second, looping meter keeps the daemon running after "home"'s 30 readings.
-    let belgium = root().join("fixtures/telegrams/belgium_fluvius_emucs_gas_water.txt");
-    let meters = format!(
-        r#"
-[[meters]]
-name = "home"
-tz = "Atlantic/Reykjavik"
-source = {{ kind = "replay", path = "{}", interval = "50ms" }}
-
-[[meters]]
-name = "be"
-tz = "Europe/Brussels"
-source = {{ kind = "replay", path = "{}", interval = "200ms", loop = true }}
-"#,
-        rec.display(),
-        belgium.display()
-    );
+    let meters = home_and_belgium(&recording(tmp.path(), 30));
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
         broker.port()
