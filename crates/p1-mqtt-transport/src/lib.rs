@@ -12,6 +12,8 @@
 //!   read as the end of the connection.
 //! * [`acks`]: [`Acks`], which maps rumqttc's packet ids back to what the caller published, so
 //!   that a PUBACK (or PUBCOMP) settles exactly the message it belongs to.
+//! * [`link`]: [`LinkState`], the connection as delivery sees it, with [`wait_connected`],
+//!   [`mark_lost`] and [`stop_connection`].
 //!
 //! # Place in the graph
 //!
@@ -26,9 +28,11 @@
 #![warn(missing_docs)]
 
 pub mod acks;
+pub mod link;
 pub mod poll;
 pub mod tls;
 
 pub use acks::Acks;
+pub use link::{LinkState, mark_lost, stop_connection, wait_connected};
 pub use poll::{Polled, Polled5, poll_events, poll_events_v5};
 pub use tls::{ClientIdentity, TlsError, TlsSettings, client_config};

@@ -84,19 +84,6 @@ pub(crate) enum Report {
     Lost { epoch: u64, reason: String },
 }
 
-/// The connection as delivery (and tests) see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ConnState {
-    /// A CONNACK was received and the connection has not failed since.
-    pub(crate) connected: bool,
-    /// Failed connections (attempts and drops) so far.
-    pub(crate) failures: u64,
-    /// Why the last one failed.
-    pub(crate) last_error: Option<String>,
-    /// Connections closed by us to renew the token.
-    pub(crate) renewals: u64,
-}
-
 /// The message `id` of attempt `epoch`.
 type Key = (u64, u64);
 
@@ -130,7 +117,7 @@ pub(crate) struct Connection {
     pub(crate) topic: String,
     pub(crate) jobs: mpsc::Receiver<Job>,
     pub(crate) reports: mpsc::Sender<Report>,
-    pub(crate) state: watch::Sender<ConnState>,
+    pub(crate) state: watch::Sender<p1_mqtt_transport::LinkState>,
     /// Delivery's current attempt: messages of older attempts (which delivery no longer waits
     /// for, and will send again) are dropped instead of published.
     pub(crate) attempt: Arc<AtomicU64>,
@@ -376,10 +363,7 @@ impl Run {
             self.queue.push_front(out);
         }
         self.renewal = true;
-        cx.state.send_modify(|s| {
-            s.connected = false;
-            s.renewals += 1;
-        });
+        cx.state.send_modify(|s| s.connected = false);
     }
 
     /// Takes a job from delivery.
@@ -469,21 +453,17 @@ impl Run {
                 },
             );
         }
-        cx.state.send_modify(|s| {
-            s.connected = false;
-            s.failures += 1;
-            s.last_error = Some(reason.clone());
-        });
+        p1_mqtt_transport::mark_lost(
+            &cx.state,
+            &mut self.last_logged_error,
+            &cx.name,
+            "IoT Hub",
+            &reason,
+        );
         cx.health.error(reason.clone());
         cx.health
             .degraded(format!("IoT Hub: {reason}; readings stay spooled"));
         cx.health.add_counter("reconnects", 1);
-        if self.last_logged_error.as_deref() == Some(reason.as_str()) {
-            tracing::debug!(sink = %cx.name, error = %reason, "IoT Hub connection failed again.");
-        } else {
-            tracing::warn!(sink = %cx.name, error = %reason, "IoT Hub connection failed; readings stay spooled, retrying.");
-            self.last_logged_error = Some(reason);
-        }
     }
 }
 

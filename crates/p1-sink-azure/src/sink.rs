@@ -30,13 +30,14 @@ use p1_core::{
     AsyncSpool, Deliver, DeliveryError, Encode, HealthHandle, Reading, Sink, SinkContext,
     SinkError, Spooled,
 };
+use p1_mqtt_transport::{LinkState, stop_connection, wait_connected};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Crossed};
 use crate::config::{Device, tls_settings};
-use crate::connection::{ConnState, Connection, Job, Report};
+use crate::connection::{Connection, Job, Report};
 use crate::connection_string::ConnectionString;
 use crate::encode::{Topic, batch, fills_a_message, metered};
 use crate::{AzureSettings, BuildError};
@@ -164,7 +165,7 @@ async fn run(
     let settings = sink.settings.clone();
     let (jobs_tx, jobs_rx) = mpsc::channel(16);
     let (reports_tx, reports_rx) = mpsc::channel(64);
-    let (state_tx, state_rx) = watch::channel(ConnState::default());
+    let (state_tx, state_rx) = watch::channel(LinkState::default());
     let stop = CancellationToken::new();
     let attempt = Arc::new(AtomicU64::new(0));
     let connection = Connection {
@@ -207,18 +208,7 @@ async fn run(
     let result = Box::new(worker).run(input, cx.clone()).await;
 
     stop.cancel();
-    tokio::select! {
-        joined = connection => {
-            if let Err(e) = joined
-                && e.is_panic()
-            {
-                tracing::error!(sink = %cx.name, "The IoT Hub connection task panicked.");
-            }
-        }
-        () = tokio::time::sleep(STOP_WAIT) => {
-            tracing::warn!(sink = %cx.name, "The IoT Hub connection did not close in time.");
-        }
-    }
+    stop_connection(connection, STOP_WAIT, &cx.name, "IoT Hub").await;
     result
 }
 
@@ -232,7 +222,7 @@ struct AzureDeliver {
     budget: Budget,
     jobs: mpsc::Sender<Job>,
     reports: mpsc::Receiver<Report>,
-    state: watch::Receiver<ConnState>,
+    state: watch::Receiver<LinkState>,
     /// Attempt number, so that reports of an earlier attempt are ignored.
     epoch: u64,
     /// The same, for the connection task (it drops messages of abandoned attempts).
@@ -259,32 +249,9 @@ impl AzureDeliver {
     /// Waits until connected; an error when a connection attempt fails meanwhile or none
     /// succeeds within [`CONNECT_WAIT`].
     async fn connected(&mut self) -> Result<(), DeliveryError> {
-        let failures_before = self.state.borrow().failures;
-        let deadline = Instant::now() + CONNECT_WAIT;
-        loop {
-            let s = self.state.borrow_and_update().clone();
-            if s.connected {
-                return Ok(());
-            }
-            if s.failures > failures_before {
-                return Err(transient(
-                    s.last_error
-                        .unwrap_or_else(|| "not connected to IoT Hub".to_owned()),
-                ));
-            }
-            match tokio::time::timeout_at(deadline, self.state.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(transient("the IoT Hub connection task ended")),
-                Err(_) => {
-                    return Err(transient(s.last_error.unwrap_or_else(|| {
-                        format!(
-                            "not connected to IoT Hub after {} s",
-                            CONNECT_WAIT.as_secs()
-                        )
-                    })));
-                }
-            }
-        }
+        wait_connected(&mut self.state, CONNECT_WAIT, "IoT Hub")
+            .await
+            .map_err(transient)
     }
 
     /// Waits for the interval to pass (or the stop); then the records spooled after `records`.

@@ -109,17 +109,6 @@ pub(crate) enum Report {
     },
 }
 
-/// The connection as delivery sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ConnState {
-    /// A CONNACK was received and the connection has not failed since.
-    pub(crate) connected: bool,
-    /// Failed connections (attempts and drops) so far.
-    pub(crate) failures: u64,
-    /// Why the last one failed.
-    pub(crate) last_error: Option<String>,
-}
-
 /// What a published message is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
@@ -294,7 +283,7 @@ pub(crate) struct Connection {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) jobs: mpsc::Receiver<Job>,
     pub(crate) reports: mpsc::Sender<Report>,
-    pub(crate) state: watch::Sender<ConnState>,
+    pub(crate) state: watch::Sender<p1_mqtt_transport::LinkState>,
     pub(crate) discovery: Option<watch::Receiver<Arc<Configs>>>,
     /// Delivery's current attempt: data of older attempts (which delivery no longer waits
     /// for, and will send again) is dropped instead of published, so that nothing overtakes
@@ -917,21 +906,17 @@ impl Run {
                 },
             );
         }
-        cx.state.send_modify(|s| {
-            s.connected = false;
-            s.failures += 1;
-            s.last_error = Some(reason.clone());
-        });
+        p1_mqtt_transport::mark_lost(
+            &cx.state,
+            &mut self.last_logged_error,
+            &cx.name,
+            "MQTT",
+            &reason,
+        );
         cx.health.error(reason.clone());
         cx.health
             .degraded(format!("MQTT: {reason}; readings stay spooled"));
         cx.health.add_counter("reconnects", 1);
-        if self.last_logged_error.as_deref() == Some(reason.as_str()) {
-            tracing::debug!(sink = %cx.name, error = %reason, "MQTT connection failed again.");
-        } else {
-            tracing::warn!(sink = %cx.name, error = %reason, "MQTT connection failed; readings stay spooled, retrying.");
-            self.last_logged_error = Some(reason);
-        }
     }
 }
 

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use p1_core::sink::BoxFuture;
 use p1_core::{Deliver, DeliveryError, Reading, Sink, SinkContext, SinkError, Spooled};
+use p1_mqtt_transport::{LinkState, stop_connection, wait_connected};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::client_config;
-use crate::connection::{ConnState, Connection, Job, Report};
+use crate::connection::{Connection, Job, Report};
 use crate::discovery::Discovery;
 use crate::encode::{Publisher, decode_record};
 use crate::{BuildError, MqttSettings};
@@ -110,7 +111,7 @@ async fn run(
     let (jobs_tx, jobs_rx) = mpsc::channel(MAX_BATCH);
     // Holds every report delivery can have outstanding (one per job) twice over.
     let (reports_tx, reports_rx) = mpsc::channel(4 * MAX_BATCH);
-    let (state_tx, state_rx) = watch::channel(ConnState::default());
+    let (state_tx, state_rx) = watch::channel(LinkState::default());
     let (discovery, discovery_rx) = match &settings.discovery_prefix {
         Some(prefix) => {
             let (d, rx) = Discovery::new(&settings, prefix);
@@ -151,18 +152,7 @@ async fn run(
     let result = Box::new(worker).run(input, cx.clone()).await;
 
     stop.cancel();
-    tokio::select! {
-        joined = connection => {
-            if let Err(e) = joined
-                && e.is_panic()
-            {
-                tracing::error!(sink = %cx.name, "The MQTT connection task panicked.");
-            }
-        }
-        () = tokio::time::sleep(STOP_WAIT) => {
-            tracing::warn!(sink = %cx.name, "The MQTT connection did not close in time.");
-        }
-    }
+    stop_connection(connection, STOP_WAIT, &cx.name, "MQTT").await;
     result
 }
 
@@ -172,7 +162,7 @@ struct MqttDeliver {
     batch: usize,
     jobs: mpsc::Sender<Job>,
     reports: mpsc::Receiver<Report>,
-    state: watch::Receiver<ConnState>,
+    state: watch::Receiver<LinkState>,
     /// Attempt number, so that reports of an earlier attempt are ignored.
     epoch: u64,
     /// The same, for the connection task (it drops data of abandoned attempts).
@@ -190,32 +180,9 @@ impl MqttDeliver {
     /// Waits until connected; an error when a connection attempt fails meanwhile or none
     /// succeeds within [`CONNECT_WAIT`].
     async fn connected(&mut self) -> Result<(), DeliveryError> {
-        let failures_before = self.state.borrow().failures;
-        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
-        loop {
-            let s = self.state.borrow_and_update().clone();
-            if s.connected {
-                return Ok(());
-            }
-            if s.failures > failures_before {
-                return Err(transient(
-                    s.last_error
-                        .unwrap_or_else(|| "not connected to the broker".to_owned()),
-                ));
-            }
-            match tokio::time::timeout_at(deadline, self.state.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(transient("the MQTT connection task ended")),
-                Err(_) => {
-                    return Err(transient(s.last_error.unwrap_or_else(|| {
-                        format!(
-                            "not connected to the broker after {} s",
-                            CONNECT_WAIT.as_secs()
-                        )
-                    })));
-                }
-            }
-        }
+        wait_connected(&mut self.state, CONNECT_WAIT, "the broker")
+            .await
+            .map_err(transient)
     }
 }
 
