@@ -60,6 +60,7 @@
 //! for a minute must not make the real totals look like a jump afterwards.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -133,15 +134,16 @@ enum Quantity {
     Volume,
 }
 
-/// One register of one device.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    obis: String,
-    name: &'static str,
-    /// The meter's identification line (maker and model, `ISk5\2MIE5E-200`).
-    header: String,
-    /// The meter's id, or the submeter's for a channel's register.
-    device: Option<String>,
+/// One register of one device: a hash of the meter's identification line (maker and model,
+/// `ISk5\2MIE5E-200`), the device's id (the meter's, or the submeter's for a channel's
+/// register) and the OBIS code. A hash, not the strings, so that judging a reading allocates
+/// nothing per register; two registers colliding in 64 bits is not a practical concern.
+type Key = u64;
+
+fn key(header: &str, device: Option<&str>, obis: &str) -> Key {
+    let mut h = std::hash::DefaultHasher::new();
+    (header, device, obis).hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,7 +191,7 @@ impl SpikeGuard {
     pub fn check(&mut self, reading: &Reading) -> Verdict {
         let samples = samples(reading);
         let Some(finding) = self.first_failure(&self.last, &samples) else {
-            self.last.extend(samples);
+            self.last.extend(samples.iter().map(|(k, s, _)| (*k, *s)));
             self.candidate = None;
             return Verdict::Forward;
         };
@@ -204,11 +206,11 @@ impl SpikeGuard {
         };
         if count >= RESET_AFTER {
             self.candidate = None;
-            self.last.extend(samples);
+            self.last.extend(samples.iter().map(|(k, s, _)| (*k, *s)));
             return Verdict::NewBaseline(finding);
         }
         self.candidate = Some(Candidate {
-            samples: samples.into_iter().collect(),
+            samples: samples.iter().map(|(k, s, _)| (*k, *s)).collect(),
             count,
         });
         Verdict::Reject(finding)
@@ -218,17 +220,17 @@ impl SpikeGuard {
     fn first_failure(
         &self,
         base: &HashMap<Key, Sample>,
-        samples: &[(Key, Sample)],
+        samples: &[(Key, Sample, &str)],
     ) -> Option<Finding> {
         let mut jump = None;
-        for (key, now) in samples {
+        for (key, now, obis) in samples {
             let Some(before) = base.get(key) else {
                 continue;
             };
             let finding = |reason, allowed| Finding {
                 reason,
                 register: now.name,
-                obis: key.obis.clone(),
+                obis: (*obis).to_owned(),
                 previous: before.value,
                 value: now.value,
                 allowed,
@@ -259,8 +261,8 @@ impl SpikeGuard {
     }
 }
 
-/// The guarded registers of a reading, each in kWh or m³.
-fn samples(reading: &Reading) -> Vec<(Key, Sample)> {
+/// The guarded registers of a reading, each in kWh or m³, with its OBIS code.
+fn samples(reading: &Reading) -> Vec<(Key, Sample, &str)> {
     let mut out = Vec::new();
     for m in &reading.objects {
         let Some(name) = m.name else { continue };
@@ -275,15 +277,10 @@ fn samples(reading: &Reading) -> Vec<(Key, Sample)> {
                 .submeters
                 .iter()
                 .find(|s| s.channel == channel)
-                .and_then(|s| s.equipment_id.clone()),
-            None => reading.meter_id.clone(),
+                .and_then(|s| s.equipment_id.as_deref()),
+            None => reading.meter_id.as_deref(),
         };
-        let key = Key {
-            obis: m.obis.clone(),
-            name,
-            header: reading.header.clone(),
-            device,
-        };
+        let key = key(&reading.header, device, &m.obis);
         let sample = Sample {
             value: value * scale,
             at: m.time.or(reading.meter_time).unwrap_or(reading.received_at),
@@ -291,7 +288,7 @@ fn samples(reading: &Reading) -> Vec<(Key, Sample)> {
             quantity,
             name,
         };
-        out.push((key, sample));
+        out.push((key, sample, m.obis.as_str()));
     }
     out
 }
