@@ -57,10 +57,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 // The API the daemon is wired with; the rest is under the section modules.
-#[allow(
-    unused_imports,
-    reason = "used by `run` and `check-config` as they are wired in"
-)]
 pub use self::{
     check::check,
     daemon::{LogFormat, ValidHttp, ValidLog, ValidSpool},

@@ -13,15 +13,10 @@ impl Exit {
     /// An input file is missing.
     pub const NO_INPUT: u8 = 66;
     /// A required service is unavailable at start.
-    #[allow(
-        dead_code,
-        reason = "used by `run` once a sink must be reachable at start"
-    )]
     pub const UNAVAILABLE: u8 = 69;
     /// I/O error.
     pub const IO: u8 = 74;
     /// Configuration error.
-    #[allow(dead_code, reason = "used by `run` and `check-config`")]
     pub const CONFIG: u8 = 78;
 }
 
