@@ -277,6 +277,17 @@ async fn simulate(
     }
 }
 
+/// How much of a recording is read at a time.
+pub(crate) const REPLAY_BLOCK: usize = 64 * 1024;
+
+/// Where a paced replay is, carried from one block to the next.
+struct Paced {
+    /// The meter time of the last reading, for [`Pace::Recorded`].
+    previous_time: Option<jiff::Timestamp>,
+    /// Telegrams the pipeline had finished at the last pause.
+    done: u64,
+}
+
 /// A replay in progress.
 struct Replay<'a> {
     pipeline: &'a mut Pipeline,
@@ -295,13 +306,10 @@ impl Replay<'_> {
     ) {
         if path.as_os_str() == "-" {
             // Standard input: one pass, however `repeat` is set.
-            let mut bytes = Vec::new();
-            if let Err(e) = tokio::io::stdin().read_to_end(&mut bytes).await {
-                health.failed(format!("cannot read standard input: {e}"));
-                return;
-            }
-            if self.bytes(&bytes, pace).await {
-                self.pipeline.finish();
+            match self.stream(tokio::io::stdin(), pace).await {
+                Ok(true) => self.pipeline.finish(),
+                Ok(false) => {}
+                Err(e) => health.failed(format!("cannot read standard input: {e}")),
             }
             return;
         }
@@ -315,17 +323,20 @@ impl Replay<'_> {
                 }
             };
             for file in files {
-                let bytes = match tokio::fs::read(&file).await {
-                    Ok(b) => b,
+                let read = match tokio::fs::File::open(&file).await {
+                    Ok(f) => self.stream(f, pace).await,
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Ok(true) => {}
+                    Ok(false) => return,
                     Err(e) => {
                         tracing::error!(path = %file.display(), error = %e, "Cannot read the recording.");
                         health.error(format!("cannot read {}: {e}", file.display()));
-                        continue;
                     }
-                };
-                if !self.bytes(&bytes, pace).await {
-                    return;
                 }
+                // A telegram cut by the file's end (or a read error) is
+                // counted as truncated, not glued to the next file's first.
                 self.pipeline.finish();
             }
             if !repeat || self.stop.is_cancelled() {
@@ -336,9 +347,34 @@ impl Replay<'_> {
         }
     }
 
-    /// Feeds a recording line by line, pausing after each telegram as `pace`
-    /// says. False when `stop` fired or the last handle was dropped.
-    async fn bytes(&mut self, bytes: &[u8], pace: Pace) -> bool {
+    /// Feeds a recording from `reader` in blocks of [`REPLAY_BLOCK`] bytes,
+    /// so memory stays flat however large the recording is. `Ok(false)`
+    /// when `stop` fired or the last handle was dropped.
+    async fn stream(
+        &mut self,
+        mut reader: impl tokio::io::AsyncRead + Unpin,
+        pace: Pace,
+    ) -> std::io::Result<bool> {
+        let mut block = vec![0; REPLAY_BLOCK];
+        let mut paced = Paced {
+            previous_time: self.latest.borrow().as_ref().and_then(|r| r.meter_time),
+            done: self.pipeline.telegrams_done(),
+        };
+        loop {
+            let n = reader.read(&mut block).await?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if !self.bytes(&block[..n], pace, &mut paced).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Feeds one block of a recording line by line, pausing after each
+    /// telegram as `pace` says. False when `stop` fired or the last handle
+    /// was dropped.
+    async fn bytes(&mut self, bytes: &[u8], pace: Pace, paced: &mut Paced) -> bool {
         if pace == Pace::Fast {
             // Small chunks, and room on the channel before each: a recording
             // replayed as fast as possible must not outrun the sinks (a live
@@ -364,26 +400,26 @@ impl Replay<'_> {
             }
             return true;
         }
-        let mut previous_time = self.latest.borrow().as_ref().and_then(|r| r.meter_time);
-        let mut done = self.pipeline.telegrams_done();
+        // A block's last piece may be part of a line; the decoder does not
+        // mind, and a telegram still ends (and pauses) at its own line end.
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             self.pipeline.feed(line);
             let now_done = self.pipeline.telegrams_done();
-            if now_done == done {
+            if now_done == paced.done {
                 continue;
             }
-            done = now_done;
+            paced.done = now_done;
             let wait = match pace {
                 Pace::Every(d) => d,
                 Pace::Recorded => {
                     let t = self.latest.borrow().as_ref().and_then(|r| r.meter_time);
-                    let gap = match (previous_time, t) {
+                    let gap = match (paced.previous_time, t) {
                         (Some(a), Some(b)) if b > a => {
                             Duration::try_from(b.duration_since(a)).unwrap_or_default()
                         }
                         _ => Duration::from_secs(1),
                     };
-                    previous_time = t;
+                    paced.previous_time = t;
                     gap.min(Duration::from_secs(60))
                 }
                 Pace::Fast => Duration::ZERO,

@@ -96,6 +96,45 @@ async fn replay_at_a_fixed_interval_paces_the_telegrams() {
     h.task.await.expect("reader task");
 }
 
+/// A recording several read blocks long: telegrams (and lines) cut by a
+/// block boundary are joined, none is lost or counted twice, fast or paced.
+#[tokio::test(start_paused = true)]
+async fn a_recording_larger_than_a_read_block_replays_every_telegram() {
+    let telegram = std::fs::read(fixtures().join("netherlands_kaifa_dsmr42.txt")).expect("fixture");
+    let n = 3 * crate::source::REPLAY_BLOCK / telegram.len() + 7;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.txt");
+    std::fs::write(&path, telegram.repeat(n)).expect("write");
+    for pace in [Pace::Fast, Pace::Every(Duration::from_millis(10))] {
+        let mut h = start(SourceConfig::Replay {
+            path: path.clone(),
+            pace,
+            repeat: false,
+        });
+        let mut got = 0;
+        while got < n {
+            next(&mut h.rx).await;
+            got += 1;
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut h.task)
+            .await
+            .expect("replay ends")
+            .expect("reader task");
+        assert!(h.rx.try_recv().is_err(), "{pace:?}: no reading beyond {n}");
+        let status = h.registry.statuses().into_iter().next().expect("reader");
+        assert_eq!(
+            status.counters.get("telegrams_ok"),
+            Some(&(n as u64)),
+            "{pace:?}"
+        );
+        assert_eq!(
+            status.counters.get("telegrams_rejected"),
+            Some(&0),
+            "{pace:?}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn simulated_veitur_meter_advances_plausibly() {
     let mut h = start(SourceConfig::Simulate {
