@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use p1_telegram::{Decimal, Stamp, SubmeterKind, Telegram, Value, json};
+use p1_telegram::{Decimal, ObisCode, Stamp, SubmeterKind, Telegram, Value, json};
 
 /// One decoded telegram of one meter. Readings travel as `Arc<Reading>` on
 /// the broadcast channel; nothing mutates them after construction.
@@ -150,7 +150,7 @@ impl Reading {
                 Measurement {
                     obis: o.code.map_or_else(
                         || String::from_utf8_lossy(o.code_text).into_owned(),
-                        |c| c.to_string(),
+                        obis_text,
                     ),
                     channel,
                     name: o.name,
@@ -232,6 +232,35 @@ impl Reading {
     }
 }
 
+/// `code` as `code.to_string()` writes it (`1-0:1.8.1`, `0-1:24.2.1*255`), without going
+/// through `core::fmt`: every data line of every reading has one.
+fn obis_text(code: ObisCode) -> String {
+    fn push_u8(out: &mut String, n: u8) {
+        if n >= 100 {
+            out.push(char::from(b'0' + n / 100));
+        }
+        if n >= 10 {
+            out.push(char::from(b'0' + n / 10 % 10));
+        }
+        out.push(char::from(b'0' + n % 10));
+    }
+    let mut out = String::with_capacity(23);
+    push_u8(&mut out, code.a);
+    out.push('-');
+    push_u8(&mut out, code.b);
+    out.push(':');
+    push_u8(&mut out, code.c);
+    out.push('.');
+    push_u8(&mut out, code.d);
+    out.push('.');
+    push_u8(&mut out, code.e);
+    if let Some(f) = code.f {
+        out.push('*');
+        push_u8(&mut out, f);
+    }
+    out
+}
+
 /// The factor that brings a value in `unit` to the canonical unit of its
 /// quantity (field-notes §c "Conversions").
 pub fn canonical_scale(name: Option<&str>, unit: Option<&str>) -> f64 {
@@ -239,21 +268,19 @@ pub fn canonical_scale(name: Option<&str>, unit: Option<&str>) -> f64 {
         // Veitur's heat submeter: unit unverified, keep as sent.
         return 1.0;
     }
-    match unit {
-        Some(u)
-            if ["W", "Wh", "var", "varh", "VA", "VAh"]
-                .iter()
-                .any(|x| u.eq_ignore_ascii_case(x)) =>
-        {
-            0.001
-        }
-        Some(u)
-            if ["kV", "kA", "kHz"]
-                .iter()
-                .any(|x| u.eq_ignore_ascii_case(x)) =>
-        {
-            1000.0
-        }
+    // Units are compared without regard to case; none of those scaled is longer than 4 bytes.
+    let Some(unit) = unit.filter(|u| u.len() <= 4) else {
+        return 1.0;
+    };
+    let mut lower = [0u8; 4];
+    lower[..unit.len()].copy_from_slice(unit.as_bytes());
+    lower.make_ascii_lowercase();
+    match &lower[..unit.len()] {
+        b"w" | b"wh" | b"var" | b"varh" | b"va" | b"vah" => 0.001,
+        b"kv" | b"ka" | b"khz" => 1000.0,
         _ => 1.0,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,6 +35,26 @@ pub struct Pipeline {
     held_back: u64,
     /// When each guard finding was last logged (once a minute per reason).
     guard_logged: HashMap<&'static str, tokio::time::Instant>,
+    /// The per-reading metrics, looked up once (a lookup builds the key, labels and all).
+    metrics: Metrics,
+}
+
+/// Handles on the metrics that change with every read or telegram, taken from the recorder
+/// installed when the pipeline is made.
+struct Metrics {
+    bytes_read: metrics::Counter,
+    telegrams: metrics::Counter,
+    last_telegram: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(meter: &str) -> Metrics {
+        Metrics {
+            bytes_read: metrics::counter!("p1gw_bytes_read_total", "meter" => meter.to_owned()),
+            telegrams: metrics::counter!("p1gw_telegrams_total", "meter" => meter.to_owned()),
+            last_telegram: metrics::gauge!("p1gw_last_telegram_timestamp_seconds", "meter" => meter.to_owned()),
+        }
+    }
 }
 
 /// How far the meter's clock may run ahead of the gateway's before it is flagged: more than
@@ -124,6 +144,7 @@ impl Pipeline {
         health.set_counter("telegrams_ok", 0);
         health.set_counter("telegrams_rejected", 0);
         Pipeline {
+            metrics: Metrics::new(&meter),
             meter,
             source,
             tz,
@@ -194,8 +215,7 @@ impl Pipeline {
 
     /// Feeds bytes; publishes every reading they complete.
     pub fn feed(&mut self, bytes: &[u8]) {
-        metrics::counter!("p1gw_bytes_read_total", "meter" => self.meter.to_string())
-            .increment(bytes.len() as u64);
+        self.metrics.bytes_read.increment(bytes.len() as u64);
         let mut rest = bytes;
         while let Some(result) = self.decoder.next_frame(&mut rest) {
             let outcome = Self::outcome(
@@ -389,9 +409,9 @@ impl Pipeline {
                     return;
                 }
                 self.ok += 1;
-                metrics::counter!("p1gw_telegrams_total", "meter" => self.meter.to_string())
-                    .increment(1);
-                metrics::gauge!("p1gw_last_telegram_timestamp_seconds", "meter" => self.meter.to_string())
+                self.metrics.telegrams.increment(1);
+                self.metrics
+                    .last_telegram
                     .set(reading.received_at.as_millisecond() as f64 / 1000.0);
                 self.health.set_counter("telegrams_ok", self.ok);
                 self.health.success();

@@ -18,6 +18,7 @@
 //! after a crash) leaves one point.
 
 use p1_core::Reading;
+use p1_core::reading::MeasuredValue;
 
 use crate::config::Precision;
 use crate::line::{FieldValue, write_point};
@@ -40,50 +41,65 @@ pub const IDENTITY_NAMES: [&str; 7] = [
 /// Appends the points of `reading` to `out`, each ending in a line feed; returns how many.
 /// A reading without a single numeric value gives none.
 pub fn write_reading(out: &mut String, reading: &Reading, precision: Precision) -> usize {
+    write_reading_with(out, reading, precision, &mut Vec::new())
+}
+
+/// A point's fields, in the order written.
+type Fields = Vec<(&'static str, FieldValue<'static>)>;
+
+/// [`write_reading`] with a buffer for the fields that the caller keeps from one reading to the
+/// next (one allocation fewer per reading; the encoder runs for every reading).
+fn write_reading_with(
+    out: &mut String,
+    reading: &Reading,
+    precision: Precision,
+    fields: &mut Fields,
+) -> usize {
     let timestamp = Some(precision.timestamp(reading.timestamp()));
 
     // The points in order: the meter (channel 0) first, then the channels in the order their
     // first value appears. Fields keep telegram order; the first line of a name wins.
-    let mut points: Vec<(u8, Vec<(&'static str, f64)>)> = Vec::new();
-    for m in &reading.objects {
-        let (Some(name), Some(value)) = (m.name, m.value.as_f64()) else {
-            continue;
-        };
-        if IDENTITY_NAMES.contains(&name) {
-            continue;
-        }
-        let value = p1_core::reading::canonical_scale(Some(name), m.unit.as_deref()) * value;
+    let numeric = |m: &p1_core::reading::Measurement| match (m.name, &m.value) {
+        (Some(name), MeasuredValue::Number(_)) => !IDENTITY_NAMES.contains(&name),
+        _ => false,
+    };
+    let mut channels: Vec<u8> = Vec::new();
+    for m in reading.objects.iter().filter(|m| numeric(m)) {
         let channel = m.channel.unwrap_or(0);
-        let index = match points.iter().position(|(c, _)| *c == channel) {
-            Some(i) => i,
-            None => {
-                points.push((channel, Vec::new()));
-                points.len() - 1
-            }
-        };
-        let fields = &mut points[index].1;
-        if !fields.iter().any(|(n, _)| *n == name) {
-            fields.push((name, value));
+        if !channels.contains(&channel) {
+            channels.push(channel);
         }
     }
-    points.sort_by_key(|(channel, _)| *channel != 0);
+    if let Some(i) = channels.iter().position(|c| *c == 0) {
+        channels[..=i].rotate_right(1);
+    }
 
     let mut written = 0;
-    for (channel, fields) in &points {
-        let fields: Vec<(&str, FieldValue<'_>)> = fields
-            .iter()
-            .map(|(n, v)| (*n, FieldValue::Float(*v)))
-            .collect();
-        let channel_text = channel.to_string();
-        let (measurement, equipment_id) = if *channel == 0 {
+    let mut channel_text = itoa::Buffer::new();
+    for &channel in &channels {
+        fields.clear();
+        for m in reading.objects.iter() {
+            if m.channel.unwrap_or(0) != channel || !numeric(m) {
+                continue;
+            }
+            let (Some(name), Some(value)) = (m.name, m.value.as_f64()) else {
+                continue;
+            };
+            if fields.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let value = p1_core::reading::canonical_scale(Some(name), m.unit.as_deref()) * value;
+            fields.push((name, FieldValue::Float(value)));
+        }
+        let (measurement, equipment_id) = if channel == 0 {
             (ELECTRICITY, reading.meter_id.as_deref())
         } else {
-            let submeter = reading.submeters.iter().find(|s| s.channel == *channel);
+            let submeter = reading.submeters.iter().find(|s| s.channel == channel);
             let kind = submeter.map(|s| s.kind).or_else(|| {
                 reading
                     .objects
                     .iter()
-                    .find(|m| m.channel == Some(*channel))
+                    .find(|m| m.channel == Some(channel))
                     .and_then(|m| m.kind)
             });
             (
@@ -92,11 +108,20 @@ pub fn write_reading(out: &mut String, reading: &Reading, precision: Precision) 
             )
         };
         let equipment_id = equipment_id.filter(|id| !id.contains('\\')).unwrap_or("");
-        let mut tags = vec![("meter", &*reading.meter), ("equipment_id", equipment_id)];
-        if *channel != 0 {
-            tags.push(("channel", channel_text.as_str()));
-        }
-        if write_point(out, measurement, &tags, &fields, timestamp) {
+        // Sorted by key, as line protocol wants them; the channel only on submeters.
+        let tags = [
+            (
+                "channel",
+                if channel == 0 {
+                    ""
+                } else {
+                    channel_text.format(channel)
+                },
+            ),
+            ("equipment_id", equipment_id),
+            ("meter", &*reading.meter),
+        ];
+        if write_point(out, measurement, &tags, fields, timestamp) {
             written += 1;
         }
     }
@@ -104,15 +129,20 @@ pub fn write_reading(out: &mut String, reading: &Reading, precision: Precision) 
 }
 
 /// The spool record of a reading: its points as line protocol.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LineEncoder {
     precision: Precision,
+    /// Kept from one reading to the next: the fields of the point being written.
+    fields: Fields,
 }
 
 impl LineEncoder {
     /// An encoder writing timestamps in `precision`.
     pub fn new(precision: Precision) -> Self {
-        LineEncoder { precision }
+        LineEncoder {
+            precision,
+            fields: Vec::new(),
+        }
     }
 }
 
@@ -120,6 +150,7 @@ impl p1_core::Encode for LineEncoder {
     /// The reading's points; `None` (skipped, not a drop) when it has no numeric value at all.
     fn encode(&mut self, reading: &Reading) -> Option<Vec<u8>> {
         let mut out = String::with_capacity(1024);
-        (write_reading(&mut out, reading, self.precision) > 0).then(|| out.into_bytes())
+        (write_reading_with(&mut out, reading, self.precision, &mut self.fields) > 0)
+            .then(|| out.into_bytes())
     }
 }

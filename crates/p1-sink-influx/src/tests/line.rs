@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::parser::{self, Value};
-use crate::line::{FieldValue, escape_key, escape_measurement, escape_string_field, write_point};
+use crate::line::{
+    FieldValue, escape_key, escape_measurement, escape_string_field, write_float, write_point,
+};
 
 fn measurement(s: &str) -> String {
     let mut out = String::new();
@@ -127,6 +129,39 @@ fn floats_are_written_as_plain_decimals_that_read_back_exactly() {
     }
 }
 
+/// `write_float` is `format!("{f}")`, faster: the same text for the edge cases of zmij's
+/// exponent form (and the properties below for any float).
+#[test]
+fn floats_are_written_as_display_writes_them() {
+    for f in [
+        0.0,
+        -0.0,
+        2.0,
+        -2.0,
+        0.588,
+        1e-5,
+        1.5e-5,
+        1e-7,
+        -1.2345e-7,
+        1e15,
+        1e16,
+        1.5e16,
+        123_456_789_012_345_680.0,
+        1e21,
+        1e22,
+        1.7976931348623157e308,
+        -1.7976931348623157e308,
+        5e-324,
+        2.2250738585072014e-308,
+        0.1 + 0.2,
+        9_007_199_254_740_993.0,
+    ] {
+        let mut out = String::new();
+        write_float(&mut out, f);
+        assert_eq!(out, format!("{f}"), "{f:e}");
+    }
+}
+
 #[test]
 fn a_point_without_a_writable_field_writes_nothing() {
     let mut out = String::from("before\n");
@@ -239,6 +274,28 @@ proptest! {
             .collect();
         prop_assert_eq!(p.fields, want_fields);
         prop_assert_eq!(p.timestamp, timestamp.map(i128::from));
+    }
+
+    #[test]
+    fn any_float_is_written_as_display_writes_it(bits in any::<u64>()) {
+        let f = f64::from_bits(bits);
+        prop_assume!(f.is_finite());
+        let mut out = String::new();
+        write_float(&mut out, f);
+        prop_assert_eq!(out, format!("{f}"));
+    }
+
+    #[test]
+    fn any_meter_value_is_written_as_display_writes_it(
+        mantissa in -10_000_000_000i64..10_000_000_000,
+        scale in 0i32..10,
+        factor in prop_oneof![Just(0.001), Just(1.0), Just(1000.0)],
+    ) {
+        // What the reading encoder writes: a meter's decimal as f64, in a canonical unit.
+        let f = mantissa as f64 / 10f64.powi(scale) * factor;
+        let mut out = String::new();
+        write_float(&mut out, f);
+        prop_assert_eq!(out, format!("{f}"));
     }
 
     #[test]

@@ -220,10 +220,12 @@ pub struct InfluxConfig {
     /// The longest a reading waits for a batch to fill before it is written. Default `"10s"`.
     #[serde(default = "default_batch_interval")]
     pub batch_interval: RawDuration,
-    /// Compress write requests with gzip. Default `true`; InfluxDB 1.x, 2.x and VictoriaMetrics
-    /// all take it. Turn it off only for a proxy that cannot pass it on.
-    #[serde(default = "default_true")]
-    pub gzip: bool,
+    /// Compress write requests with gzip; InfluxDB 1.x, 2.x and VictoriaMetrics all take it.
+    /// Default: on, except for a server on this machine (`localhost`, `127.0.0.0/8`, `::1`),
+    /// where compressing saves no bandwidth and costs CPU twice (p1gw compresses, the server
+    /// decompresses). Turn it off for a proxy that cannot pass it on.
+    #[serde(default)]
+    pub gzip: Option<bool>,
     /// The longest one write request may take, connecting included; a request that takes longer
     /// is retried later. Default `"10s"`.
     #[serde(default = "default_influx_timeout")]
@@ -289,6 +291,15 @@ pub struct JsonlConfig {
 pub struct StdoutConfig {
     /// A name for this sink, as for MQTT.
     pub name: Option<String>,
+}
+
+/// Whether `host` (a URL's, IPv6 without brackets) is this machine's loopback interface.
+fn is_loopback(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn default_true() -> bool {
@@ -914,14 +925,15 @@ impl InfluxConfig {
         let batch_interval = positive(&self.batch_interval, &at.key("batch_interval"), problems);
         let timeout = positive(&self.timeout, &at.key("timeout"), problems);
         let target = self.target(at, env, problems);
+        let url = url?;
         Some(ValidInflux {
-            url: url?,
+            gzip: self.gzip.unwrap_or_else(|| !is_loopback(url.host())),
+            url,
             target: target?,
             precision: self.precision,
             batch_size: batch_size?,
             batch_interval: batch_interval?,
             max_in_flight: max_in_flight?,
-            gzip: self.gzip,
             timeout: timeout?,
         })
     }

@@ -2006,10 +2006,11 @@ fn influx_gzip_and_timeout_have_defaults_are_validated_and_reach_the_sink() {
     let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
         panic!("influx");
     };
-    assert!(influx.gzip);
+    // Not compressed for a server on this machine (localhost), by default.
+    assert!(!influx.gzip);
     assert_eq!(influx.timeout, Duration::from_secs(10));
     let settings = influx.settings().expect("no secret to read");
-    assert!(settings.gzip);
+    assert!(!settings.gzip);
     assert_eq!(settings.timeout, Duration::from_secs(10));
     assert_eq!(settings.batch_size, 5000);
     assert_eq!(settings.max_in_flight, 2);
@@ -2022,6 +2023,38 @@ fn influx_gzip_and_timeout_have_defaults_are_validated_and_reach_the_sink() {
             retention_policy: None,
             credentials: None
         }
+    );
+
+    for (url, gzip) in [
+        ("http://localhost:8086", false),
+        ("http://LOCALHOST.:8086", false),
+        ("http://127.0.0.1:8086", false),
+        ("http://127.1.2.3:8086", false),
+        ("http://[::1]:8086/influx", false),
+        ("http://influx.lan:8086", true),
+        ("https://eu-central-1-1.aws.cloud2.influxdata.com", true),
+        ("http://192.168.1.20:8086", true),
+        ("http://[fd00::1]:8086", true),
+        ("http://localhost.example.com:8086", true),
+    ] {
+        let line = format!("url = {url:?}");
+        let lines: Vec<&str> = influx_v1(&[])
+            .into_iter()
+            .map(|l| if l.starts_with("url =") { &line } else { l })
+            .collect();
+        let config = valid(&lines);
+        let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
+            panic!("influx");
+        };
+        assert_eq!(influx.gzip, gzip, "{url}");
+    }
+    let config = valid(&influx_v1(&["gzip = true"]));
+    let ValidSinkKind::Influx(influx) = &config.sinks[0].kind else {
+        panic!("influx");
+    };
+    assert!(
+        influx.gzip,
+        "an explicit gzip = true compresses for localhost too"
     );
 
     let config = valid(&influx_v1(&[
