@@ -9,21 +9,33 @@ use jiff::tz::TimeZone;
 use crate::telegram::{Object, Telegram, Value};
 use crate::value::{Quantity, Stamp};
 
+/// Bytes that JSON strings must escape (control characters, `"`, `\`) and
+/// DEL, which we escape too.
+static ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[0x7f] = true;
+    table
+};
+
 /// Writes `"text"` with JSON escaping.
 pub fn write_str(out: &mut String, text: &str) {
     out.push('"');
     let bytes = text.as_bytes();
     // Telegram text almost never needs escaping: check once, copy once.
-    if !bytes
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
-    {
+    let Some(first) = bytes.iter().position(|&b| ESCAPE[usize::from(b)]) else {
         out.push_str(text);
         out.push('"');
         return;
-    }
+    };
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
         let escape: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -47,7 +59,11 @@ pub fn write_str(out: &mut String, text: &str) {
 
 /// Writes bytes as a JSON string, replacing invalid UTF-8 with U+FFFD.
 pub fn write_bytes(out: &mut String, bytes: &[u8]) {
-    write_str(out, &String::from_utf8_lossy(bytes));
+    // Valid UTF-8 (nearly always plain ASCII) needs no copy.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => write_str(out, text),
+        Err(_) => write_str(out, &String::from_utf8_lossy(bytes)),
+    }
 }
 
 /// Writes an RFC 3339 UTC time (`2024-02-12T22:21:14Z`), or `null`.
@@ -102,30 +118,15 @@ pub fn write_telegram_fields(out: &mut String, telegram: &Telegram<'_>, tz: &Tim
 
 /// Writes a byte in decimal without the formatting machinery (hot path).
 fn push_u8(out: &mut String, n: u8) {
-    if n >= 100 {
-        out.push(char::from(b'0' + n / 100));
-    }
-    if n >= 10 {
-        out.push(char::from(b'0' + n / 10 % 10));
-    }
-    out.push(char::from(b'0' + n % 10));
+    let digits = [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10];
+    let skip = usize::from(n < 100) + usize::from(n < 10);
+    out.push_str(std::str::from_utf8(&digits[skip..]).unwrap_or_default());
 }
 
 /// Writes `A-B:C.D.E[*F]`, as `Display` does, without `fmt`.
 fn push_obis(out: &mut String, code: &crate::ObisCode) {
-    push_u8(out, code.a);
-    out.push('-');
-    push_u8(out, code.b);
-    out.push(':');
-    push_u8(out, code.c);
-    out.push('.');
-    push_u8(out, code.d);
-    out.push('.');
-    push_u8(out, code.e);
-    if let Some(f) = code.f {
-        out.push('*');
-        push_u8(out, f);
-    }
+    let mut buf = [0; crate::ObisCode::MAX_TEXT];
+    out.push_str(code.format(&mut buf));
 }
 
 /// Writes one data line as its §4 object.

@@ -92,11 +92,51 @@ impl ObisCode {
 
 impl fmt::Display for ObisCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}:{}.{}.{}", self.a, self.b, self.c, self.d, self.e)?;
-        if let Some(x) = self.f {
-            write!(f, "*{x}")?;
+        let mut buf = [0; ObisCode::MAX_TEXT];
+        f.write_str(self.format(&mut buf))
+    }
+}
+
+impl ObisCode {
+    /// The longest text [`ObisCode::format`] writes (`255-255:255.255.255*255`).
+    pub const MAX_TEXT: usize = 23;
+
+    /// Writes `A-B:C.D.E[*F]` (what `Display` prints) into `buf` and returns
+    /// it, without `core::fmt`: the JSON writer and every reading name each
+    /// data line's code.
+    pub fn format<'b>(&self, buf: &'b mut [u8; ObisCode::MAX_TEXT]) -> &'b str {
+        fn put(buf: &mut [u8], at: &mut usize, n: u8) {
+            if n >= 100 {
+                buf[*at] = b'0' + n / 100;
+                *at += 1;
+            }
+            if n >= 10 {
+                buf[*at] = b'0' + n / 10 % 10;
+                *at += 1;
+            }
+            buf[*at] = b'0' + n % 10;
+            *at += 1;
         }
-        Ok(())
+        let mut at = 0;
+        let groups = [
+            (self.a, b'-'),
+            (self.b, b':'),
+            (self.c, b'.'),
+            (self.d, b'.'),
+        ];
+        for (n, separator) in groups {
+            put(buf, &mut at, n);
+            buf[at] = separator;
+            at += 1;
+        }
+        put(buf, &mut at, self.e);
+        if let Some(f) = self.f {
+            buf[at] = b'*';
+            at += 1;
+            put(buf, &mut at, f);
+        }
+        // Digits and separators only: ASCII.
+        std::str::from_utf8(&buf[..at]).unwrap_or_default()
     }
 }
 
