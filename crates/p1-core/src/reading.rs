@@ -1,18 +1,19 @@
 //! [`Reading`]: one telegram of one meter, owned and normalised, as every sink
 //! and the HTTP layer see it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use p1_telegram::{Decimal, ObisCode, Stamp, SubmeterKind, Telegram, Value, json};
+use p1_telegram::{Decimal, ObisCode, ParseOptions, Stamp, SubmeterKind, Telegram, Value, json};
 
 /// One decoded telegram of one meter. Readings travel as `Arc<Reading>` on
 /// the broadcast channel; nothing mutates them after construction.
 ///
 /// The design §4 JSON (plus `meter`, `meter_id`, `received_at`) is rendered
-/// once, at construction, by [`Reading::from_telegram`]: HTTP, SSE, MQTT and
-/// Azure all send [`Reading::json`] as it is.
+/// once, on first use of [`Reading::json`], from the telegram's frame that
+/// the reading keeps: HTTP, SSE, MQTT, Azure and jsonl all send it as it is,
+/// and a gateway whose sinks need none of it (InfluxDB only) never renders it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     /// The configured meter name (`[meter] name`), used in topics and tags.
@@ -33,7 +34,25 @@ pub struct Reading {
     pub objects: Vec<Measurement>,
     /// The M-Bus submeters, by channel.
     pub submeters: Vec<SubmeterInfo>,
-    json: Arc<str>,
+    json: LazyJson,
+}
+
+/// What [`Reading::json`] is rendered from, and the rendering once done.
+#[derive(Debug, Clone)]
+struct LazyJson {
+    /// The telegram's frame (about a third of the JSON's size).
+    frame: Arc<[u8]>,
+    /// The zone the meter's local times were read in.
+    tz: TimeZone,
+    rendered: OnceLock<Arc<str>>,
+}
+
+/// The rendering is a function of the frame, the zone and the reading's own
+/// fields: whether it has happened yet does not make two readings differ.
+impl PartialEq for LazyJson {
+    fn eq(&self, other: &LazyJson) -> bool {
+        self.frame == other.frame && self.tz == other.tz
+    }
 }
 
 /// One data line of a reading.
@@ -175,22 +194,6 @@ impl Reading {
             })
             .collect();
         let meter_id = telegram.meter_id();
-
-        let mut out = String::with_capacity(2048);
-        out.push_str("{\"meter\":");
-        json::write_str(&mut out, &meter);
-        out.push_str(",\"source\":");
-        json::write_str(&mut out, &source);
-        out.push_str(",\"meter_id\":");
-        match &meter_id {
-            Some(id) => json::write_str(&mut out, id),
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"received_at\":");
-        json::write_time(&mut out, Some(received_at));
-        json::write_telegram_fields(&mut out, telegram, tz);
-        out.push('}');
-
         Reading {
             meter,
             source,
@@ -201,14 +204,51 @@ impl Reading {
             received_at,
             objects,
             submeters,
-            json: Arc::from(out),
+            json: LazyJson {
+                frame: Arc::from(telegram.frame),
+                tz: tz.clone(),
+                rendered: OnceLock::new(),
+            },
         }
     }
 
     /// The reading as design §4 JSON, with `meter`, `source`, `meter_id` and
-    /// `received_at` added. Built once; cheap to clone.
+    /// `received_at` added. Rendered on first use (the frame is parsed again,
+    /// which gives the same telegram), then kept; cheap to clone.
     pub fn json(&self) -> &Arc<str> {
-        &self.json
+        self.json.rendered.get_or_init(|| self.render_json())
+    }
+
+    fn render_json(&self) -> Arc<str> {
+        let mut out = String::with_capacity(3 * self.json.frame.len() + 256);
+        out.push_str("{\"meter\":");
+        json::write_str(&mut out, &self.meter);
+        out.push_str(",\"source\":");
+        json::write_str(&mut out, &self.source);
+        out.push_str(",\"meter_id\":");
+        match &self.meter_id {
+            Some(id) => json::write_str(&mut out, id),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"received_at\":");
+        json::write_time(&mut out, Some(self.received_at));
+        // The frame passed this parse (and its CRC check) when the reading
+        // was made; parsing is deterministic, so it cannot fail now. If it
+        // ever did, the reading's own fields still make valid JSON.
+        match Telegram::parse(&self.json.frame, ParseOptions { check_crc: false }) {
+            Ok(telegram) => json::write_telegram_fields(&mut out, &telegram, &self.json.tz),
+            Err(_) => {
+                out.push_str(",\"header\":");
+                json::write_str(&mut out, &self.header);
+                out.push_str(",\"crc\":\"");
+                out.push_str(self.crc);
+                out.push_str("\",\"meter_time\":");
+                json::write_time(&mut out, self.meter_time);
+                out.push_str(",\"objects\":[]");
+            }
+        }
+        out.push('}');
+        Arc::from(out)
     }
 
     /// The first measurement with this canonical name.
@@ -235,30 +275,8 @@ impl Reading {
 /// `code` as `code.to_string()` writes it (`1-0:1.8.1`, `0-1:24.2.1*255`), without going
 /// through `core::fmt`: every data line of every reading has one.
 fn obis_text(code: ObisCode) -> String {
-    fn push_u8(out: &mut String, n: u8) {
-        if n >= 100 {
-            out.push(char::from(b'0' + n / 100));
-        }
-        if n >= 10 {
-            out.push(char::from(b'0' + n / 10 % 10));
-        }
-        out.push(char::from(b'0' + n % 10));
-    }
-    let mut out = String::with_capacity(23);
-    push_u8(&mut out, code.a);
-    out.push('-');
-    push_u8(&mut out, code.b);
-    out.push(':');
-    push_u8(&mut out, code.c);
-    out.push('.');
-    push_u8(&mut out, code.d);
-    out.push('.');
-    push_u8(&mut out, code.e);
-    if let Some(f) = code.f {
-        out.push('*');
-        push_u8(&mut out, f);
-    }
-    out
+    let mut buf = [0; ObisCode::MAX_TEXT];
+    code.format(&mut buf).to_owned()
 }
 
 /// The factor that brings a value in `unit` to the canonical unit of its

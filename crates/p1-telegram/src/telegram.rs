@@ -206,6 +206,9 @@ pub struct Submeter<'a> {
 /// A parsed telegram borrowing the frame's bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Telegram<'a> {
+    /// The whole frame this telegram was parsed from, `/` through the `!`
+    /// line: parsing it again gives this telegram.
+    pub frame: &'a [u8],
     /// The identification line without `/` and line end (`ISk5\2MIE5E-200`).
     pub header: &'a [u8],
     /// What the CRC check found.
@@ -318,6 +321,7 @@ impl<'a> Telegram<'a> {
             });
         }
         Ok(Telegram {
+            frame,
             header,
             crc,
             objects,

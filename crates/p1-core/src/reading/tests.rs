@@ -53,12 +53,17 @@ fn canonical_scale_of_every_unit_in_the_fixtures_and_their_cases() {
 
 proptest! {
     #[test]
-    fn obis_text_is_display(
+    fn obis_text_is_the_written_form(
         a in any::<u8>(), b in any::<u8>(), c in any::<u8>(), d in any::<u8>(), e in any::<u8>(),
         f in proptest::option::of(any::<u8>()),
     ) {
         let code = ObisCode { a, b, c, d, e, f };
-        prop_assert_eq!(obis_text(code), code.to_string());
+        let expected = match f {
+            Some(f) => format!("{a}-{b}:{c}.{d}.{e}*{f}"),
+            None => format!("{a}-{b}:{c}.{d}.{e}"),
+        };
+        prop_assert_eq!(&obis_text(code), &expected);
+        prop_assert_eq!(code.to_string(), expected);
     }
 
     #[test]
@@ -68,4 +73,69 @@ proptest! {
             scale_reference(None, Some(&unit)).to_bits()
         );
     }
+}
+
+/// The JSON rendered on first use from the kept frame is, byte for byte, what
+/// rendering it from the telegram at construction gave; rendering it does not
+/// make the reading differ from a copy that has not.
+#[test]
+fn lazy_json_is_the_eager_rendering_for_every_fixture() {
+    use std::sync::Arc;
+
+    use p1_telegram::{Decoder, ParseOptions, Telegram, json};
+
+    use super::Reading;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/telegrams");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for path in files {
+        let bytes = std::fs::read(&path).expect("read");
+        let mut decoder = Decoder::new(64 * 1024);
+        let mut input = bytes.as_slice();
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.next_frame(&mut input) {
+            if let Ok(frame) = frame {
+                frames.push(frame.bytes.to_vec());
+            }
+        }
+        for frame in frames {
+            let Ok(telegram) = Telegram::parse(&frame, ParseOptions::default()) else {
+                continue;
+            };
+            let tz = jiff::tz::db().get(telegram.default_zone()).expect("zone");
+            let received_at = jiff::Timestamp::from_second(1_700_000_000).expect("time");
+            let reading = Reading::from_telegram(
+                Arc::from("home"),
+                Arc::from("replay:test"),
+                &telegram,
+                &tz,
+                received_at,
+            );
+            let untouched = reading.clone();
+            let mut eager = String::new();
+            eager.push_str("{\"meter\":\"home\",\"source\":\"replay:test\",\"meter_id\":");
+            match &reading.meter_id {
+                Some(id) => json::write_str(&mut eager, id),
+                None => eager.push_str("null"),
+            }
+            eager.push_str(",\"received_at\":");
+            json::write_time(&mut eager, Some(received_at));
+            json::write_telegram_fields(&mut eager, &telegram, &tz);
+            eager.push('}');
+            assert_eq!(&**reading.json(), eager, "{}", path.display());
+            assert!(serde_json::from_str::<serde_json::Value>(reading.json()).is_ok());
+            assert_eq!(
+                reading, untouched,
+                "rendering changes nothing that compares"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} telegrams checked");
 }
