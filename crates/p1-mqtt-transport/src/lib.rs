@@ -17,8 +17,9 @@
 //!
 //! # Place in the graph
 //!
-//! `p1-mqtt-transport <- p1-sink-mqtt | p1-sink-azure`. It knows nothing of readings, spools,
-//! topics or configuration files: its callers hand it bytes (PEM) and events.
+//! `p1-core <- p1-mqtt-transport <- p1-sink-mqtt | p1-sink-azure`. It knows nothing of
+//! readings, spools, topics or configuration files: its callers hand it bytes (PEM), events and
+//! their health handle (p1-core's `HealthHandle`, the only thing it uses of p1-core).
 //!
 //! # Never
 //!

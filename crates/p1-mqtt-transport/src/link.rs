@@ -4,12 +4,13 @@
 //!
 //! * [`LinkState`] is what the connection task publishes on a `watch` channel.
 //! * [`wait_connected`] is the delivery side's wait for a connection (or the next failure).
-//! * [`mark_lost`] is the connection task's bookkeeping when a connection ends: the state, and a
-//!   log line that says WARN once per reason and DEBUG while it repeats.
+//! * [`mark_lost`] is the connection task's bookkeeping when a connection ends: the state, the
+//!   sink's health, and a log line that says WARN once per reason and DEBUG while it repeats.
 //! * [`stop_connection`] ends the connection task at shutdown, within a bound.
 
 use std::time::Duration;
 
+use p1_core::HealthHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -60,12 +61,15 @@ pub async fn wait_connected(
     }
 }
 
-/// Records a connection that ended (or never came) with `reason` in `state`, and logs it for
-/// sink `sink`: WARN the first time, DEBUG while the same reason repeats (`last_logged`
-/// remembers it). `label` names the protocol in the log ("MQTT", "IoT Hub").
+/// Records a connection that ended (or never came) with `reason`: in `state`, in the sink's
+/// `health` (the error, degraded with the readings spooled, one more `reconnects`), and in the
+/// log of sink `sink`: WARN the first time, DEBUG while the same reason repeats (`last_logged`
+/// remembers it). `label` names the protocol in the log and the health reason ("MQTT",
+/// "IoT Hub").
 pub fn mark_lost(
     state: &watch::Sender<LinkState>,
     last_logged: &mut Option<String>,
+    health: &HealthHandle,
     sink: &str,
     label: &str,
     reason: &str,
@@ -81,6 +85,9 @@ pub fn mark_lost(
         tracing::warn!(sink = %sink, error = %reason, "{label} connection failed; readings stay spooled, retrying.");
         *last_logged = Some(reason.to_owned());
     }
+    health.error(reason);
+    health.degraded(format!("{label}: {reason}; readings stay spooled"));
+    health.add_counter("reconnects", 1);
 }
 
 /// Waits up to `wait` for the connection task to end after it was told to stop; logs a panic or
@@ -108,11 +115,22 @@ mod tests {
     async fn a_failure_after_the_wait_began_ends_it_with_its_reason() {
         let (tx, mut rx) = watch::channel(LinkState::default());
         let mut logged = None;
+        let registry = p1_core::Registry::new();
+        let health = registry
+            .register("sink:mqtt", p1_core::ComponentKind::Sink)
+            .expect("register");
         let waiter = tokio::spawn(async move {
             wait_connected(&mut rx, Duration::from_secs(30), "the broker").await
         });
         tokio::task::yield_now().await;
-        mark_lost(&tx, &mut logged, "mqtt", "MQTT", "connection refused");
+        mark_lost(
+            &tx,
+            &mut logged,
+            &health,
+            "mqtt",
+            "MQTT",
+            "connection refused",
+        );
         assert_eq!(
             waiter.await.expect("join"),
             Err("connection refused".to_owned())

@@ -42,21 +42,7 @@ pub async fn poll_events<T: From<Polled>>(
     let mut network = eventloop.network_options();
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
-    loop {
-        let event = eventloop.poll().await;
-        if event.is_err() {
-            while let Some(buffered) = eventloop.state.events.pop_front() {
-                if tx.send((generation, Ok(buffered)).into()).await.is_err() {
-                    return;
-                }
-            }
-            tx.send((generation, event).into()).await.ok();
-            return;
-        }
-        if tx.send((generation, event).into()).await.is_err() {
-            return;
-        }
-    }
+    forward(generation, eventloop, tx).await;
 }
 
 /// [`poll_events`] for rumqttc's MQTT 5 event loop: the same contract, the same drain of
@@ -73,13 +59,58 @@ pub async fn poll_events<T: From<Polled>>(
 /// sent again on every reconnect.
 pub async fn poll_events_v5<T: From<Polled5>>(
     generation: u64,
-    mut eventloop: rumqttc::v5::EventLoop,
+    eventloop: rumqttc::v5::EventLoop,
     tx: mpsc::Sender<T>,
 ) {
+    forward(generation, eventloop, tx).await;
+}
+
+/// What [`forward`] needs of an event loop: rumqttc's v4 and v5 loops have the same shape but
+/// no trait in common.
+trait EventSource {
+    type Event;
+    type Error;
+    /// The next event, or the end of the connection (`EventLoop::poll`).
+    fn next_event(&mut self) -> impl Future<Output = Result<Self::Event, Self::Error>> + Send;
+    /// An event already read and handled into the state's queue but not handed out yet.
+    fn pop_buffered(&mut self) -> Option<Self::Event>;
+}
+
+impl EventSource for EventLoop {
+    type Event = Event;
+    type Error = ConnectionError;
+    fn next_event(&mut self) -> impl Future<Output = Result<Event, ConnectionError>> + Send {
+        self.poll()
+    }
+    fn pop_buffered(&mut self) -> Option<Event> {
+        self.state.events.pop_front()
+    }
+}
+
+impl EventSource for rumqttc::v5::EventLoop {
+    type Event = rumqttc::v5::Event;
+    type Error = rumqttc::v5::ConnectionError;
+    fn next_event(
+        &mut self,
+    ) -> impl Future<Output = Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>> + Send {
+        self.poll()
+    }
+    fn pop_buffered(&mut self) -> Option<rumqttc::v5::Event> {
+        self.state.events.pop_front()
+    }
+}
+
+/// The loop of [`poll_events`] and [`poll_events_v5`]: every event to `tx` until the first
+/// error; before the error, the events read together with it (the lost PUBACK).
+async fn forward<L, T>(generation: u64, mut eventloop: L, tx: mpsc::Sender<T>)
+where
+    L: EventSource,
+    T: From<(u64, Result<L::Event, L::Error>)>,
+{
     loop {
-        let event = eventloop.poll().await;
+        let event = eventloop.next_event().await;
         if event.is_err() {
-            while let Some(buffered) = eventloop.state.events.pop_front() {
+            while let Some(buffered) = eventloop.pop_buffered() {
                 if tx.send((generation, Ok(buffered)).into()).await.is_err() {
                     return;
                 }

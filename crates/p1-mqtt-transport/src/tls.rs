@@ -36,17 +36,18 @@ pub struct TlsSettings {
 }
 
 /// Why a TLS client configuration could not be built. Messages name the configuration key
-/// (`ca_file`, `client_cert_file`, `client_key_file`), never a key's content.
+/// (`ca_file`, `client_cert_file`, `client_key_file`), never a key's content; the sinks show
+/// them as they are (their `BuildError::Tls`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsError {
     /// The CA certificates (the CA file, or the system's) gave no usable certificate.
     #[error("{0}")]
     TrustAnchors(String),
     /// The client certificate or key cannot be used.
-    #[error("{0}")]
+    #[error("client certificate: {0}")]
     ClientCert(String),
     /// rustls refused the configuration.
-    #[error("{0}")]
+    #[error("TLS: {0}")]
     Tls(String),
 }
 

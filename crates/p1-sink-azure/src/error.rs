@@ -1,5 +1,7 @@
 //! The crate's error type.
 
+use p1_mqtt_transport::TlsError;
+
 use crate::connection_string::ConnectionStringError;
 
 /// Why an Azure IoT Hub sink could not be built from its settings. Messages name the setting
@@ -15,24 +17,8 @@ pub enum BuildError {
     /// A setting is out of range.
     #[error("{0}")]
     Settings(String),
-    /// The CA certificates (the CA file, or the system's) gave no usable certificate.
-    #[error("{0}")]
-    TrustAnchors(String),
-    /// The client certificate or key cannot be used.
-    #[error("client certificate: {0}")]
-    ClientCert(String),
-    /// rustls refused the configuration.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-impl From<p1_mqtt_transport::TlsError> for BuildError {
-    fn from(e: p1_mqtt_transport::TlsError) -> Self {
-        use p1_mqtt_transport::TlsError;
-        match e {
-            TlsError::TrustAnchors(m) => BuildError::TrustAnchors(m),
-            TlsError::ClientCert(m) => BuildError::ClientCert(m),
-            TlsError::Tls(m) => BuildError::Tls(m),
-        }
-    }
+    /// No usable CA certificate, an unusable client certificate or key, or a configuration
+    /// rustls refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }

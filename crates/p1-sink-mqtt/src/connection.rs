@@ -909,14 +909,11 @@ impl Run {
         p1_mqtt_transport::mark_lost(
             &cx.state,
             &mut self.last_logged_error,
+            &cx.health,
             &cx.name,
             "MQTT",
             &reason,
         );
-        cx.health.error(reason.clone());
-        cx.health
-            .degraded(format!("MQTT: {reason}; readings stay spooled"));
-        cx.health.add_counter("reconnects", 1);
     }
 }
 

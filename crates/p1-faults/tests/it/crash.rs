@@ -10,12 +10,11 @@
 //!   reported spooled before a kill must reach both backends. (p1-core's own
 //!   `spool_survives_sigkill` does the same to the spool alone, 100 times per `cargo test`.)
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Broker, Daemon, Influx, Rng, Row, Subscriber, Tally, collect, influx_sink, jsonl_ids,
-    jsonl_sink, mqtt_sink, pick, replay_meter, spool, wait_for, write_recording,
+    Broker, Daemon, Delivered, Influx, Rng, Row, Subscriber, collect, influx_sink, mqtt_sink, pick,
+    replay_meter, spool, three_sinks, wait_for, write_recording,
 };
 use crate::proxy::{Mode, Proxy};
 
@@ -30,10 +29,6 @@ fn silent_meter() -> String {
     )
 }
 
-fn to(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 #[test]
 fn sigkill_while_a_backlog_is_delivered_loses_nothing() {
     let _lane = crate::harness::shared();
@@ -44,21 +39,20 @@ fn sigkill_while_a_backlog_is_delivered_loses_nothing() {
     let broker = Broker::start();
     let influx = Influx::start();
     let mut sub = Subscriber::start(&broker, "p1-faults-kill");
-    let mqtt_proxy = Proxy::start(to(broker.port), Mode::Down);
-    let influx_proxy = Proxy::start(to(influx.port), Mode::Down);
+    let mqtt_proxy = Proxy::local(broker.port, Mode::Down);
+    let influx_proxy = Proxy::local(influx.port, Mode::Down);
     let jsonl = work.path().join("readings.jsonl");
     let spool_dir = work.path().join("spool");
     // A slow backlog (20 messages/s, InfluxDB 5 readings per request), so the kill lands in
     // the middle of it.
-    let sinks = format!(
-        "{}{}{}{}",
-        jsonl_sink(&jsonl),
-        mqtt_sink(mqtt_proxy.port, "backlog_rate = 20"),
-        influx_sink(
+    let sinks = three_sinks(
+        &jsonl,
+        (mqtt_proxy.port, "backlog_rate = 20"),
+        (
             &format!("http://127.0.0.1:{}", influx_proxy.port),
-            "batch_size = 5"
+            "batch_size = 5",
         ),
-        spool(&spool_dir, ""),
+        &spool_dir,
     );
     let mut first = Daemon::start(
         work.path(),
@@ -109,13 +103,7 @@ fn sigkill_while_a_backlog_is_delivered_loses_nothing() {
     );
     let recovery = t_restart.elapsed().as_secs_f64();
     let want = 1..=n;
-    let file = collect(Duration::from_secs(30), want.clone(), || {
-        Tally::from_ids(jsonl_ids(&jsonl))
-    });
-    let mqtt = collect(Duration::from_secs(30), want.clone(), || sub.tally());
-    let points = collect(Duration::from_secs(30), want.clone(), || {
-        influx.tally("home")
-    });
+    let delivered = Delivered::collect(&want, Duration::from_secs(30), &jsonl, &mut sub, &influx);
     let corrupt = second.metrics().get("p1gw_spool_corrupt_total", &[]);
 
     let mut row = Row::new(
@@ -128,9 +116,7 @@ fn sigkill_while_a_backlog_is_delivered_loses_nothing() {
     row.produced = produced;
     row.logs.push(first.log.clone());
     row.logs.push(second.log.clone());
-    row.sink("jsonl", &file);
-    row.sink("mqtt", &mqtt);
-    row.sink("influx", &points);
+    row.sinks(&delivered);
     row.recovery_s = Some(recovery);
     row.note(format!(
         "sent before the kill (last scrape): mqtt {}, influx {}; still spooled at the restart: \
@@ -138,16 +124,8 @@ fn sigkill_while_a_backlog_is_delivered_loses_nothing() {
         sent_before.0, sent_before.1, left.0, left.1
     ));
     row.check(produced == n, format!("produced {produced} of {n}"));
-    for (name, t) in [("jsonl", &file), ("mqtt", &mqtt), ("influx", &points)] {
-        let missing = t.missing(want.clone());
-        row.check(
-            missing.is_empty(),
-            format!(
-                "{name} is missing {} readings: {:?}",
-                missing.len(),
-                &missing[..missing.len().min(10)]
-            ),
-        );
+    for (name, t) in delivered.each() {
+        row.check_complete(name, t, want.clone());
     }
     row.check(
         left.0 >= 1.0,
@@ -155,7 +133,7 @@ fn sigkill_while_a_backlog_is_delivered_loses_nothing() {
     );
     row.check(corrupt == 0.0, "a spool was found corrupt after the kill");
     row.check(
-        points.duplicates() == 0,
+        delivered.points.duplicates() == 0,
         "a reading reached InfluxDB with two timestamps",
     );
     row.finish();
@@ -171,8 +149,8 @@ fn power_cuts_during_spool_writes_lose_no_stored_reading() {
     let broker = Broker::start();
     let influx = Influx::start();
     let mut sub = Subscriber::start(&broker, "p1-faults-powercut");
-    let mqtt_proxy = Proxy::start(to(broker.port), Mode::Down);
-    let influx_proxy = Proxy::start(to(influx.port), Mode::Down);
+    let mqtt_proxy = Proxy::local(broker.port, Mode::Down);
+    let influx_proxy = Proxy::local(influx.port, Mode::Down);
     let sinks = format!(
         "{}{}{}",
         mqtt_sink(mqtt_proxy.port, "backlog_rate = 1000"),

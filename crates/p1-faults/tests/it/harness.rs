@@ -6,15 +6,16 @@
 //! Waiting is always for a condition under a deadline ([`wait_for`]); the only plain sleeps
 //! are the faults themselves (a backend kept down for N seconds) and metric sampling.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use p1_testkit::{InfluxdAgain, Server};
+pub(crate) use p1_testkit::{free_port, require, root, stop_child, terminate_child, wait_for};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -28,10 +29,6 @@ pub(crate) fn soak() -> bool {
 /// `quick` in the default run, `long` under `P1GW_SOAK=1`.
 pub(crate) fn pick<T>(quick: T, long: T) -> T {
     if soak() { long } else { quick }
-}
-
-pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The p1gw binary: `P1GW_BIN`, else `target/<profile>/p1gw` next to this test binary's
@@ -97,90 +94,12 @@ fn warn_if_stale(bin: &Path) {
     }
 }
 
-/// Fails (never skips) when a program the tests need is missing, naming its Debian package.
-pub(crate) fn require(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        || Path::new("/usr/sbin").join(program).is_file();
-    assert!(
-        found,
-        "{program} not found: install the Debian package {package} (scripts/test installs it)"
-    );
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Polls `f` every 20 ms until it returns Some, at most `limit`; panics naming `what`.
-pub(crate) fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP (blocking, HTTP/1.1, Connection: close).
 
 /// `GET path` on 127.0.0.1:port; (status, body), or None when nothing answers.
 pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Some((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Percent-encodes a query parameter.
-pub(crate) fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    p1_testkit::http_get(port, path, Duration::from_secs(10))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,20 +113,7 @@ impl Metrics {
     /// The sum of the samples of `name` that carry all of `labels` (0 when there are none:
     /// a counter that was never incremented is not exported).
     pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, |a, b| a + b)
+        p1_testkit::metric_sum(&self.0, name, labels)
     }
 
     pub(crate) fn sink(&self, name: &str, sink: &str) -> f64 {
@@ -316,12 +222,7 @@ impl Daemon {
     /// A component of `/api/v1/status` (`reader:home`, `sink:mqtt`).
     pub(crate) fn component(&self, name: &str) -> Option<Value> {
         let (_, body) = self.get("/api/v1/status")?;
-        let status: Value = serde_json::from_str(&body).ok()?;
-        status["components"]
-            .as_array()?
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
+        p1_testkit::component(&body, name)
     }
 }
 
@@ -332,33 +233,6 @@ impl Drop for Daemon {
             self.child.wait().ok();
         }
     }
-}
-
-/// Kills a helper process (if it still runs) and reaps it.
-pub(crate) fn stop_child(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_none() {
-        child.kill().ok();
-        child.wait().ok();
-    }
-}
-
-/// Sends SIGTERM to a child and waits for it (at most 15 s, then SIGKILL).
-pub(crate) fn terminate_child(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .ok();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop_child(child);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,104 +352,45 @@ impl Tally {
     }
 }
 
+/// What the three sinks of [`three_sinks`] delivered: the jsonl file, the MQTT subscriber's
+/// state messages and InfluxDB's points.
+pub(crate) struct Delivered {
+    pub(crate) file: Tally,
+    pub(crate) mqtt: Tally,
+    pub(crate) points: Tally,
+}
+
+impl Delivered {
+    /// Collects each sink's tally until it holds every reading of `want`: the file for at most
+    /// 30 s, then MQTT and InfluxDB for at most `limit` each ([`collect`]).
+    pub(crate) fn collect(
+        want: &std::ops::RangeInclusive<u64>,
+        limit: Duration,
+        jsonl: &Path,
+        sub: &mut Subscriber,
+        influx: &Influx,
+    ) -> Delivered {
+        Delivered {
+            file: collect(Duration::from_secs(30), want.clone(), || {
+                Tally::from_ids(jsonl_ids(jsonl))
+            }),
+            mqtt: collect(limit, want.clone(), || sub.tally()),
+            points: collect(limit, want.clone(), || influx.tally("home")),
+        }
+    }
+
+    /// Each sink's tally with its name.
+    pub(crate) fn each(&self) -> [(&'static str, &Tally); 3] {
+        [
+            ("jsonl", &self.file),
+            ("mqtt", &self.mqtt),
+            ("influx", &self.points),
+        ]
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Servers from scripts/servers.
-
-/// Undoes bash's `printf %q` for the values scripts/servers prints.
-fn unquote(value: &str) -> String {
-    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        return inner.to_owned();
-    }
-    let mut out = String::new();
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            out.extend(chars.next());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A server started by `scripts/servers start`; stopped (and its directory removed) on drop.
-pub(crate) struct Server {
-    pub(crate) vars: HashMap<String, String>,
-    pid: Option<String>,
-}
-
-impl Server {
-    pub(crate) fn start(kind: &str, args: &[&str]) -> Server {
-        match kind {
-            "mosquitto" => {
-                require("mosquitto", "mosquitto");
-                require("mosquitto_sub", "mosquitto-clients");
-                require("mosquitto_pub", "mosquitto-clients");
-            }
-            "influxdb" => require("influxd", "influxdb"),
-            _ => panic!("unknown server {kind}"),
-        }
-        require("python3", "python3");
-        require("curl", "curl");
-        let out = Command::new(root().join("scripts/servers"))
-            .arg("start")
-            .arg(kind)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/servers");
-        assert!(
-            out.status.success(),
-            "scripts/servers start {kind} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), unquote(v)))
-            .collect();
-        let pid = Some(vars.get("PID").expect("PID printed").clone());
-        Server { vars, pid }
-    }
-
-    pub(crate) fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} not printed by scripts/servers: {:?}", self.vars))
-    }
-
-    /// `scripts/servers stop PID [--keep]`.
-    pub(crate) fn stop(&mut self, keep: bool) {
-        if let Some(pid) = self.pid.take() {
-            let mut cmd = Command::new(root().join("scripts/servers"));
-            cmd.args(["stop", &pid]);
-            if keep {
-                cmd.arg("--keep");
-            }
-            let ok = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "scripts/servers stop {pid} failed");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            Command::new(root().join("scripts/servers"))
-                .args(["stop", &pid])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .ok();
-        }
-    }
-}
 
 /// Mosquitto with persistence that can be stopped and started again on the same port with
 /// the same sessions (so a persistent subscriber misses nothing while it is down).
@@ -619,15 +434,10 @@ impl Broker {
     }
 
     pub(crate) fn publish(&self, topic: &str, payload: &str) {
-        let ok = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-q", "1", "-t", topic, "-m", payload])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mosquitto_pub to {topic}");
+        self.server
+            .as_ref()
+            .expect("the broker is up")
+            .publish(topic, payload);
     }
 }
 
@@ -753,67 +563,46 @@ impl Drop for Subscriber {
 pub(crate) struct Influx {
     pub(crate) port: u16,
     pub(crate) url: String,
-    dir: PathBuf,
-    server: Option<Server>,
-    again: Option<Child>,
+    /// Running again after [`Influx::down`]; declared before `server` so that it stops
+    /// before the directory goes.
+    again: Option<InfluxdAgain>,
+    /// Stopped with `--keep` by [`Influx::down`]; removes its directory when dropped.
+    server: Server,
 }
 
 impl Influx {
     pub(crate) fn start() -> Influx {
         let server = Server::start("influxdb", &["--db", "p1"]);
-        let port = server.var("INFLUX_PORT").parse().expect("port");
         Influx {
-            port,
+            port: server.port("INFLUX_PORT"),
             url: server.var("INFLUX_URL").to_owned(),
-            dir: PathBuf::from(server.var("DIR")),
-            server: Some(server),
+            server,
             again: None,
         }
     }
 
     /// Stops InfluxDB (SIGTERM), keeping its data.
     pub(crate) fn down(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            server.stop(true);
-        }
-        if let Some(mut child) = self.again.take() {
-            terminate_child(&mut child);
-        }
+        self.server.stop(true);
+        self.again = None;
     }
 
     /// Starts it again from the same directory (config, data, port).
     pub(crate) fn up(&mut self) {
         assert!(
-            self.server.is_none() && self.again.is_none(),
+            !self.server.running() && self.again.is_none(),
             "influxd already up"
         );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("influxd-again.log"))
-            .expect("log");
-        let child = Command::new("influxd")
-            .args(["run", "-config"])
-            .arg(self.dir.join("influxdb.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start influxd again");
-        self.again = Some(child);
-        let port = self.port;
-        wait_for(Duration::from_secs(20), "influxd answering /ping", || {
-            http_get(port, "/ping").filter(|(s, _)| *s == 204)
-        });
+        self.again = Some(InfluxdAgain::start(
+            &self.server.dir(),
+            self.port,
+            Duration::from_secs(20),
+        ));
     }
 
     /// An InfluxQL query on database p1.
     pub(crate) fn query(&self, q: &str) -> Value {
-        let path = format!("/query?db=p1&epoch=s&q={}", encode(q));
-        let (status, body) =
-            http_get(self.port, &path).unwrap_or_else(|| panic!("no answer to {q}"));
-        assert_eq!(status, 200, "{q}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{q}: {e}: {body}"))
+        p1_testkit::influxql(self.port, "p1", "s", q, None)
     }
 
     /// Every `electricity` point of meter `meter`, by reading number. InfluxDB keeps one point
@@ -833,18 +622,6 @@ impl Influx {
                 .filter_map(|row| row[1].as_f64())
                 .map(|v| v.round() as u64),
         )
-    }
-}
-
-impl Drop for Influx {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.again.take() {
-            terminate_child(&mut child);
-        }
-        if self.server.is_none() {
-            std::fs::remove_dir_all(&self.dir).ok();
-        }
-        // A running Server stops itself and removes the directory.
     }
 }
 
@@ -889,6 +666,49 @@ pub(crate) fn spool(dir: &Path, extra: &str) -> String {
     format!("[spool]\ndir = \"{}\"\n{extra}\n", dir.display())
 }
 
+/// The `[[sink]]`s most scenarios judge, and the spool: jsonl into `jsonl`, MQTT to the
+/// broker (or proxy) at `mqtt.0` with the extra keys `mqtt.1`, InfluxDB at the URL `influx.0`
+/// with the extra keys `influx.1`, the spool in `spool_dir`.
+pub(crate) fn three_sinks(
+    jsonl: &Path,
+    mqtt: (u16, &str),
+    influx: (&str, &str),
+    spool_dir: &Path,
+) -> String {
+    format!(
+        "{}{}{}{}",
+        jsonl_sink(jsonl),
+        mqtt_sink(mqtt.0, mqtt.1),
+        influx_sink(influx.0, influx.1),
+        spool(spool_dir, ""),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting on the daemon's metrics.
+
+/// Waits (30 s at most) until both network sinks have sent `at_least` readings: readings flow
+/// everywhere before a fault.
+pub(crate) fn wait_flowing(daemon: &Daemon, at_least: f64) {
+    wait_for(Duration::from_secs(30), "readings at every sink", || {
+        let m = daemon.metrics();
+        (m.sink("p1gw_sink_sent_total", "mqtt") >= at_least
+            && m.sink("p1gw_sink_sent_total", "influx") >= at_least)
+            .then_some(())
+    });
+}
+
+/// The readings meter `home` produced, once that is at least `n` and every sink's spool is
+/// empty (jsonl, mqtt, influx): everything delivered.
+pub(crate) fn all_delivered(m: &Metrics, n: u64) -> Option<u64> {
+    let produced = m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64;
+    (produced >= n
+        && ["jsonl", "mqtt", "influx"]
+            .iter()
+            .all(|s| m.sink("p1gw_spool_records", s) == 0.0))
+    .then_some(produced)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The report.
 
@@ -925,6 +745,32 @@ impl Row {
     pub(crate) fn sink(&mut self, name: &str, tally: &Tally) {
         self.sinks
             .push((name.to_owned(), tally.unique(), tally.duplicates()));
+    }
+
+    /// The three sinks of `delivered`, in order.
+    pub(crate) fn sinks(&mut self, delivered: &Delivered) {
+        for (name, tally) in delivered.each() {
+            self.sink(name, tally);
+        }
+    }
+
+    /// Checks that sink `name` delivered every reading of `expected`, naming the first ten
+    /// missing.
+    pub(crate) fn check_complete(
+        &mut self,
+        name: &str,
+        tally: &Tally,
+        expected: impl IntoIterator<Item = u64>,
+    ) {
+        let missing = tally.missing(expected);
+        self.check(
+            missing.is_empty(),
+            format!(
+                "{name} is missing {} readings: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ),
+        );
     }
 
     pub(crate) fn note(&mut self, note: impl Into<String>) {

@@ -4,12 +4,11 @@
 //! (MQTT keep-alive, the InfluxDB request timeout), spool, reconnect through the cut once it
 //! heals, and deliver everything: at least once, duplicates counted.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Broker, Daemon, Influx, Row, Subscriber, Tally, collect, influx_sink, jsonl_ids, jsonl_sink,
-    mqtt_sink, pick, replay_meter, spool, wait_for, write_recording,
+    Broker, Daemon, Delivered, Influx, Row, Subscriber, all_delivered, pick, replay_meter,
+    three_sinks, wait_flowing, wait_for, write_recording,
 };
 use crate::proxy::{Mode, Proxy};
 
@@ -30,28 +29,24 @@ fn a_silent_network_cut_loses_nothing() {
     let broker = Broker::start();
     let influx = Influx::start();
     let mut sub = Subscriber::start(&broker, "p1-faults-netcut");
-    let to = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let mqtt_proxy = Proxy::start(to(broker.port), Mode::Forward);
-    let influx_proxy = Proxy::start(to(influx.port), Mode::Forward);
+    let mqtt_proxy = Proxy::local(broker.port, Mode::Forward);
+    let influx_proxy = Proxy::local(influx.port, Mode::Forward);
     let jsonl = work.path().join("readings.jsonl");
     let config = format!(
-        "{}{}{}{}{}",
+        "{}{}",
         replay_meter(&recording, &format!("{}ms", 1000 / RATE)),
-        jsonl_sink(&jsonl),
-        mqtt_sink(mqtt_proxy.port, "keep_alive = \"3s\""),
-        influx_sink(
-            &format!("http://127.0.0.1:{}", influx_proxy.port),
-            "timeout = \"3s\""
+        three_sinks(
+            &jsonl,
+            (mqtt_proxy.port, "keep_alive = \"3s\""),
+            (
+                &format!("http://127.0.0.1:{}", influx_proxy.port),
+                "timeout = \"3s\""
+            ),
+            &work.path().join("spool"),
         ),
-        spool(&work.path().join("spool"), ""),
     );
     let daemon = Daemon::start(work.path(), "p1gw", &config);
-    wait_for(Duration::from_secs(30), "readings at every sink", || {
-        let m = daemon.metrics();
-        (m.sink("p1gw_sink_sent_total", "mqtt") >= 5.0
-            && m.sink("p1gw_sink_sent_total", "influx") >= 5.0)
-            .then_some(())
-    });
+    wait_flowing(&daemon, 5.0);
     let connections_before = mqtt_proxy.accepted();
 
     // The cut (this sleep is the fault).
@@ -93,24 +88,11 @@ fn a_silent_network_cut_loses_nothing() {
     let produced = wait_for(
         Duration::from_secs(n / RATE + 120),
         "the whole recording delivered",
-        || {
-            let m = daemon.metrics();
-            let produced = m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64;
-            (produced >= n
-                && ["jsonl", "mqtt", "influx"]
-                    .iter()
-                    .all(|s| m.sink("p1gw_spool_records", s) == 0.0))
-            .then_some(produced)
-        },
+        || all_delivered(&daemon.metrics(), n),
     );
     let want = 1..=n;
-    let file = collect(Duration::from_secs(30), want.clone(), || {
-        Tally::from_ids(jsonl_ids(&jsonl))
-    });
-    let mqtt = collect(Duration::from_secs(30), want.clone(), || sub.tally());
-    let points = collect(Duration::from_secs(30), want.clone(), || {
-        influx.tally("home")
-    });
+    let delivered = Delivered::collect(&want, Duration::from_secs(30), &jsonl, &mut sub, &influx);
+    let Delivered { file, mqtt, points } = &delivered;
 
     let mut row = Row::new(
         &format!("2. silent network cut {secs} s"),
@@ -121,9 +103,7 @@ fn a_silent_network_cut_loses_nothing() {
     );
     row.produced = produced;
     row.logs.push(daemon.log.clone());
-    row.sink("jsonl", &file);
-    row.sink("mqtt", &mqtt);
-    row.sink("influx", &points);
+    row.sinks(&delivered);
     let (dm, di) = (drained.0.unwrap_or(0.0), drained.1.unwrap_or(0.0));
     row.recovery_s = Some(dm.max(di));
     row.note(format!(
@@ -145,16 +125,8 @@ fn a_silent_network_cut_loses_nothing() {
         ));
     }
     row.check(produced == n, format!("produced {produced} of {n}"));
-    for (name, t) in [("jsonl", &file), ("mqtt", &mqtt), ("influx", &points)] {
-        let missing = t.missing(want.clone());
-        row.check(
-            missing.is_empty(),
-            format!(
-                "{name} is missing {} readings: {:?}",
-                missing.len(),
-                &missing[..missing.len().min(10)]
-            ),
-        );
+    for (name, t) in delivered.each() {
+        row.check_complete(name, t, want.clone());
     }
     row.check(
         mqtt.out_of_order == 0,

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Broker, Daemon, Influx, Row, Subscriber, Tally, collect, influx_sink, jsonl_ids, jsonl_sink,
-    mqtt_sink, pick, replay_meter, spool, wait_for, write_recording,
+    Broker, Daemon, Delivered, Influx, Row, Subscriber, all_delivered, pick, replay_meter,
+    three_sinks, wait_flowing, wait_for, write_recording,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,22 +40,19 @@ fn outage(which: Down) {
     let mut sub = Subscriber::start(&broker, &client);
     let jsonl = work.path().join("readings.jsonl");
     let config = format!(
-        "{}{}{}{}{}",
+        "{}{}",
         replay_meter(&recording, &format!("{}ms", 1000 / RATE)),
-        jsonl_sink(&jsonl),
-        mqtt_sink(broker.port, ""),
-        influx_sink(&influx.url, ""),
-        spool(&work.path().join("spool"), ""),
+        three_sinks(
+            &jsonl,
+            (broker.port, ""),
+            (&influx.url, ""),
+            &work.path().join("spool")
+        ),
     );
     let daemon = Daemon::start(work.path(), "p1gw", &config);
 
     // Flowing everywhere first.
-    wait_for(Duration::from_secs(30), "readings at every sink", || {
-        let m = daemon.metrics();
-        (m.sink("p1gw_sink_sent_total", "mqtt") >= 5.0
-            && m.sink("p1gw_sink_sent_total", "influx") >= 5.0)
-            .then_some(())
-    });
+    wait_flowing(&daemon, 5.0);
 
     // The fault: the backend(s) stopped for `secs` (this sleep *is* the outage).
     let down_mqtt = matches!(which, Down::Broker | Down::Both);
@@ -108,22 +105,12 @@ fn outage(which: Down) {
         "the whole recording",
         || {
             let m = daemon.metrics();
-            let done = m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64 >= n
-                && ["jsonl", "mqtt", "influx"]
-                    .iter()
-                    .all(|s| m.sink("p1gw_spool_records", s) == 0.0)
-                && m.sink("p1gw_sink_sent_total", "influx") as u64 >= n;
-            done.then(|| m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64)
+            all_delivered(&m, n).filter(|_| m.sink("p1gw_sink_sent_total", "influx") as u64 >= n)
         },
     );
     let want = 1..=n;
-    let file = collect(Duration::from_secs(30), want.clone(), || {
-        Tally::from_ids(jsonl_ids(&jsonl))
-    });
-    let mqtt = collect(Duration::from_secs(30), want.clone(), || sub.tally());
-    let points = collect(Duration::from_secs(30), want.clone(), || {
-        influx.tally("home")
-    });
+    let delivered = Delivered::collect(&want, Duration::from_secs(30), &jsonl, &mut sub, &influx);
+    let Delivered { file, mqtt, points } = &delivered;
 
     let what = match which {
         Down::Broker => "Mosquitto",
@@ -139,9 +126,7 @@ fn outage(which: Down) {
     );
     row.produced = produced;
     row.logs.push(daemon.log.clone());
-    row.sink("jsonl", &file);
-    row.sink("mqtt", &mqtt);
-    row.sink("influx", &points);
+    row.sinks(&delivered);
     row.recovery_s = Some(recovery);
     row.note(format!(
         "spooled at the end of the outage: mqtt {spooled_mqtt}, influx {spooled_influx}; \
@@ -161,16 +146,8 @@ fn outage(which: Down) {
         ));
     }
     row.check(produced == n, format!("produced {produced} of {n}"));
-    for (name, t) in [("jsonl", &file), ("mqtt", &mqtt), ("influx", &points)] {
-        let missing = t.missing(want.clone());
-        row.check(
-            missing.is_empty(),
-            format!(
-                "{name} is missing {} readings: {:?}",
-                missing.len(),
-                &missing[..missing.len().min(10)]
-            ),
-        );
+    for (name, t) in delivered.each() {
+        row.check_complete(name, t, want.clone());
         row.check(
             t.seen.keys().all(|id| want.contains(id)),
             format!("{name} has readings never produced"),

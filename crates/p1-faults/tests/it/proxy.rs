@@ -34,6 +34,11 @@ pub(crate) struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy on a free port of 127.0.0.1 to `port` on 127.0.0.1, in `mode`.
+    pub(crate) fn local(port: u16, mode: Mode) -> Proxy {
+        Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)), mode)
+    }
+
     /// A proxy on a free port of 127.0.0.1 to `upstream`, in `mode`.
     pub(crate) fn start(upstream: SocketAddr, mode: Mode) -> Proxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()

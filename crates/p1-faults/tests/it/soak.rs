@@ -4,12 +4,11 @@
 //! network cut in front of both. Afterwards every reading must be at every sink; file
 //! descriptors and `VmRSS` are sampled throughout and must not creep.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Broker, Daemon, Influx, Row, Subscriber, Tally, collect, influx_sink, jsonl_ids, jsonl_sink,
-    mqtt_sink, pick, replay_meter, spool, wait_for, write_recording,
+    Broker, Daemon, Delivered, Influx, Row, Subscriber, all_delivered, pick, replay_meter,
+    three_sinks, wait_flowing, wait_for, write_recording,
 };
 use crate::proxy::{Mode, Proxy};
 
@@ -36,28 +35,24 @@ fn the_daemon_soaks_with_every_sink_and_periodic_faults() {
     let mut broker = Broker::start();
     let mut influx = Influx::start();
     let mut sub = Subscriber::start(&broker, "p1-faults-soak");
-    let to = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let mqtt_proxy = Proxy::start(to(broker.port), Mode::Forward);
-    let influx_proxy = Proxy::start(to(influx.port), Mode::Forward);
+    let mqtt_proxy = Proxy::local(broker.port, Mode::Forward);
+    let influx_proxy = Proxy::local(influx.port, Mode::Forward);
     let jsonl = work.path().join("readings.jsonl");
     let config = format!(
-        "{}{}{}{}{}",
+        "{}{}",
         replay_meter(&recording, &format!("{}ms", 1000 / RATE)),
-        jsonl_sink(&jsonl),
-        mqtt_sink(mqtt_proxy.port, "keep_alive = \"5s\""),
-        influx_sink(
-            &format!("http://127.0.0.1:{}", influx_proxy.port),
-            "timeout = \"5s\""
+        three_sinks(
+            &jsonl,
+            (mqtt_proxy.port, "keep_alive = \"5s\""),
+            (
+                &format!("http://127.0.0.1:{}", influx_proxy.port),
+                "timeout = \"5s\""
+            ),
+            &work.path().join("spool"),
         ),
-        spool(&work.path().join("spool"), ""),
     );
     let daemon = Daemon::start(work.path(), "p1gw", &config);
-    wait_for(Duration::from_secs(30), "readings at every sink", || {
-        let m = daemon.metrics();
-        (m.sink("p1gw_sink_sent_total", "mqtt") >= 1.0
-            && m.sink("p1gw_sink_sent_total", "influx") >= 1.0)
-            .then_some(())
-    });
+    wait_flowing(&daemon, 1.0);
 
     let start = Instant::now();
     let mut samples: Vec<(f64, u64, usize)> = Vec::new(); // (s, VmRSS KiB, fds)
@@ -120,24 +115,11 @@ fn the_daemon_soaks_with_every_sink_and_periodic_faults() {
     let produced = wait_for(
         Duration::from_secs(n / RATE + 300),
         "the recording delivered",
-        || {
-            let m = daemon.metrics();
-            let produced = m.get("p1gw_telegrams_total", &[("meter", "home")]) as u64;
-            (produced >= n
-                && ["jsonl", "mqtt", "influx"]
-                    .iter()
-                    .all(|s| m.sink("p1gw_spool_records", s) == 0.0))
-            .then_some(produced)
-        },
+        || all_delivered(&daemon.metrics(), n),
     );
     let want = 1..=n;
-    let file = collect(Duration::from_secs(30), want.clone(), || {
-        Tally::from_ids(jsonl_ids(&jsonl))
-    });
-    let mqtt = collect(Duration::from_secs(60), want.clone(), || sub.tally());
-    let points = collect(Duration::from_secs(60), want.clone(), || {
-        influx.tally("home")
-    });
+    let delivered = Delivered::collect(&want, Duration::from_secs(60), &jsonl, &mut sub, &influx);
+    let Delivered { file, mqtt, points } = &delivered;
     samples.push((
         start.elapsed().as_secs_f64(),
         daemon.rss_kib(),
@@ -174,9 +156,7 @@ fn the_daemon_soaks_with_every_sink_and_periodic_faults() {
     );
     row.produced = produced;
     row.logs.push(daemon.log.clone());
-    row.sink("jsonl", &file);
-    row.sink("mqtt", &mqtt);
-    row.sink("influx", &points);
+    row.sinks(&delivered);
     row.recovery_s = recoveries.last().copied();
     row.note(format!(
         "recovery after a fault: median {:.2} s, max {:.2} s; VmRSS {:.0} → {:.0} KiB (early → \
@@ -199,16 +179,8 @@ fn the_daemon_soaks_with_every_sink_and_periodic_faults() {
         ));
     }
     row.check(produced == n, format!("produced {produced} of {n}"));
-    for (name, t) in [("jsonl", &file), ("mqtt", &mqtt), ("influx", &points)] {
-        let missing = t.missing(want.clone());
-        row.check(
-            missing.is_empty(),
-            format!(
-                "{name} is missing {} readings: {:?}",
-                missing.len(),
-                &missing[..missing.len().min(10)]
-            ),
-        );
+    for (name, t) in delivered.each() {
+        row.check_complete(name, t, want.clone());
     }
     row.check(file.duplicates() == 0, "jsonl duplicates");
     row.check(

@@ -6,7 +6,6 @@
 //! evicted + dropped = produced, but for one batch the MQTT sink may already have taken from
 //! the spool when its records were evicted: it is still sent (docs/reliability.md, Findings).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
@@ -25,9 +24,8 @@ fn a_full_spool_evicts_the_oldest_counts_them_and_recovers() {
     let broker = Broker::start();
     let influx = Influx::start();
     let mut sub = Subscriber::start(&broker, "p1-faults-full");
-    let to = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let mqtt_proxy = Proxy::start(to(broker.port), Mode::Down);
-    let influx_proxy = Proxy::start(to(influx.port), Mode::Down);
+    let mqtt_proxy = Proxy::local(broker.port, Mode::Down);
+    let influx_proxy = Proxy::local(influx.port, Mode::Down);
     let config = format!(
         "{}{}{}{}",
         replay_meter(&recording, "2ms"),

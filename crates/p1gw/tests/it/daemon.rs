@@ -270,7 +270,7 @@ fn built_in_demo_serves_the_veitur_meter_without_any_setup() {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
     assert!(started.elapsed() < Duration::from_secs(20));
-    crate::support::stop(&mut child);
+    crate::support::stop_child(&mut child);
 }
 
 #[test]

@@ -14,196 +14,22 @@
 //! The servers come from Debian packages (`influxdb`, `victoria-metrics`), which scripts/test
 //! installs; without them these tests fail, naming the package.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use p1_testkit::{InfluxdAgain, Server, metric};
 use serde_json::Value;
 
-use crate::support::{Daemon, get, root, stop, wait_for};
-
-// ---------------------------------------------------------------------------------------------
-// Servers.
-
-/// A server started by `scripts/servers`; stopped (and its directory removed) on drop.
-struct Server {
-    vars: HashMap<String, String>,
-    pid: String,
-    running: bool,
-}
-
-/// Fails (not skips) when a server's binary is missing.
-fn require(binary: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()));
-    assert!(
-        found,
-        "{binary} not found: install the Debian package {package} (scripts/test does)"
-    );
-}
-
-/// Undoes bash's `printf %q` for the values scripts/servers prints (paths, ports, URLs).
-fn unquote(value: &str) -> String {
-    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        return inner.to_owned();
-    }
-    let mut out = String::new();
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            out.extend(chars.next());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Server {
-    fn start(kind: &str, args: &[&str]) -> Server {
-        match kind {
-            "influxdb" => require("influxd", "influxdb"),
-            "victoria-metrics" => require("victoria-metrics", "victoria-metrics"),
-            _ => panic!("unknown server {kind}"),
-        }
-        let out = Command::new(root().join("scripts/servers"))
-            .arg("start")
-            .arg(kind)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/servers");
-        assert!(
-            out.status.success(),
-            "scripts/servers start {kind} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), unquote(v)))
-            .collect();
-        let pid = vars.get("PID").expect("PID printed").clone();
-        Server {
-            vars,
-            pid,
-            running: true,
-        }
-    }
-
-    fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} printed"))
-    }
-
-    fn dir(&self) -> PathBuf {
-        PathBuf::from(self.var("DIR"))
-    }
-
-    /// `scripts/servers stop PID [--keep]`; whether it worked.
-    fn stop(&mut self, keep: bool) -> bool {
-        let mut command = Command::new(root().join("scripts/servers"));
-        command.args(["stop", &self.pid]);
-        if keep {
-            command.arg("--keep");
-        }
-        self.running = false;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.running {
-            // No panic here: the test may be unwinding already.
-            self.stop(false);
-        } else {
-            // Stopped with --keep (and maybe run again from its directory): remove it now.
-            std::fs::remove_dir_all(self.dir()).ok();
-        }
-    }
-}
-
-/// InfluxDB started again from a stopped server's directory (same config, data and port);
-/// killed on drop.
-struct Restarted(Child);
-
-impl Restarted {
-    fn influxd(dir: &Path, port: u16) -> Restarted {
-        let log = std::fs::File::create(dir.join("influxd-again.log")).expect("log");
-        let child = Command::new("influxd")
-            .args(["run", "-config"])
-            .arg(dir.join("influxdb.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start influxd again");
-        let again = Restarted(child);
-        wait_for(
-            Duration::from_secs(15),
-            "influxd answering /ping again",
-            || get(port, "/ping").filter(|(status, _)| *status == 204),
-        );
-        again
-    }
-}
-
-impl Drop for Restarted {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
-}
+use crate::support::{Daemon, get, root, wait_for};
 
 // ---------------------------------------------------------------------------------------------
 // HTTP and metrics.
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// An InfluxQL query; the JSON answer (any HTTP status other than 200 fails).
 fn influxql(port: u16, db: &str, query: &str) -> Value {
-    influxql_as(port, db, query, None)
-}
-
-/// An InfluxQL query as `user` with `password` (`u`/`p` parameters) when given.
-fn influxql_as(port: u16, db: &str, query: &str, login: Option<(&str, &str)>) -> Value {
-    let mut path = format!("/query?db={db}&epoch=ms&q={}", encode(query));
-    if let Some((user, password)) = login {
-        path.push_str(&format!("&u={}&p={}", encode(user), encode(password)));
-    }
-    let (status, body) = get(port, &path).unwrap_or_else(|| panic!("no answer to {query}"));
-    assert_eq!(status, 200, "{query}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"))
-}
-
-/// A sample of a Prometheus text exposition: the first line of `name` with all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    p1_testkit::influxql(port, db, "ms", query, None)
 }
 
 fn metrics(daemon: &Daemon) -> String {
@@ -329,9 +155,10 @@ fn influx_rows(port: u16) -> Vec<Row> {
 /// Every point of meter "home" in InfluxDB, queried with a login.
 fn influx_rows_as(port: u16, login: Option<(&str, &str)>) -> Vec<Row> {
     let from: Vec<String> = MEASUREMENTS.iter().map(|m| format!("\"{m}\"")).collect();
-    let answer = influxql_as(
+    let answer = p1_testkit::influxql(
         port,
         "p1",
+        "ms",
         &format!("SELECT * FROM {} WHERE \"meter\" = 'home'", from.join(",")),
         login,
     );
@@ -449,7 +276,10 @@ fn vm_export(port: u16) -> BTreeMap<(String, i64, u8), BTreeMap<String, f64>> {
     let selector = format!("{{__name__=~\"({})_.+\"}}", MEASUREMENTS.join("|"));
     let (status, body) = get(
         port,
-        &format!("/api/v1/export?match%5B%5D={}", encode(&selector)),
+        &format!(
+            "/api/v1/export?match%5B%5D={}",
+            p1_testkit::percent_encode(&selector)
+        ),
     )
     .expect("export");
     assert_eq!(status, 200, "{body}");
@@ -513,7 +343,7 @@ dir = "{{dir}}/spool"
 #[test]
 fn influxdb_v1_holds_exactly_what_p1gw_parse_gives_across_a_database_restart() {
     let mut influx = Server::start("influxdb", &["--db", "p1"]);
-    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let port = influx.port("INFLUX_PORT");
     let fixtures = root().join("fixtures/telegrams");
     let want = expected(&fixtures);
     assert_eq!(want.len(), 23);
@@ -528,7 +358,7 @@ fn influxdb_v1_holds_exactly_what_p1gw_parse_gives_across_a_database_restart() {
     wait_for(Duration::from_secs(20), "the first points", || {
         (influx_rows(port).len() >= 3).then_some(())
     });
-    assert!(influx.stop(true), "InfluxDB stopped, its data kept");
+    influx.stop(true); // its data kept
     wait_for(
         Duration::from_secs(20),
         "failed deliveries and readings spooled while InfluxDB is down",
@@ -538,7 +368,7 @@ fn influxdb_v1_holds_exactly_what_p1gw_parse_gives_across_a_database_restart() {
                 .then_some(())
         },
     );
-    let _again = Restarted::influxd(&influx.dir(), port);
+    let _again = InfluxdAgain::start(&influx.dir(), port, Duration::from_secs(15));
 
     wait_for(
         Duration::from_secs(40),
@@ -603,7 +433,7 @@ fn veitur_at(text: &str, at: jiff::Timestamp) -> String {
 #[test]
 fn victoria_metrics_v2_holds_exactly_what_p1gw_parse_gives() {
     let vm = Server::start("victoria-metrics", &[]);
-    let port: u16 = vm.var("VM_PORT").parse().expect("port");
+    let port = vm.port("VM_PORT");
     // VictoriaMetrics keeps one day here: Veitur's telegrams with a recent clock, and the
     // telegrams without a clock (stamped when received).
     let work = tempfile::tempdir().expect("tempdir");
@@ -676,7 +506,7 @@ fn victoria_metrics_v2_holds_exactly_what_p1gw_parse_gives() {
 #[test]
 fn an_unknown_database_keeps_the_readings_spooled_until_it_is_created() {
     let influx = Server::start("influxdb", &[]);
-    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let port = influx.port("INFLUX_PORT");
     let fixture = root().join("fixtures/telegrams/iceland_veitur_iskra_ie5e_antonp1.txt");
     let sink = format!(
         "url = \"{}\"\napi = \"v1\"\ndatabase = \"nope\"\nbatch_interval = \"100ms\"",
@@ -742,7 +572,7 @@ fn an_unknown_database_keeps_the_readings_spooled_until_it_is_created() {
 #[test]
 fn a_wrong_password_keeps_every_reading_spooled_until_the_password_file_is_corrected() {
     let influx = Server::start("influxdb", &["--db", "p1", "--auth"]);
-    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let port = influx.port("INFLUX_PORT");
     let (user, password) = (influx.var("INFLUX_USER"), influx.var("INFLUX_PASSWORD"));
     let fixtures = root().join("fixtures/telegrams");
     let want = expected(&fixtures);
@@ -914,7 +744,7 @@ fn dashboard_queries(substitute: &dyn Fn(&str) -> String) -> Vec<(String, String
 #[test]
 fn every_influxql_query_of_the_dashboard_returns_data() {
     let influx = Server::start("influxdb", &["--db", "p1"]);
-    let port: u16 = influx.var("INFLUX_PORT").parse().expect("port");
+    let port = influx.port("INFLUX_PORT");
     let work = tempfile::tempdir().expect("tempdir");
     let recording = work.path().join("three-days.txt");
     std::fs::write(&recording, three_days()).expect("write");

@@ -155,5 +155,5 @@ fn live_page_shows_the_demo_meter_and_updates() {
         "a real PNG"
     );
 
-    crate::support::stop(&mut daemon);
+    crate::support::stop_child(&mut daemon);
 }

@@ -6,7 +6,6 @@
 //!
 //! These tests fail (never skip) when Mosquitto is missing, naming the packages.
 
-use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,119 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Daemon, root, stop, wait_for};
+use p1_testkit::{Server, component};
 
-const PACKAGES: &str = "the Debian packages mosquitto, mosquitto-clients and openssl (scripts/test installs them: apt-get install mosquitto mosquitto-clients openssl)";
-
-/// A Mosquitto started by `scripts/servers start mosquitto`, stopped by its pid on drop.
-struct Broker {
-    env: HashMap<String, String>,
-    pid: Option<u32>,
-}
-
-impl Broker {
-    fn start(options: &[&str]) -> Broker {
-        for tool in ["mosquitto_sub", "mosquitto_pub"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(found, "{tool} not found: install {PACKAGES}");
-        }
-        let out = Command::new(root().join("scripts/servers"))
-            .arg("start")
-            .arg("mosquitto")
-            .args(options)
-            .output()
-            .expect("run scripts/servers");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !stderr.contains("mosquitto not found"),
-            "mosquitto not found: install {PACKAGES}"
-        );
-        assert!(
-            out.status.success(),
-            "scripts/servers start mosquitto {options:?} failed: {stderr}"
-        );
-        let env: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-            .collect();
-        let pid = env.get("PID").and_then(|p| p.parse().ok());
-        assert!(pid.is_some(), "no PID from scripts/servers: {env:?}");
-        Broker { env, pid }
-    }
-
-    fn get(&self, key: &str) -> &str {
-        self.env
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} missing from {:?}", self.env))
-    }
-
-    fn port(&self) -> u16 {
-        self.get("MQTT_PORT").parse().expect("port")
-    }
-
-    /// Stops it now (scripts/servers stop: SIGTERM, saved persistence).
-    fn stop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            let status = Command::new(root().join("scripts/servers"))
-                .args(["stop", &pid.to_string()])
-                .status()
-                .expect("scripts/servers stop");
-            assert!(status.success(), "scripts/servers stop {pid} failed");
-        }
-    }
-
-    /// mosquitto_sub/mosquitto_pub arguments to reach it (host, port, login, CA).
-    fn client_args(&self) -> Vec<String> {
-        let mut args = vec!["-p".to_owned(), self.port().to_string()];
-        if let Some(ca) = self.env.get("MQTT_CA") {
-            args.extend(["-h".to_owned(), "localhost".to_owned()]);
-            args.extend(["--cafile".to_owned(), ca.clone()]);
-        } else {
-            args.extend(["-h".to_owned(), "127.0.0.1".to_owned()]);
-        }
-        if let (Some(cert), Some(key)) = (
-            self.env.get("MQTT_CLIENT_CERT"),
-            self.env.get("MQTT_CLIENT_KEY"),
-        ) {
-            args.extend([
-                "--cert".to_owned(),
-                cert.clone(),
-                "--key".to_owned(),
-                key.clone(),
-            ]);
-        }
-        if let (Some(user), Some(pass)) = (self.env.get("MQTT_USER"), self.env.get("MQTT_PASSWORD"))
-        {
-            args.extend(["-u".to_owned(), user.clone(), "-P".to_owned(), pass.clone()]);
-        }
-        args
-    }
-
-    fn publish(&self, topic: &str, payload: &str) {
-        let status = Command::new("mosquitto_pub")
-            .args(self.client_args())
-            .args(["-q", "1", "-t", topic, "-m", payload])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(status.success(), "mosquitto_pub to {topic}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            Command::new(root().join("scripts/servers"))
-                .args(["stop", &pid.to_string()])
-                .status()
-                .ok();
-        }
-    }
-}
+use crate::support::{Daemon, root, stop_child, wait_for};
 
 /// One received message.
 #[derive(Debug, Clone)]
@@ -156,9 +45,9 @@ struct Sub {
 impl Sub {
     /// Subscribes and returns once the subscription works (a probe message came back).
     /// `session`: a client id for a persistent session (QoS 1, not cleaned).
-    fn start(broker: &Broker, session: Option<&str>) -> Sub {
+    fn start(broker: &Server, session: Option<&str>) -> Sub {
         let mut cmd = Command::new("mosquitto_sub");
-        cmd.args(broker.client_args())
+        cmd.args(broker.mosquitto_args())
             .args(["-t", "#", "-q", "1", "-F", "%r %m %t %p"]);
         if let Some(id) = session {
             cmd.args(["-c", "-i", id]);
@@ -214,7 +103,7 @@ impl Sub {
 
     /// Ends mosquitto_sub and takes every line it printed (the reader thread ends at EOF).
     fn close(&mut self) {
-        stop(&mut self.child);
+        stop_child(&mut self.child);
         while let Ok(m) = self.rx.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(m);
         }
@@ -292,7 +181,7 @@ impl Sub {
 
 impl Drop for Sub {
     fn drop(&mut self) {
-        stop(&mut self.child);
+        stop_child(&mut self.child);
     }
 }
 
@@ -352,9 +241,7 @@ dir = "{{dir}}/spool"
 
 fn sink_status(daemon: &Daemon) -> Option<Value> {
     let (_, body) = daemon.get("/api/v1/status")?;
-    let status: Value = serde_json::from_str(&body).ok()?;
-    let components = status["components"].as_array()?.clone();
-    components.into_iter().find(|c| c["name"] == "sink:mqtt")
+    component(&body, "sink:mqtt")
 }
 
 fn metric(daemon: &Daemon, line_start: &str) -> Option<f64> {
@@ -388,13 +275,13 @@ source = {{ kind = "replay", path = "{}", interval = "200ms", loop = true }}
 
 #[test]
 fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
-    let broker = Broker::start(&[]);
+    let broker = Server::start("mosquitto", &[]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let meters = home_and_belgium(&recording(tmp.path(), 30));
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"",
-        broker.port()
+        broker.port("MQTT_PORT")
     );
     let (mut daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
 
@@ -507,8 +394,8 @@ fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
 fn no_reading_is_lost_or_repeated_when_the_broker_restarts() {
     let persist = tempfile::tempdir().expect("tempdir");
     let persist_dir = persist.path().display().to_string();
-    let mut broker = Broker::start(&["--persistence", &persist_dir]);
-    let port = broker.port().to_string();
+    let mut broker = Server::start("mosquitto", &["--persistence", &persist_dir]);
+    let port = broker.port("MQTT_PORT").to_string();
     // A persistent subscriber: the broker keeps what arrives while it reconnects.
     let mut sub = Sub::start(&broker, Some("p1gw-it-no-loss"));
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -539,7 +426,7 @@ interval = "100ms"
     // is in flight.
     sub.wait_next(Duration::from_secs(5), |m| m.topic == "p1gw/home/state")
         .expect("a state message");
-    broker.stop();
+    broker.stop(false);
     sub.close();
     let before = sub.state_msgs("home");
     drop(sub);
@@ -552,7 +439,10 @@ interval = "100ms"
     assert_eq!(status["state"], "degraded", "{status}");
 
     // The same broker comes back on the same port with the same persistence.
-    let broker = Broker::start(&["--port", &port, "--persistence", &persist_dir]);
+    let broker = Server::start(
+        "mosquitto",
+        &["--port", &port, "--persistence", &persist_dir],
+    );
     let mut sub = Sub::start(&broker, Some("p1gw-it-no-loss"));
     let mut after = wait_for(Duration::from_secs(30), "all readings", || {
         let got = before.len() + sub.states("home").len();
@@ -593,7 +483,7 @@ interval = "100ms"
 
 #[test]
 fn password_login_works_and_a_wrong_password_keeps_readings_spooled() {
-    let broker = Broker::start(&["--password"]);
+    let broker = Server::start("mosquitto", &["--password"]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 10);
@@ -602,14 +492,14 @@ fn password_login_works_and_a_wrong_password_keeps_readings_spooled() {
         rec.display()
     );
     let good = tmp.path().join("good.pass");
-    std::fs::write(&good, format!("{}\n", broker.get("MQTT_PASSWORD"))).expect("write");
+    std::fs::write(&good, format!("{}\n", broker.var("MQTT_PASSWORD"))).expect("write");
     let bad = tmp.path().join("bad.pass");
     std::fs::write(&bad, "not-the-password\n").expect("write");
     let sink = |file: &Path| {
         format!(
             "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nusername = \"{}\"\npassword_file = \"{}\"\ndiscovery = false",
-            broker.port(),
-            broker.get("MQTT_USER"),
+            broker.port("MQTT_PORT"),
+            broker.var("MQTT_USER"),
             file.display()
         )
     };
@@ -649,7 +539,7 @@ fn password_login_works_and_a_wrong_password_keeps_readings_spooled() {
 
 #[test]
 fn tls_with_a_ca_of_our_own() {
-    let broker = Broker::start(&["--tls", "--password"]);
+    let broker = Server::start("mosquitto", &["--tls", "--password"]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 5);
@@ -658,13 +548,13 @@ fn tls_with_a_ca_of_our_own() {
         rec.display()
     );
     let pass = tmp.path().join("mqtt.pass");
-    std::fs::write(&pass, broker.get("MQTT_PASSWORD")).expect("write");
+    std::fs::write(&pass, broker.var("MQTT_PASSWORD")).expect("write");
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtts://localhost:{}\"\nusername = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"",
-        broker.port(),
-        broker.get("MQTT_USER"),
+        broker.port("MQTT_PORT"),
+        broker.var("MQTT_USER"),
         pass.display(),
-        broker.get("MQTT_CA")
+        broker.var("MQTT_CA")
     );
     let (_daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
     let states = wait_for(Duration::from_secs(20), "5 states over TLS", || {
@@ -683,7 +573,7 @@ fn client_certificate_against_mosquitto_that_requires_one() {
     // `require_certificate true`: the broker takes only clients with a certificate signed by
     // its CA. With client_cert_file/client_key_file p1gw delivers; without, the TLS handshake
     // fails, the sink says so and keeps every reading spooled.
-    let broker = Broker::start(&["--client-cert"]);
+    let broker = Server::start("mosquitto", &["--client-cert"]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 5);
@@ -693,13 +583,13 @@ fn client_certificate_against_mosquitto_that_requires_one() {
     );
     let tls = format!(
         "kind = \"mqtt\"\nurl = \"mqtts://localhost:{}\"\nca_file = \"{}\"",
-        broker.port(),
-        broker.get("MQTT_CA")
+        broker.port("MQTT_PORT"),
+        broker.var("MQTT_CA")
     );
     let with_cert = format!(
         "{tls}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
-        broker.get("MQTT_CLIENT_CERT"),
-        broker.get("MQTT_CLIENT_KEY")
+        broker.var("MQTT_CLIENT_CERT"),
+        broker.var("MQTT_CLIENT_KEY")
     );
     let (_daemon, _dir) = Daemon::start(&config(&with_cert, &meters), &[]);
     let states = wait_for(
@@ -758,8 +648,8 @@ fn forward_from_127_0_0_2(to: u16) -> u16 {
 #[test]
 fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
     // The broker's certificate names localhost and 127.0.0.1; p1gw is sent to 127.0.0.2.
-    let broker = Broker::start(&["--tls"]);
-    let port = forward_from_127_0_0_2(broker.port());
+    let broker = Server::start("mosquitto", &["--tls"]);
+    let port = forward_from_127_0_0_2(broker.port("MQTT_PORT"));
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 10);
     let meters = format!(
@@ -768,7 +658,7 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
     );
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtts://127.0.0.2:{port}\"\nca_file = \"{}\"\ndiscovery = false",
-        broker.get("MQTT_CA")
+        broker.var("MQTT_CA")
     );
     let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
     let status = wait_for(Duration::from_secs(20), "the sink degraded", || {
@@ -802,13 +692,13 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
 
 #[test]
 fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
-    let broker = Broker::start(&[]);
+    let broker = Server::start("mosquitto", &[]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let meters = home_and_belgium(&recording(tmp.path(), 30));
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
-        broker.port()
+        broker.port("MQTT_PORT")
     );
     let (mut daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
 
@@ -843,7 +733,7 @@ fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
         0.0
     );
     assert!(
-        std::fs::read_to_string(broker.get("LOG")).is_ok_and(|log| log.contains("(p5,")),
+        std::fs::read_to_string(broker.var("LOG")).is_ok_and(|log| log.contains("(p5,")),
         "the broker saw an MQTT 5 client"
     );
 
@@ -866,7 +756,7 @@ fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
 /// the reading's other messages and every other reading arrive, in order, and the spool
 /// empties.
 fn mqtt5_too_large(option: &str) {
-    let broker = Broker::start(&[option, "3000"]);
+    let broker = Server::start("mosquitto", &[option, "3000"]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording_with_big(tmp.path(), 12, Some(5));
@@ -876,7 +766,7 @@ fn mqtt5_too_large(option: &str) {
     );
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
-        broker.port()
+        broker.port("MQTT_PORT")
     );
     let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
 
@@ -941,8 +831,11 @@ fn mqtt5_a_message_over_the_brokers_maximum_packet_size_is_never_sent() {
 fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it() {
     let persist = tempfile::tempdir().expect("tempdir");
     let persist_dir = persist.path().display().to_string();
-    let mut broker = Broker::start(&["--deny", "p1gw/home/state", "--persistence", &persist_dir]);
-    let port = broker.port().to_string();
+    let mut broker = Server::start(
+        "mosquitto",
+        &["--deny", "p1gw/home/state", "--persistence", &persist_dir],
+    );
+    let port = broker.port("MQTT_PORT").to_string();
     // A persistent subscriber, so that the restarted broker keeps for it what p1gw sends
     // before it is back.
     drop(Sub::start(&broker, Some("p1gw-it-refused")));
@@ -990,8 +883,11 @@ fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it()
     );
 
     // The operator fixes the ACL: the broker comes back without it, on the same port.
-    broker.stop();
-    let broker = Broker::start(&["--port", &port, "--persistence", &persist_dir]);
+    broker.stop(false);
+    let broker = Server::start(
+        "mosquitto",
+        &["--port", &port, "--persistence", &persist_dir],
+    );
     let mut sub = Sub::start(&broker, Some("p1gw-it-refused"));
     let states = wait_for(Duration::from_secs(30), "10 state messages", || {
         let s = sub.states("home");

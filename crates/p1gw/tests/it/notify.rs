@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, stop};
+use crate::support::{free_port, stop_child};
 
 #[test]
 fn ready_watchdog_and_stopping_reach_the_notify_socket() {
@@ -82,7 +82,7 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     );
     let code = child.wait().expect("wait").code();
     assert_eq!(code, Some(0));
-    stop(&mut child);
+    stop_child(&mut child);
     // Start-up to READY=1, informative (the target is 300 ms on this machine
     // class; a busy test machine is no benchmark).
     eprintln!("READY=1 after {:?}", ready_after.unwrap_or_default());

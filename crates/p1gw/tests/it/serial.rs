@@ -43,12 +43,7 @@ fn readings(path: &Path) -> Vec<serde_json::Value> {
 /// The reader's component in `/api/v1/status`.
 fn reader_status(daemon: &Daemon, meter: &str) -> Option<serde_json::Value> {
     let (_, body) = daemon.get("/api/v1/status")?;
-    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
-    status["components"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == format!("reader:{meter}"))
-        .cloned()
+    p1_testkit::component(&body, &format!("reader:{meter}"))
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{root, stop, wait_for};
+use crate::support::{root, stop_child, wait_for};
 
 /// A child process, killed and reaped on drop.
 pub(crate) struct Proc {
@@ -39,7 +39,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        stop(&mut self.child);
+        stop_child(&mut self.child);
     }
 }
 
