@@ -273,6 +273,15 @@ source = {{ kind = "replay", path = "{}", interval = "200ms", loop = true }}
     )
 }
 
+/// The `[meter]` and `[source]` of a meter "home" replaying `recording` every 50 ms, once or
+/// (`repeat`) in a loop.
+fn home_meter(recording: &Path, repeat: bool) -> String {
+    format!(
+        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"\nloop = {repeat}",
+        recording.display()
+    )
+}
+
 #[test]
 fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
     let broker = Server::start("mosquitto", &[]);
@@ -487,10 +496,7 @@ fn password_login_works_and_a_wrong_password_keeps_readings_spooled() {
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 10);
-    let meters = format!(
-        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"\nloop = true",
-        rec.display()
-    );
+    let meters = home_meter(&rec, true);
     let good = tmp.path().join("good.pass");
     std::fs::write(&good, format!("{}\n", broker.var("MQTT_PASSWORD"))).expect("write");
     let bad = tmp.path().join("bad.pass");
@@ -543,10 +549,7 @@ fn tls_with_a_ca_of_our_own() {
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 5);
-    let meters = format!(
-        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
-        rec.display()
-    );
+    let meters = home_meter(&rec, false);
     let pass = tmp.path().join("mqtt.pass");
     std::fs::write(&pass, broker.var("MQTT_PASSWORD")).expect("write");
     let sink = format!(
@@ -577,10 +580,7 @@ fn client_certificate_against_mosquitto_that_requires_one() {
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 5);
-    let meters = format!(
-        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
-        rec.display()
-    );
+    let meters = home_meter(&rec, false);
     let tls = format!(
         "kind = \"mqtt\"\nurl = \"mqtts://localhost:{}\"\nca_file = \"{}\"",
         broker.port("MQTT_PORT"),
@@ -652,10 +652,7 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
     let port = forward_from_127_0_0_2(broker.port("MQTT_PORT"));
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 10);
-    let meters = format!(
-        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"\nloop = true",
-        rec.display()
-    );
+    let meters = home_meter(&rec, true);
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtts://127.0.0.2:{port}\"\nca_file = \"{}\"\ndiscovery = false",
         broker.var("MQTT_CA")
@@ -760,10 +757,7 @@ fn mqtt5_too_large(option: &str) {
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording_with_big(tmp.path(), 12, Some(5));
-    let meters = format!(
-        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
-        rec.display()
-    );
+    let meters = home_meter(&rec, false);
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
         broker.port("MQTT_PORT")
@@ -841,10 +835,7 @@ fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it()
     drop(Sub::start(&broker, Some("p1gw-it-refused")));
     let tmp = tempfile::tempdir().expect("tempdir");
     let rec = recording(tmp.path(), 10);
-    let meters = format!(
-        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
-        rec.display()
-    );
+    let meters = home_meter(&rec, false);
     let sink = format!(
         "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nprotocol = \"5\"\ndiscovery = false\nvalue_topics = false"
     );
