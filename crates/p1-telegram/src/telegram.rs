@@ -562,14 +562,25 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     }
     let line = &body[start..];
     let mut s = line;
-    let (a, t) = field(&mut s)?;
-    if t != b'-' {
-        return None;
-    }
-    let (b, t) = field(&mut s)?;
-    if t != b':' {
-        return None;
-    }
+    // `A-B:` is one digit each on nearly every line (`1-0:`, `0-0:`, `0-1:`):
+    // one 4-byte compare instead of two group reads.
+    let (a, b) = match line.first_chunk::<4>() {
+        Some(&[a @ b'0'..=b'9', b'-', b @ b'0'..=b'9', b':']) => {
+            s = &line[4..];
+            (a - b'0', b - b'0')
+        }
+        _ => {
+            let (a, t) = field(&mut s)?;
+            if t != b'-' {
+                return None;
+            }
+            let (b, t) = field(&mut s)?;
+            if t != b':' {
+                return None;
+            }
+            (a, b)
+        }
+    };
     let (c, t) = field(&mut s)?;
     if t != b'.' && t != b':' {
         return None;
