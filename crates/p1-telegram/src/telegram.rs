@@ -781,7 +781,9 @@ fn number_group_scalar(rest: &[u8]) -> Option<NumberGroup<'_>> {
         [b'+', tail @ ..] => (false, 1, tail),
         _ => (false, 0, rest),
     };
-    // 19 bytes: 18 characters at most, and the byte after them.
+    // 19 bytes: 18 characters at most, and the byte after them. Nineteen
+    // digits in a row overflow the mantissa (hence the wrapping arithmetic),
+    // but then no byte follows within the window and the group is refused.
     let window = &digits[..digits.len().min(19)];
     let mut mantissa: i64 = 0;
     let mut i = 0;
@@ -790,7 +792,7 @@ fn number_group_scalar(rest: &[u8]) -> Option<NumberGroup<'_>> {
         if d > 9 {
             break;
         }
-        mantissa = mantissa * 10 + i64::from(d);
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(i64::from(d));
         i += 1;
     }
     let whole = i;
@@ -803,7 +805,7 @@ fn number_group_scalar(rest: &[u8]) -> Option<NumberGroup<'_>> {
             if d > 9 {
                 break;
             }
-            mantissa = mantissa * 10 + i64::from(d);
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(i64::from(d));
             i += 1;
         }
         scale = i - first;

@@ -658,3 +658,35 @@ proptest! {
         prop_assert_eq!(Decimal::parse(text.as_bytes()), Some(d));
     }
 }
+
+/// Found by `scripts/fuzz decoder`: nineteen digits in a row overflowed the
+/// mantissa of the word-wise number path's byte-wise fallback (a panic in
+/// builds with overflow checks). Such a value is not a number the crate
+/// keeps exactly, so the line is kept with its text as sent; longer runs too.
+#[test]
+fn nineteen_digits_in_a_number_group_do_not_overflow() {
+    for digits in [
+        "9999999999999999999",
+        "1234567890123456789",
+        "99999999999999999999999",
+        "999999999999999999",
+        "9999999999.99999999",
+    ] {
+        for tail in ["*kWh)", ")"] {
+            let body = format!("/ABC5\\2TEST\r\n\r\n1-0:1.8.1({digits}{tail}\r\n!\r\n");
+            let t = Telegram::parse(body.as_bytes(), ParseOptions { check_crc: false })
+                .expect("parses");
+            assert_eq!(t.objects.len(), 1, "{digits}{tail}");
+            let o = &t.objects[0];
+            assert_eq!(o.raw, format!("({digits}{tail}").as_bytes());
+            // Eighteen digits fit; nineteen do not and stay text.
+            let fits = digits.bytes().filter(u8::is_ascii_digit).count() <= 18;
+            assert_eq!(
+                o.quantity().is_some(),
+                fits,
+                "{digits}{tail}: {:?}",
+                o.value
+            );
+        }
+    }
+}
