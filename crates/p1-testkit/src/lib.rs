@@ -13,11 +13,12 @@
 //!   `scripts/servers` and stopped by its pid, also when a test fails; [`InfluxdAgain`] starts
 //!   a stopped InfluxDB again on its data and port; [`require`] fails (never skips) when a
 //!   program is missing, naming its Debian package.
+//! * [`Cable`]: a socat pty pair standing in for the serial cable, unplugged by SIGTERM.
 //! * [`root`], [`free_port`], [`stop_child`], [`terminate_child`].
 //!
 //! # Place in the graph
 //!
-//! A dev-dependency of `p1gw` and `p1-faults` only. It depends on no p1gw crate: what it checks
+//! A dev-dependency of `p1gw`, `p1-faults` and `p1-reader` (its pty tests) only. It depends on no p1gw crate: what it checks
 //! it reads from outside (HTTP, files, processes), as the fault tests must.
 //!
 //! # Never
@@ -30,11 +31,13 @@
     reason = "blocking test helpers run outside tokio's clock: deadlines use std::time::Instant"
 )]
 
+mod cable;
 mod http;
 mod process;
 mod prometheus;
 mod servers;
 
+pub use cable::Cable;
 pub use http::{component, http_get, influxql, percent_encode};
 pub use process::{free_port, root, stop_child, terminate_child, wait_for};
 pub use prometheus::{metric, metric_sum};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use p1_testkit::{InfluxdAgain, Server};
-pub(crate) use p1_testkit::{free_port, require, root, stop_child, terminate_child, wait_for};
+pub(crate) use p1_testkit::{free_port, root, stop_child, wait_for};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------

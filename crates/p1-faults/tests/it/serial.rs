@@ -4,66 +4,11 @@
 //! telegrams as the meter; every one of them must reach the jsonl sink, and the daemon must
 //! not leak file descriptors (`/proc/PID/fd`) or memory (`VmRSS`) across the cycles.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    Daemon, Row, Tally, jsonl_ids, pick, require, spool, stop_child, telegram, wait_for,
-};
+use p1_testkit::Cable;
 
-/// A socat pty pair `a` (the daemon's end) <-> `b` (the meter's end).
-struct Cable {
-    child: Child,
-    a: PathBuf,
-    b: PathBuf,
-}
-
-impl Cable {
-    fn plug(a: &Path, b: &Path) -> Cable {
-        require("socat", "socat");
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (Debian package socat)");
-        let cable = Cable {
-            child,
-            a: a.to_path_buf(),
-            b: b.to_path_buf(),
-        };
-        wait_for(Duration::from_secs(10), "socat's pty links", || {
-            (a.exists() && b.exists()).then_some(())
-        });
-        cable
-    }
-
-    /// SIGTERM: socat closes both ptys and removes its links.
-    fn unplug(mut self) {
-        crate::harness::terminate_child(&mut self.child);
-        wait_for(Duration::from_secs(10), "socat's links gone", || {
-            (!self.a.exists() && !self.b.exists()).then_some(())
-        });
-    }
-
-    fn send(&self, text: &str) {
-        let mut meter = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.b)
-            .expect("open the meter's end");
-        meter.write_all(text.as_bytes()).expect("write to the pty");
-    }
-}
-
-impl Drop for Cable {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
-}
+use crate::harness::{Daemon, Row, Tally, jsonl_ids, pick, spool, telegram, wait_for};
 
 #[test]
 fn a_hundred_unplugs_leak_nothing_and_lose_nothing() {
@@ -119,7 +64,7 @@ fn a_hundred_unplugs_leak_nothing_and_lose_nothing() {
             text.push_str(&telegram(next_id, 0));
             next_id += 1;
         }
-        c.send(&text);
+        c.send(text.as_bytes());
         let last = next_id - 1;
         wait_for(Duration::from_secs(10), "this cycle's telegrams", || {
             jsonl_ids(&jsonl).contains(&last).then_some(())

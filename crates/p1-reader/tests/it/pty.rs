@@ -5,86 +5,14 @@
 //! pulling the cable.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use p1_core::State;
 use p1_reader::{Preset, RequestConfig, SerialSource, SourceConfig};
+use p1_testkit::Cable;
 
 use crate::support::{Reader, Rng, cut_points, meter_time, telegrams};
-
-/// A socat pty pair `a` <-> `b`; terminated (not killed: socat then removes
-/// its links) on drop.
-struct Socat {
-    child: Child,
-    a: PathBuf,
-    b: PathBuf,
-}
-
-impl Socat {
-    async fn start(a: &Path, b: &Path) -> Socat {
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is needed for the pty tests (scripts/test installs it: apt-get install socat)");
-        let socat = Socat {
-            child,
-            a: a.to_path_buf(),
-            b: b.to_path_buf(),
-        };
-        wait_until(Duration::from_secs(10), "socat's pty links", || {
-            a.exists() && b.exists()
-        })
-        .await;
-        socat
-    }
-
-    /// Pulls the plug: SIGTERM, then socat closes both ptys and removes its
-    /// links.
-    async fn unplug(mut self) {
-        self.terminate();
-        let (a, b) = (self.a.clone(), self.b.clone());
-        wait_until(Duration::from_secs(10), "socat's links gone", || {
-            !a.exists() && !b.exists()
-        })
-        .await;
-    }
-
-    fn terminate(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let sent = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            if !sent.is_ok_and(|s| s.success()) {
-                self.child.kill().ok();
-            }
-        }
-        self.child.wait().ok();
-    }
-}
-
-impl Drop for Socat {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
-/// Polls `done` every 10 ms until it holds; panics after `limit`.
-async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The meter's end of the pty, held open for the whole plug-in (socat sees
 /// the meter's side close otherwise).
@@ -162,7 +90,7 @@ async fn telegrams_in_random_chunks_arrive_once_in_order_and_an_unplug_loses_onl
     let seed = rng.seed;
     let ports = tempfile::tempdir().expect("tempdir");
     let (a, b) = (ports.path().join("p1"), ports.path().join("meter"));
-    let socat = Socat::start(&a, &b).await;
+    let socat = Cable::plug(&a, &b);
     let mut reader = Reader::start(
         METER,
         SourceConfig::Serial(SerialSource {
@@ -230,7 +158,7 @@ async fn telegrams_in_random_chunks_arrive_once_in_order_and_an_unplug_loses_onl
     )
     .await;
     drop(meter);
-    socat.unplug().await;
+    socat.unplug();
     reader
         .wait_state(Duration::from_secs(10), "degraded after the unplug", |s| {
             matches!(s, State::Degraded(_))
@@ -238,7 +166,7 @@ async fn telegrams_in_random_chunks_arrive_once_in_order_and_an_unplug_loses_onl
         .await;
 
     // 3. Replugged: the reader reopens the port by itself and reads on.
-    let _socat = Socat::start(&a, &b).await;
+    let _socat = Cable::plug(&a, &b);
     wait_connected(&reader, 1, &format!("reopen (seed {seed})")).await;
     let mut meter = Meter::open(&b);
     let rest: Vec<u8> = all[BEFORE + 1..].concat();

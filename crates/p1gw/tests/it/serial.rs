@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{Daemon, wait_for};
-use crate::tools::{Socat, fixture};
+use p1_testkit::Cable;
+
+use crate::tools::fixture;
 
 /// The meter: writes `telegram` to `port` every 100 ms until `done` holds,
 /// at most 20 s.
@@ -50,7 +52,7 @@ fn reader_status(daemon: &Daemon, meter: &str) -> Option<serde_json::Value> {
 fn a_serial_meter_is_read_and_reconnects_by_itself_after_an_unplug() {
     let ports = tempfile::tempdir().expect("tempdir");
     let (a, b) = (ports.path().join("p1"), ports.path().join("meter"));
-    let socat = Socat::start(&a, &b);
+    let socat = Cable::plug(&a, &b);
     let config = format!(
         r#"
 [meter]
@@ -97,7 +99,7 @@ dir = "{{dir}}/spool"
     );
 
     // Replug under the same names: it reconnects by itself.
-    let _socat = Socat::start(&a, &b);
+    let _socat = Cable::plug(&a, &b);
     send_until(&b, &fixture("netherlands_kaifa_dsmr42.txt"), || {
         readings(&out)
             .iter()

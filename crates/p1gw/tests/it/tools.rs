@@ -8,9 +8,11 @@
 //! 7E1 handling are tested in p1-reader with a fake line and framed bytes.
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+use p1_testkit::Cable;
 
 use crate::support::{root, stop_child, wait_for};
 
@@ -68,45 +70,6 @@ pub(crate) fn simulator(link: &Path, args: &[&str]) -> Proc {
         link.exists().then_some(())
     });
     proc
-}
-
-/// A socat pty pair `a` <-> `b` (scripts/test installs socat).
-pub(crate) struct Socat {
-    proc: Proc,
-    pub(crate) a: PathBuf,
-    pub(crate) b: PathBuf,
-}
-
-impl Socat {
-    pub(crate) fn start(a: &Path, b: &Path) -> Socat {
-        let child = Command::new("socat")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is needed for the serial tests (scripts/test installs it: apt-get install socat)");
-        let socat = Socat {
-            proc: Proc { child },
-            a: a.to_path_buf(),
-            b: b.to_path_buf(),
-        };
-        wait_for(Duration::from_secs(10), "socat's pty links", || {
-            (a.exists() && b.exists()).then_some(())
-        });
-        socat
-    }
-
-    /// Pulls the plug: SIGTERM, socat closes both ptys and removes its links.
-    pub(crate) fn unplug(mut self) {
-        self.proc.signal("TERM");
-        self.proc.wait_exit(Duration::from_secs(10));
-        wait_for(Duration::from_secs(10), "socat's links gone", || {
-            (!self.a.exists() && !self.b.exists()).then_some(())
-        });
-    }
 }
 
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
@@ -388,11 +351,11 @@ fn probe_on_a_pty_reports_every_preset_and_recommends_dsmr4_for_8_bit_data() {
 #[test]
 fn probe_on_a_silent_pty_says_what_to_check() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socat = Socat::start(&dir.path().join("p1"), &dir.path().join("meter"));
+    let socat = Cable::plug(&dir.path().join("p1"), &dir.path().join("meter"));
     let out = p1gw_output(&[
         "probe",
         "--port",
-        socat.a.to_str().expect("utf-8"),
+        socat.a().to_str().expect("utf-8"),
         "--listen-for",
         "200ms",
         "--request",
@@ -410,6 +373,6 @@ fn probe_on_a_silent_pty_says_what_to_check() {
     assert!(!report.contains("recommended"), "{report}");
     assert!(report.starts_with(&format!(
         "probe of {}: 200ms per preset, request line none\n",
-        socat.a.display()
+        socat.a().display()
     )));
 }
