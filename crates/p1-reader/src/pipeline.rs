@@ -23,18 +23,18 @@ pub struct Pipeline {
     health: HealthHandle,
     ok: u64,
     rejected: u64,
-    /// When each rejection reason was last logged (rate limit: once a minute).
-    logged: HashMap<&'static str, tokio::time::Instant>,
+    /// Rejection WARNs, once a minute per reason.
+    logged: OncePerMinute,
     /// The meter's clock, watched for jumps.
     clock: ClockCheck,
-    /// When each clock anomaly was last logged (once a minute per kind).
-    clock_logged: HashMap<&'static str, tokio::time::Instant>,
+    /// Clock anomaly WARNs, once a minute per kind.
+    clock_logged: OncePerMinute,
     /// The spike guard, unless turned off.
     guard: Option<SpikeGuard>,
     /// Readings the guard held back.
     held_back: u64,
-    /// When each guard finding was last logged (once a minute per reason).
-    guard_logged: HashMap<&'static str, tokio::time::Instant>,
+    /// Spike guard WARNs, once a minute per reason.
+    guard_logged: OncePerMinute,
     /// The per-reading metrics, looked up once (a lookup builds the key, labels and all).
     metrics: Metrics,
 }
@@ -155,12 +155,12 @@ impl Pipeline {
             health,
             ok: 0,
             rejected: 0,
-            logged: HashMap::new(),
+            logged: OncePerMinute::default(),
             clock: ClockCheck::default(),
-            clock_logged: HashMap::new(),
+            clock_logged: OncePerMinute::default(),
             guard: Some(SpikeGuard::new(GuardConfig::default())),
             held_back: 0,
-            guard_logged: HashMap::new(),
+            guard_logged: OncePerMinute::default(),
         }
     }
 
@@ -322,13 +322,7 @@ impl Pipeline {
         {
             metrics::counter!("p1gw_meter_clock_anomalies_total", "meter" => self.meter.to_string(), "kind" => kind)
                 .increment(1);
-            let now = tokio::time::Instant::now();
-            let due = self
-                .clock_logged
-                .get(kind)
-                .is_none_or(|last| now.duration_since(*last) >= std::time::Duration::from_secs(60));
-            if due {
-                self.clock_logged.insert(kind, now);
+            if self.clock_logged.due(kind) {
                 let meter_time = reading.meter_time.map(|t| t.to_string());
                 tracing::warn!(
                     meter = %self.meter,
@@ -351,14 +345,9 @@ impl Pipeline {
             Verdict::NewBaseline(finding) => {
                 // Rare (a replaced meter), but a meter that keeps changing its mind
                 // must not flood the log either: once a minute, like the rest.
-                let now = tokio::time::Instant::now();
-                let due = self.guard_logged.get("new_baseline").is_none_or(|last| {
-                    now.duration_since(*last) >= std::time::Duration::from_secs(60)
-                });
-                if !due {
+                if !self.guard_logged.due("new_baseline") {
                     return true;
                 }
-                self.guard_logged.insert("new_baseline", now);
                 tracing::warn!(
                     meter = %self.meter,
                     register = finding.register,
@@ -379,12 +368,7 @@ impl Pipeline {
                     .error(format!("reading held back: {}", describe(&finding)));
                 // The meter answered: readiness and the watchdog follow telegrams, not totals.
                 self.health.success();
-                let now = tokio::time::Instant::now();
-                let due = self.guard_logged.get(finding.reason).is_none_or(|last| {
-                    now.duration_since(*last) >= std::time::Duration::from_secs(60)
-                });
-                if due {
-                    self.guard_logged.insert(finding.reason, now);
+                if self.guard_logged.due(finding.reason) {
                     tracing::warn!(
                         meter = %self.meter,
                         reason = finding.reason,
@@ -427,16 +411,30 @@ impl Pipeline {
                     .increment(1);
                 self.health.set_counter("telegrams_rejected", self.rejected);
                 self.health.error(format!("telegram rejected: {error}"));
-                let now = tokio::time::Instant::now();
-                let due = self.logged.get(reason).is_none_or(|last| {
-                    now.duration_since(*last) >= std::time::Duration::from_secs(60)
-                });
-                if due {
-                    self.logged.insert(reason, now);
+                if self.logged.due(reason) {
                     tracing::warn!(meter = %self.meter, reason, offset, error = %error, "Telegram rejected (further ones of this kind are counted, logged at most once a minute).");
                 }
             }
         }
+    }
+}
+
+/// A rate limit for WARN lines: at most one a minute per key (the metrics count every case).
+#[derive(Debug, Default)]
+struct OncePerMinute(HashMap<&'static str, tokio::time::Instant>);
+
+impl OncePerMinute {
+    /// True (and remembered) when `key` was not logged in the last minute.
+    fn due(&mut self, key: &'static str) -> bool {
+        let now = tokio::time::Instant::now();
+        let recent = self
+            .0
+            .get(key)
+            .is_some_and(|last| now.duration_since(*last) < std::time::Duration::from_secs(60));
+        if !recent {
+            self.0.insert(key, now);
+        }
+        !recent
     }
 }
 
@@ -455,5 +453,23 @@ fn describe(finding: &Finding) -> String {
             "{} ({}) jumped from {} to {}, more than the {:.3} the configured maximum rate allows",
             finding.register, finding.obis, finding.previous, finding.value, finding.allowed
         ),
+    }
+}
+
+#[cfg(test)]
+mod once_per_minute_tests {
+    use super::OncePerMinute;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_due_once_a_minute_and_keys_do_not_share() {
+        let mut limit = OncePerMinute::default();
+        assert!(limit.due("crc_mismatch"));
+        assert!(!limit.due("crc_mismatch"));
+        assert!(limit.due("truncated"), "another key has its own minute");
+        tokio::time::advance(std::time::Duration::from_secs(59)).await;
+        assert!(!limit.due("crc_mismatch"));
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(limit.due("crc_mismatch"));
+        assert!(!limit.due("crc_mismatch"));
     }
 }
