@@ -570,6 +570,67 @@ fn an_unknown_database_keeps_the_readings_spooled_until_it_is_created() {
 }
 
 #[test]
+fn a_field_type_conflict_is_dropped_counted_and_logged_with_influxdbs_answer() {
+    // `power_import` already holds a string at the reading's time (same shard): InfluxDB 1.x
+    // answers 400 "field type conflict" for the reading's points, which no retry can fix.
+    let influx = Server::start("influxdb", &["--db", "p1"]);
+    let fixture = root().join("fixtures/telegrams/iceland_veitur_iskra_ie5e_antonp1.txt");
+    let time_ms = expected(&fixture)[0]
+        .time
+        .expect("the fixture has a meter clock");
+    let status = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-XPOST"])
+        .arg(format!(
+            "{}/write?db=p1&precision=ms",
+            influx.var("INFLUX_URL")
+        ))
+        .arg("--data-binary")
+        .arg(format!(
+            "electricity,meter=other power_import=\"text\" {time_ms}"
+        ))
+        .output()
+        .expect("curl (Debian package curl)");
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout),
+        "204",
+        "the string field is in"
+    );
+
+    let sink = format!(
+        "url = \"{}\"\napi = \"v1\"\ndatabase = \"p1\"\nprecision = \"ms\"\nbatch_interval = \"100ms\"",
+        influx.var("INFLUX_URL")
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&fixture, "100ms", &sink), &[]);
+    wait_for(
+        Duration::from_secs(20),
+        "the batch dropped as rejected",
+        || {
+            metric(
+                &metrics(&daemon),
+                "p1gw_sink_dropped_total",
+                &[("sink", "influx"), ("reason", "rejected")],
+            )
+            .filter(|n| *n >= 1.0)
+        },
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("field type conflict"),
+        "InfluxDB's answer is in the log:\n{log}"
+    );
+    assert!(log.contains("400"), "{log}");
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_spool_records", &[("sink", "influx")]),
+        Some(0.0),
+        "a batch that can never succeed is not retried forever: {m}"
+    );
+    let (code, _) = daemon.get("/healthz").expect("/healthz");
+    assert_eq!(code, 200, "the daemon runs on");
+    drop(daemon);
+}
+
+#[test]
 fn a_wrong_password_keeps_every_reading_spooled_until_the_password_file_is_corrected() {
     let influx = Server::start("influxdb", &["--db", "p1", "--auth"]);
     let port = influx.port("INFLUX_PORT");
