@@ -50,11 +50,6 @@ impl Cable {
         &self.a
     }
 
-    /// The meter's end.
-    pub fn b(&self) -> &Path {
-        &self.b
-    }
-
     /// Pulls the plug: SIGTERM, then waits (10 s at most) until socat has removed both links.
     ///
     /// # Panics
