@@ -284,12 +284,24 @@ fn home_meter(recording: &Path, repeat: bool) -> String {
 
 #[test]
 fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
+    states_discovery_birth_and_last_will("3.1.1");
+}
+
+#[test]
+fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
+    states_discovery_birth_and_last_will("5");
+}
+
+/// The whole life of a sink against Mosquitto over `protocol`: availability, every state in
+/// order, value topics, discovery, retained configs for a late subscriber, Home Assistant's
+/// birth message, and the last will.
+fn states_discovery_birth_and_last_will(protocol: &str) {
     let broker = Server::start("mosquitto", &[]);
     let mut sub = Sub::start(&broker, None);
     let tmp = tempfile::tempdir().expect("tempdir");
     let meters = home_and_belgium(&recording(tmp.path(), 30));
     let sink = format!(
-        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"",
+        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"{protocol}\"",
         broker.port("MQTT_PORT")
     );
     let (mut daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
@@ -382,6 +394,17 @@ fn states_in_order_discovery_birth_and_last_will_against_mosquitto() {
     });
     assert!(retained.retained);
     drop(late);
+    assert_eq!(
+        metric(&daemon, "p1gw_sink_dropped_total{sink=\"mqtt\"").unwrap_or(0.0),
+        0.0,
+        "nothing dropped"
+    );
+    if protocol == "5" {
+        assert!(
+            std::fs::read_to_string(broker.var("LOG")).is_ok_and(|log| log.contains("(p5,")),
+            "the broker saw an MQTT 5 client"
+        );
+    }
 
     // Home Assistant's birth message makes p1gw publish discovery again.
     broker.publish("homeassistant/status", "online");
@@ -685,67 +708,6 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
         "a clear log line: {}",
         daemon.log()
     );
-}
-
-#[test]
-fn mqtt5_states_in_order_discovery_birth_and_last_will_against_mosquitto() {
-    let broker = Server::start("mosquitto", &[]);
-    let mut sub = Sub::start(&broker, None);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let meters = home_and_belgium(&recording(tmp.path(), 30));
-    let sink = format!(
-        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"5\"",
-        broker.port("MQTT_PORT")
-    );
-    let (mut daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
-
-    sub.expect("status online", |m| {
-        m.topic == "p1gw/home/status" && m.payload == "online"
-    });
-    let states = wait_for(Duration::from_secs(20), "30 state messages", || {
-        let s = sub.states("home");
-        (s.len() >= 30).then_some(s)
-    });
-    assert_eq!(states.len(), 30, "each reading once");
-    for (i, state) in states.iter().enumerate() {
-        assert_eq!(state["meter"], "home");
-        assert_eq!(energy(state), (i + 1) as f64, "in order: {state}");
-    }
-    let hot = sub.expect("hot water volume value", |m| {
-        m.topic == "p1gw/home/hot_water_1/hot_water_volume"
-    });
-    assert_eq!(hot.payload, "366.475");
-    let energy_cfg = sub
-        .expect("energy discovery", |m| {
-            m.topic == "homeassistant/sensor/p1gw_home/energy_import_total/config"
-                && !m.payload.is_empty()
-        })
-        .json();
-    assert_eq!(energy_cfg["device_class"], "energy");
-    assert_eq!(energy_cfg["state_class"], "total_increasing");
-    assert_eq!(energy_cfg["availability_topic"], "p1gw/home/status");
-    // Nothing dropped.
-    assert_eq!(
-        metric(&daemon, "p1gw_sink_dropped_total{sink=\"mqtt\"").unwrap_or(0.0),
-        0.0
-    );
-    assert!(
-        std::fs::read_to_string(broker.var("LOG")).is_ok_and(|log| log.contains("(p5,")),
-        "the broker saw an MQTT 5 client"
-    );
-
-    broker.publish("homeassistant/status", "online");
-    sub.wait_next(Duration::from_secs(10), |m| {
-        m.topic == "homeassistant/sensor/p1gw_home/energy_import_total/config"
-    })
-    .expect("discovery published again after homeassistant/status = online");
-
-    daemon.child.kill().expect("kill p1gw");
-    daemon.child.wait().expect("reap p1gw");
-    let will = sub
-        .wait_next(Duration::from_secs(10), |m| m.topic == "p1gw/home/status")
-        .expect("the last will after p1gw was killed");
-    assert_eq!(will.payload, "offline");
 }
 
 /// Reading 5 of 12 has a state message of ~4.5 kB; the broker takes 3000 bytes at most (by
