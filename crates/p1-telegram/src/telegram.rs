@@ -632,6 +632,37 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     // read-only memory) is pushed, then its fields are written. Assembling it
     // on the stack and pushing that made the CPU reload bytes it had just
     // stored narrower, a store-forwarding stall per line (18 % of the time).
+    // An M-Bus reading, `(YYMMDDhhmmssX)(number[*unit])` (DSMR 4 and 5: the
+    // gas meter of nearly every telegram), both groups in one pass too. The
+    // codes whose two groups mean something else go the general way.
+    if let Some(&[b')', b'(']) = group_and_rest.get(13..15)
+        && !matches!(
+            (a, b, c, d, e),
+            (1, 0, 99, 97, 0) | (0, 0, 98, 1, 0) | (0, _, 24, 3, 0)
+        )
+        && let Some(stamp) = MeterTime::parse(&group_and_rest[..13])
+        && let Some((number_close, mantissa, scale, unit)) = number_group(&group_and_rest[15..])
+    {
+        let close_at = 15 + number_close;
+        let close = open + 1 + close_at;
+        let next = close + 1 + line_end(group_and_rest, close_at)?;
+        let object = objects.push_mut(Object::BLANK);
+        object.code = Some(code);
+        object.code_text = &line[..open];
+        object.raw = &line[open..close + 1];
+        object.groups = 2;
+        set_value(
+            object,
+            Value::Reading {
+                time: Some(stamp),
+                quantity: Some(Quantity {
+                    value: Decimal::from_parts(mantissa, scale),
+                    unit,
+                }),
+            },
+        );
+        return Some(start + next);
+    }
     // A number first, in one pass that also finds the unit and the ')'; any
     // other value, and codes that may hold text or times, the general way.
     let number = if may_hold_text_or_time(c, d) {

@@ -613,6 +613,40 @@ proptest! {
     }
 
     #[test]
+    fn the_fast_reading_path_agrees_with_the_general_one(
+        code in prop_oneof![
+            Just("0-1:24.2.1".to_owned()), Just("0-2:24.2.3".to_owned()),
+            Just("0-1:24.3.0".to_owned()), Just("1-0:99.97.0".to_owned()),
+            Just("0-0:98.1.0".to_owned()), Just("1-0:1.6.0".to_owned()),
+            "[0-9]{1,3}-[0-9]{1,3}:[0-9]{1,3}[.:][0-9]{1,3}[.:][0-9]{1,3}",
+        ],
+        stamp in prop_oneof![
+            "[0-9]{12}[SWsw]", "[0-9]{10,13}[SWX]?", Just("000101000000W".to_owned()),
+            Just("632525252525S".to_owned()), Just("101209112500W".to_owned()),
+        ],
+        value in "[-+]?[0-9.]{0,12}",
+        unit in proptest::option::of("[A-Za-z0-9/*]{0,6}"),
+        tail in prop_oneof![Just(""), Just("\r\n"), Just("\n"), Just("\r"), Just("(1)")],
+    ) {
+        let line = match &unit {
+            Some(u) => format!("{code}({stamp})({value}*{u}){tail}"),
+            None => format!("{code}({stamp})({value}){tail}"),
+        };
+        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
+        if let Some(fast) = fast {
+            prop_assert_eq!(fast, general, "{:?}", line);
+        }
+        if line.ends_with('\n') {
+            let next = "1-0:1.8.1(000123.456*kWh)\r\n";
+            let body = format!("{line}{next}");
+            let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, general, "{:?}", line);
+            }
+        }
+    }
+
+    #[test]
     fn decimal_parse_agrees_with_the_counting_parser(
         text in "[-+]?[0.]{0,6}[0-9.]{0,22}[a-z*]?",
     ) {
