@@ -588,7 +588,11 @@ proptest! {
     #[test]
     fn the_fast_line_path_agrees_with_the_general_one(
         code in "[0-9]{1,3}-[0-9]{1,3}:[0-9]{1,3}[.:][0-9]{1,3}[.:][0-9]{1,3}([.*][0-9]{1,3})?",
-        value in "[-+]?[0-9A-Fa-f.]{0,24}",
+        value in prop_oneof![
+            "[-+]?[0-9A-Fa-f.]{0,24}",
+            // Long whole parts: the two-word number path.
+            "[-+]?[0-9]{7,20}(\\.[0-9]{0,10})?",
+        ],
         unit in proptest::option::of("[A-Za-z0-9/*]{0,6}"),
         tail in prop_oneof![Just(""), Just("\r\n"), Just("\n"), Just("\r"), Just("(1)"), Just("* ()")],
     ) {
@@ -632,6 +636,46 @@ proptest! {
             Some(u) => format!("{code}({stamp})({value}*{u}){tail}"),
             None => format!("{code}({stamp})({value}){tail}"),
         };
+        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
+        if let Some(fast) = fast {
+            prop_assert_eq!(fast, general, "{:?}", line);
+        }
+        if line.ends_with('\n') {
+            let next = "1-0:1.8.1(000123.456*kWh)\r\n";
+            let body = format!("{line}{next}");
+            let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, general, "{:?}", line);
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_failure_log_path_agrees_with_the_general_one(
+        count in prop_oneof!["[0-9]{1,3}", Just("".to_owned()), "[0-9]\\.[0-9]", Just("2*x".to_owned())],
+        log_code in prop_oneof![Just("0-0:96.7.19"), Just(""), Just("0-0:96.7.19*"), Just("(")],
+        events in proptest::collection::vec(
+            (
+                prop_oneof!["[0-9]{12}[SW]", "[0-9]{11,13}", Just("000101000000W".to_owned())],
+                prop_oneof!["[0-9]{1,19}", "[0-9]{1,12}\\.[0-9]{1,8}", Just("".to_owned()), Just("x".to_owned())],
+                proptest::option::of(prop_oneof![Just("s"), Just(""), Just("min")]),
+            ),
+            0..5,
+        ),
+        odd in proptest::option::of("[0-9]{12}[SW]"),
+        tail in prop_oneof![Just(""), Just("\r\n"), Just("\n"), Just("\r"), Just(" "), Just("(")],
+    ) {
+        let mut line = format!("1-0:99.97.0({count})({log_code})");
+        for (end, duration, unit) in &events {
+            match unit {
+                Some(unit) => line.push_str(&format!("({end})({duration}*{unit})")),
+                None => line.push_str(&format!("({end})({duration})")),
+            }
+        }
+        if let Some(end) = odd {
+            line.push_str(&format!("({end})"));
+        }
+        line.push_str(tail);
         let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
         if let Some(fast) = fast {
             prop_assert_eq!(fast, general, "{:?}", line);
