@@ -103,15 +103,31 @@ fn long_group_end(
     stop_at_lf: bool,
     star: Option<usize>,
 ) -> Option<(usize, Option<usize>)> {
+    let end_in = |from: usize| -> Option<usize> {
+        let rest = &s[from..];
+        Some(
+            from + if stop_at_lf {
+                memchr::memchr2(b')', b'\n', rest)?
+            } else {
+                memchr::memchr(b')', rest)?
+            },
+        )
+    };
+    if star.is_some() {
+        return Some((end_in(at)?, star));
+    }
+    // One pass for the end and the star (a long group is text: no star).
     let rest = &s[at..];
-    let end = at
+    let first = at
         + if stop_at_lf {
-            memchr::memchr2(b')', b'\n', rest)?
+            memchr::memchr3(b')', b'\n', b'*', rest)?
         } else {
-            memchr::memchr(b')', rest)?
+            memchr::memchr2(b')', b'*', rest)?
         };
-    let star = star.or_else(|| memchr::memchr(b'*', &s[at..end]).map(|i| at + i));
-    Some((end, star))
+    if s[first] != b'*' {
+        return Some((first, None));
+    }
+    Some((end_in(first + 1)?, Some(first)))
 }
 
 #[cfg(test)]
