@@ -708,14 +708,11 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     object.raw = &line[open..close + 1];
     // Only C groups 0, 1, 42 and 96 hold text, times or dates
     // (`is_text_code`, `single_typed`); every other line is a number.
-    set_value(
-        object,
-        if matches!(c, 0 | 1 | 42 | 96) {
-            single_typed(&code, group)
-        } else {
-            single(group)
-        },
-    );
+    if matches!(c, 0 | 1 | 42 | 96) {
+        set_single_typed(object, &code, group);
+    } else {
+        set_value(object, single(group));
+    }
     Some(start + next)
 }
 
@@ -1034,8 +1031,16 @@ fn single(g: Group<'_>) -> Value<'_> {
     }
 }
 
+/// [`single_typed`] written into a blank object's value. Out of line, with
+/// the value built in place: returned from a call, it came back through
+/// memory the caller then reloaded wider (a store-forwarding stall).
+#[inline(never)]
+fn set_single_typed<'a>(object: &mut Object<'a>, code: &ObisCode, first: Group<'a>) {
+    set_value(object, single_typed(code, first));
+}
+
 /// The value of a line with exactly one group.
-#[inline]
+#[inline(always)]
 fn single_typed<'a>(code: &ObisCode, first: Group<'a>) -> Value<'a> {
     if first.is_empty() {
         return Value::Empty;
