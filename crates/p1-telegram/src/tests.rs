@@ -517,6 +517,25 @@ fn only_codes_the_number_path_skips_hold_text_or_times() {
     }
 }
 
+/// A fast path's object for `line`, when it takes the line, is the general
+/// path's: alone, and with a next line after it, as inside a telegram (the
+/// fast paths read whole words where there is room).
+fn fast_path_agrees(line: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+    let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
+    if let Some(fast) = fast {
+        prop_assert_eq!(fast, general, "{:?}", line);
+    }
+    if line.ends_with('\n') {
+        let next = "1-0:1.8.1(000123.456*kWh)\r\n";
+        let body = format!("{line}{next}");
+        let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
+        if let Some(fast) = fast {
+            prop_assert_eq!(fast, general, "{:?}", line);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -600,20 +619,7 @@ proptest! {
             Some(u) => format!("{code}({value}*{u}){tail}"),
             None => format!("{code}({value}){tail}"),
         };
-        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
-        if let Some(fast) = fast {
-            prop_assert_eq!(fast, general, "{:?}", line);
-        }
-        // With a next line after it, as inside a telegram (the fast path
-        // reads whole words where there is room).
-        if line.ends_with('\n') {
-            let next = "1-0:1.8.1(000123.456*kWh)\r\n";
-            let body = format!("{line}{next}");
-            let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
-            if let Some(fast) = fast {
-                prop_assert_eq!(fast, general, "{:?}", line);
-            }
-        }
+        fast_path_agrees(&line)?;
     }
 
     #[test]
@@ -636,18 +642,7 @@ proptest! {
             Some(u) => format!("{code}({stamp})({value}*{u}){tail}"),
             None => format!("{code}({stamp})({value}){tail}"),
         };
-        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
-        if let Some(fast) = fast {
-            prop_assert_eq!(fast, general, "{:?}", line);
-        }
-        if line.ends_with('\n') {
-            let next = "1-0:1.8.1(000123.456*kWh)\r\n";
-            let body = format!("{line}{next}");
-            let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
-            if let Some(fast) = fast {
-                prop_assert_eq!(fast, general, "{:?}", line);
-            }
-        }
+        fast_path_agrees(&line)?;
     }
 
     #[test]
@@ -676,18 +671,7 @@ proptest! {
             line.push_str(&format!("({end})"));
         }
         line.push_str(tail);
-        let (fast, general) = crate::telegram::fast_and_general(line.as_bytes(), 0);
-        if let Some(fast) = fast {
-            prop_assert_eq!(fast, general, "{:?}", line);
-        }
-        if line.ends_with('\n') {
-            let next = "1-0:1.8.1(000123.456*kWh)\r\n";
-            let body = format!("{line}{next}");
-            let (fast, general) = crate::telegram::fast_and_general(body.as_bytes(), next.len());
-            if let Some(fast) = fast {
-                prop_assert_eq!(fast, general, "{:?}", line);
-            }
-        }
+        fast_path_agrees(&line)?;
     }
 
     #[test]
