@@ -294,9 +294,13 @@ impl<'a> Telegram<'a> {
         let mut objects = Vec::with_capacity(body.len() / 24 + 4);
         let mut start = 0;
         while start < body.len() {
+            // Every line's object is pushed here, blank, and filled in place
+            // by the path that reads the line (popped again for a line that
+            // makes none). One push for all paths: the compiler inlines it.
+            let object = objects.push_mut(Object::BLANK);
             // Most lines are `A-B:C.D.E(value*unit)`: parsed in one pass
             // that also finds the line end.
-            if let Some(next) = fast_line(body, start, &mut objects) {
+            if let Some(next) = fast_line(body, start, object) {
                 start = next;
                 continue;
             }
@@ -304,7 +308,7 @@ impl<'a> Telegram<'a> {
             // line of all the general way (120 ns of the spec example's 900).
             // Out of `fast_line`, whose registers a call there would cost.
             if body[start..].starts_with(FAILURE_LOG)
-                && let Some(len) = failure_log_line(&body[start..], &mut objects)
+                && let Some(len) = failure_log_line(&body[start..], object)
             {
                 start += len;
                 continue;
@@ -313,19 +317,22 @@ impl<'a> Telegram<'a> {
             let line = trim_line_end(&body[start..end]);
             start = end + 1;
             if line.iter().all(u8::is_ascii_whitespace) {
+                objects.pop();
                 continue;
             }
-            if line[0] == b'(' {
+            if line[0] == b'(' && objects.len() >= 2 {
                 // A bare group: DSMR ≤ 3 puts the gas value on the line after
                 // `0-n:24.3.0(…)(m3)`. Attach it there; otherwise keep it as a
                 // line without a code.
-                if let Some(prev) = objects.last_mut()
-                    && attach_continuation(prev, line)
-                {
+                let previous = objects.len() - 2;
+                if attach_continuation(&mut objects[previous], line) {
+                    objects.pop();
                     continue;
                 }
             }
-            objects.push(parse_line(line));
+            if let Some(object) = objects.last_mut() {
+                parse_line_into(line, object);
+            }
         }
 
         let submeters = find_submeters(&objects);
@@ -541,18 +548,18 @@ fn groups(raw: &[u8]) -> Groups<'_> {
     Groups { rest: raw }
 }
 
-/// Pushes the object of a line whose code is `code`, whose value part runs
-/// from its first `(` at `line[open]` to the `)` at `line[close]`, and
-/// evaluates to it, for the caller to set the value (and the group count, if
-/// not 1). The object is filled in place: a blank one (a constant, copied
-/// from read-only memory) is pushed, then its fields are written. Assembling
-/// it on the stack and pushing that made the CPU reload bytes it had just
-/// stored narrower, a store-forwarding stall per line (18 % of the time).
-/// A macro, not an inlined function: the function, the same code after
-/// inlining, made the parse 2.6 % more instructions (callgrind).
-macro_rules! push_line {
-    ($objects:expr, $code:expr, $line:expr, $open:expr, $close:expr) => {{
-        let object = $objects.push_mut(Object::BLANK);
+/// Fills `object`, the blank the parse loop pushed for this line, with the
+/// code `code` and the value part that runs from the first `(` at
+/// `line[open]` to the `)` at `line[close]`, and evaluates to it, for the
+/// caller to set the value (and the group count, if not 1). Objects are
+/// filled in place: assembled on the stack and pushed, they made the CPU
+/// reload bytes it had just stored narrower, a store-forwarding stall per
+/// line (18 % of the time). A macro, not an inlined function: the function,
+/// the same code after inlining, made the parse 2.6 % more instructions
+/// (callgrind).
+macro_rules! fill_line {
+    ($object:expr, $code:expr, $line:expr, $open:expr, $close:expr) => {{
+        let object = $object;
         object.code = Some($code);
         object.code_text = &$line[..$open];
         // `..close + 1`, not `..=close`: the inclusive range is an
@@ -564,12 +571,12 @@ macro_rules! push_line {
 
 /// The common line, `A-B:C.D.E(value[*unit])` and its line end, starting at
 /// `body[start]`, in one forward pass: no line search, no trimming, no second
-/// look at the group. Pushes the object and returns where the next line
-/// starts; pushes nothing when it returns `None`.
+/// look at the group. Fills the blank `object` and returns where the next
+/// line starts; writes nothing when it returns `None`.
 /// `None` sends the line to [`parse_line`], which handles every line and
 /// gives the same result for the ones this takes (property-tested).
 #[inline]
-fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) -> Option<usize> {
+fn fast_line<'a>(body: &'a [u8], start: usize, object: &mut Object<'a>) -> Option<usize> {
     /// One code group of 1–3 digits and the byte after it, which is consumed
     /// too. `None` for no digit, a fourth digit, a value over 255, or fewer
     /// than 4 bytes left (the general path takes such a line). One length
@@ -658,7 +665,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
             _ => None,
         }
     }
-    // Each path pushes its object with `push_line!`, which fills it in place.
+    // Each path fills the blank object with `fill_line!`.
 
     // An M-Bus reading, `(YYMMDDhhmmssX)(number[*unit])` (DSMR 4 and 5: the
     // gas meter of nearly every telegram), both groups in one pass too. The
@@ -674,7 +681,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
         let close_at = 15 + number_close;
         let close = open + 1 + close_at;
         let next = close + 1 + line_end(group_and_rest, close_at)?;
-        let object = push_line!(objects, code, line, open, close);
+        let object = fill_line!(object, code, line, open, close);
         object.groups = 2;
         set_value(
             object,
@@ -698,7 +705,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     if let Some((close_at, mantissa, scale, unit)) = number {
         let close = open + 1 + close_at;
         let next = close + 1 + line_end(group_and_rest, close_at)?;
-        let object = push_line!(objects, code, line, open, close);
+        let object = fill_line!(object, code, line, open, close);
         set_value(
             object,
             Value::Number(Quantity {
@@ -713,7 +720,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, objects: &mut Vec<Object<'a>>) ->
     let close = open + 1 + close_at;
     let next = close + 1 + line_end(group_and_rest, close_at)?;
     let group = Group::split_at_star(&group_and_rest[..close_at], star);
-    let object = push_line!(objects, code, line, open, close);
+    let object = fill_line!(object, code, line, open, close);
     // Only C groups 0, 1, 42 and 96 hold text, times or dates
     // (`is_text_code`, `single_typed`); every other line is a number.
     if matches!(c, 0 | 1 | 42 | 96) {
@@ -739,11 +746,11 @@ const FAILURE_LOG: &[u8] = b"1-0:99.97.0(";
 
 /// The power-failure log `1-0:99.97.0(n)(log code)(end)(duration)…` whose
 /// ends are `YYMMDDhhmmssX` stamps and durations numbers, at the start of
-/// `line`: pushes the object and returns the line's length with its line end; `None` (nothing pushed) for any other shape, which the general
-/// path takes. The events are written in place, not assembled and copied
-/// (see `fast_line`).
+/// `line`: fills the blank `object` and returns the line's length with its
+/// line end; `None` (nothing written) for any other shape, which the general
+/// path takes.
 #[inline(never)]
-fn failure_log_line<'a>(line: &'a [u8], objects: &mut Vec<Object<'a>>) -> Option<usize> {
+fn failure_log_line<'a>(line: &'a [u8], object: &mut Object<'a>) -> Option<usize> {
     let open = FAILURE_LOG.len() - 1;
     let code = ObisCode::new(1, 0, 99, 97, 0);
     let (count_close, mantissa, scale, _) = number_group(&line[open + 1..])?;
@@ -782,7 +789,6 @@ fn failure_log_line<'a>(line: &'a [u8], objects: &mut Vec<Object<'a>>) -> Option
         _ => return None,
     };
     let len = line.len() - rest.len();
-    let object = objects.push_mut(Object::BLANK);
     object.code = Some(code);
     object.code_text = &line[..open];
     object.raw = &line[open..len];
@@ -982,7 +988,15 @@ fn number_group_scalar(rest: &[u8]) -> Option<NumberGroup<'_>> {
 }
 
 /// Parses any line (the general path; [`fast_line`] takes the common ones).
+#[cfg(test)]
 fn parse_line(line: &[u8]) -> Object<'_> {
+    let mut object = Object::BLANK;
+    parse_line_into(line, &mut object);
+    object
+}
+
+/// [`parse_line`] into a blank object.
+fn parse_line_into<'a>(line: &'a [u8], object: &mut Object<'a>) {
     let open = line.iter().position(|&b| b == b'(').unwrap_or(line.len());
     let code_text = trim_ascii(&line[..open]);
     let raw = &line[open..];
@@ -1008,15 +1022,11 @@ fn parse_line(line: &[u8]) -> Object<'_> {
             None => untyped_value(groups(raw), count),
         }
     };
-    Object {
-        code,
-        code_text,
-        raw,
-        continuation: None,
-        value,
-        name: None,
-        groups: u16::try_from(count).unwrap_or(u16::MAX),
-    }
+    object.code = code;
+    object.code_text = code_text;
+    object.raw = raw;
+    object.groups = u16::try_from(count).unwrap_or(u16::MAX);
+    set_value(object, value);
 }
 
 /// The value of a line without a valid code: its `count` groups are `groups`.
@@ -1254,11 +1264,11 @@ fn infer_kind(objects: &[Object<'_>], channel: u8) -> SubmeterKind {
 #[cfg(test)]
 pub(crate) fn fast_and_general(body: &[u8], more: usize) -> (Option<Object<'_>>, Object<'_>) {
     let line = &body[..body.len() - more];
-    let mut objects = Vec::new();
-    let fast = fast_line(body, 0, &mut objects)
+    let mut object = Object::BLANK;
+    let fast = fast_line(body, 0, &mut object)
         .or_else(|| {
             body.starts_with(FAILURE_LOG)
-                .then(|| failure_log_line(body, &mut objects))
+                .then(|| failure_log_line(body, &mut object))
                 .flatten()
         })
         .map(|next| {
@@ -1267,13 +1277,13 @@ pub(crate) fn fast_and_general(body: &[u8], more: usize) -> (Option<Object<'_>>,
                 line.len(),
                 "the fast path ends the line where it ends"
             );
-            assert_eq!(objects.len(), 1, "one object per line");
-            objects.remove(0)
+            object.clone()
         });
     if fast.is_none() {
-        assert!(
-            objects.is_empty(),
-            "nothing pushed when the fast path declines"
+        assert_eq!(
+            object,
+            Object::BLANK,
+            "nothing written when the fast path declines"
         );
     }
     (fast, parse_line(trim_line_end(line)))
