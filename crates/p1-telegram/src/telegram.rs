@@ -290,7 +290,7 @@ impl<'a> Telegram<'a> {
             });
         }
 
-        // One SIMD pass finds the line ends; a telegram line is ~25 bytes.
+        // A telegram line is ~25 bytes: room for every line, in one allocation.
         let mut objects = Vec::with_capacity(body.len() / 24 + 4);
         let mut start = 0;
         while start < body.len() {
@@ -550,23 +550,25 @@ fn groups(raw: &[u8]) -> Groups<'_> {
 
 /// Fills `object`, the blank the parse loop pushed for this line, with the
 /// code `code` and the value part that runs from the first `(` at
-/// `line[open]` to the `)` at `line[close]`, and evaluates to it, for the
-/// caller to set the value (and the group count, if not 1). Objects are
-/// filled in place: assembled on the stack and pushed, they made the CPU
-/// reload bytes it had just stored narrower, a store-forwarding stall per
-/// line (18 % of the time). A macro, not an inlined function: the function,
-/// the same code after inlining, made the parse 2.6 % more instructions
-/// (callgrind).
-macro_rules! fill_line {
-    ($object:expr, $code:expr, $line:expr, $open:expr, $close:expr) => {{
-        let object = $object;
-        object.code = Some($code);
-        object.code_text = &$line[..$open];
-        // `..close + 1`, not `..=close`: the inclusive range is an
-        // out-of-line call with its own overflow check.
-        object.raw = &$line[$open..$close + 1];
-        object
-    }};
+/// `line[open]` to the `)` at `line[close]`, and returns it, for the caller
+/// to set the value (and the group count, if not 1). Objects are filled in
+/// place: assembled on the stack and pushed, they made the CPU reload bytes
+/// it had just stored narrower, a store-forwarding stall per line (18 % of
+/// the time).
+#[inline(always)]
+fn fill_line<'o, 'a>(
+    object: &'o mut Object<'a>,
+    code: ObisCode,
+    line: &'a [u8],
+    open: usize,
+    close: usize,
+) -> &'o mut Object<'a> {
+    object.code = Some(code);
+    object.code_text = &line[..open];
+    // `..close + 1`, not `..=close`: the inclusive range is an out-of-line
+    // call with its own overflow check.
+    object.raw = &line[open..close + 1];
+    object
 }
 
 /// The common line, `A-B:C.D.E(value[*unit])` and its line end, starting at
@@ -665,7 +667,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, object: &mut Object<'a>) -> Optio
             _ => None,
         }
     }
-    // Each path fills the blank object with `fill_line!`.
+    // Each path fills the blank object with `fill_line`.
 
     // An M-Bus reading, `(YYMMDDhhmmssX)(number[*unit])` (DSMR 4 and 5: the
     // gas meter of nearly every telegram), both groups in one pass too. The
@@ -681,7 +683,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, object: &mut Object<'a>) -> Optio
         let close_at = 15 + number_close;
         let close = open + 1 + close_at;
         let next = close + 1 + line_end(group_and_rest, close_at)?;
-        let object = fill_line!(object, code, line, open, close);
+        let object = fill_line(object, code, line, open, close);
         object.groups = 2;
         set_value(
             object,
@@ -705,7 +707,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, object: &mut Object<'a>) -> Optio
     if let Some((close_at, mantissa, scale, unit)) = number {
         let close = open + 1 + close_at;
         let next = close + 1 + line_end(group_and_rest, close_at)?;
-        let object = fill_line!(object, code, line, open, close);
+        let object = fill_line(object, code, line, open, close);
         set_value(
             object,
             Value::Number(Quantity {
@@ -720,7 +722,7 @@ fn fast_line<'a>(body: &'a [u8], start: usize, object: &mut Object<'a>) -> Optio
     let close = open + 1 + close_at;
     let next = close + 1 + line_end(group_and_rest, close_at)?;
     let group = Group::split_at_star(&group_and_rest[..close_at], star);
-    let object = fill_line!(object, code, line, open, close);
+    let object = fill_line(object, code, line, open, close);
     // Only C groups 0, 1, 42 and 96 hold text, times or dates
     // (`is_text_code`, `single_typed`); every other line is a number.
     if matches!(c, 0 | 1 | 42 | 96) {
