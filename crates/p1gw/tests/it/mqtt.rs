@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use p1_testkit::{Server, component};
+use p1_testkit::{Server, component, metric, metric_sum};
 
 use crate::support::{Daemon, root, stop_child, wait_for};
 
@@ -244,12 +244,12 @@ fn sink_status(daemon: &Daemon) -> Option<Value> {
     component(&body, "sink:mqtt")
 }
 
-fn metric(daemon: &Daemon, line_start: &str) -> Option<f64> {
-    let (_, body) = daemon.get("/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// The daemon's `/metrics` text (empty while it does not answer).
+fn metrics(daemon: &Daemon) -> String {
+    daemon
+        .get("/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 /// Two meters: "home" replays `rec` (30 readings at 50 ms), and a looping Belgian meter keeps
@@ -395,7 +395,11 @@ fn states_discovery_birth_and_last_will(protocol: &str) {
     assert!(retained.retained);
     drop(late);
     assert_eq!(
-        metric(&daemon, "p1gw_sink_dropped_total{sink=\"mqtt\"").unwrap_or(0.0),
+        metric_sum(
+            &metrics(&daemon),
+            "p1gw_sink_dropped_total",
+            &[("sink", "mqtt")]
+        ),
         0.0,
         "nothing dropped"
     );
@@ -465,7 +469,7 @@ interval = "100ms"
 
     // Readings spool meanwhile, and the sink says why.
     wait_for(Duration::from_secs(20), "10 readings spooled", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n >= 10.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n >= 10.0)
     });
     let status = sink_status(&daemon).expect("sink status");
     assert_eq!(status["state"], "degraded", "{status}");
@@ -505,10 +509,14 @@ interval = "100ms"
     let expected: Vec<f64> = (1..=N).map(|i| i as f64).collect();
     assert_eq!(all, expected, "every reading exactly once, in order");
     wait_for(Duration::from_secs(10), "an empty spool", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 0.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n == 0.0)
     });
     assert_eq!(
-        metric(&daemon, "p1gw_sink_sent_total{sink=\"mqtt\"}"),
+        metric(
+            &metrics(&daemon),
+            "p1gw_sink_sent_total",
+            &[("sink", "mqtt")]
+        ),
         Some(N as f64)
     );
 }
@@ -553,7 +561,7 @@ fn password_login_works_and_a_wrong_password_keeps_readings_spooled() {
         "says what to check: {reason}"
     );
     wait_for(Duration::from_secs(20), "readings spooled", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n >= 5.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n >= 5.0)
     });
     assert!(
         daemon.log().contains("MQTT connection failed"),
@@ -561,7 +569,12 @@ fn password_login_works_and_a_wrong_password_keeps_readings_spooled() {
         daemon.log()
     );
     assert_eq!(
-        metric(&daemon, "p1gw_sink_sent_total{sink=\"mqtt\"}").unwrap_or(0.0),
+        metric(
+            &metrics(&daemon),
+            "p1gw_sink_sent_total",
+            &[("sink", "mqtt")]
+        )
+        .unwrap_or(0.0),
         0.0
     );
 }
@@ -638,10 +651,20 @@ fn client_certificate_against_mosquitto_that_requires_one() {
         refused.log()
     );
     wait_for(Duration::from_secs(20), "all 5 readings spooled", || {
-        metric(&refused, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n >= 5.0)
+        metric(
+            &metrics(&refused),
+            "p1gw_spool_records",
+            &[("sink", "mqtt")],
+        )
+        .filter(|n| *n >= 5.0)
     });
     assert_eq!(
-        metric(&refused, "p1gw_sink_sent_total{sink=\"mqtt\"}").unwrap_or(0.0),
+        metric(
+            &metrics(&refused),
+            "p1gw_sink_sent_total",
+            &[("sink", "mqtt")]
+        )
+        .unwrap_or(0.0),
         0.0,
         "nothing counted as sent without a certificate"
     );
@@ -692,14 +715,24 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
     let (code, ready) = daemon.get("/readyz").expect("/readyz");
     assert_eq!(code, 200, "a spooling sink is ready (design §6): {ready}");
     wait_for(Duration::from_secs(20), "readings spooled", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n >= 5.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n >= 5.0)
     });
     assert_eq!(
-        metric(&daemon, "p1gw_sink_sent_total{sink=\"mqtt\"}").unwrap_or(0.0),
+        metric(
+            &metrics(&daemon),
+            "p1gw_sink_sent_total",
+            &[("sink", "mqtt")]
+        )
+        .unwrap_or(0.0),
         0.0
     );
     assert_eq!(
-        metric(&daemon, "p1gw_spool_evicted_total{sink=\"mqtt\"}").unwrap_or(0.0),
+        metric(
+            &metrics(&daemon),
+            "p1gw_spool_evicted_total",
+            &[("sink", "mqtt")]
+        )
+        .unwrap_or(0.0),
         0.0,
         "nothing dropped"
     );
@@ -739,13 +772,14 @@ fn mqtt5_too_large(option: &str) {
     });
     wait_for(Duration::from_secs(10), "the drop counted", || {
         metric(
-            &daemon,
-            "p1gw_sink_dropped_total{sink=\"mqtt\",reason=\"too_large\"}",
+            &metrics(&daemon),
+            "p1gw_sink_dropped_total",
+            &[("sink", "mqtt"), ("reason", "too_large")],
         )
         .filter(|n| *n == 1.0)
     });
     wait_for(Duration::from_secs(10), "an empty spool", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 0.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n == 0.0)
     });
     let log = daemon.log();
     let line = log
@@ -812,12 +846,13 @@ fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it()
         "{status}"
     );
     wait_for(Duration::from_secs(20), "all 10 readings spooled", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 10.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n == 10.0)
     });
     wait_for(Duration::from_secs(20), "the refusal counted", || {
         metric(
-            &daemon,
-            "p1gw_sink_failed_total{sink=\"mqtt\",reason=\"not_authorized\"}",
+            &metrics(&daemon),
+            "p1gw_sink_failed_total",
+            &[("sink", "mqtt"), ("reason", "not_authorized")],
         )
         .filter(|n| *n >= 1.0)
     });
@@ -830,7 +865,11 @@ fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it()
         daemon.log()
     );
     assert_eq!(
-        metric(&daemon, "p1gw_sink_dropped_total{sink=\"mqtt\"").unwrap_or(0.0),
+        metric_sum(
+            &metrics(&daemon),
+            "p1gw_sink_dropped_total",
+            &[("sink", "mqtt")]
+        ),
         0.0,
         "a refusal that may pass later drops nothing"
     );
@@ -850,6 +889,6 @@ fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it()
     let want: Vec<f64> = (1..=10).map(f64::from).collect();
     assert_eq!(got, want, "every reading, once, in order");
     wait_for(Duration::from_secs(10), "an empty spool", || {
-        metric(&daemon, "p1gw_spool_records{sink=\"mqtt\"}").filter(|n| *n == 0.0)
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n == 0.0)
     });
 }
