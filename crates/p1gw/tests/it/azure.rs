@@ -140,13 +140,7 @@ fn p1gw_run_sends_every_reading_once_to_the_fake_hub_and_disconnects_cleanly() {
     // Metrics: the sink's counters and the budget gauge.
     let sent = wait_for(Duration::from_secs(10), "the sent counter", || {
         let (_, body) = daemon.get("/metrics")?;
-        let sent = body
-            .lines()
-            .find(|l| l.starts_with("p1gw_sink_sent_total{sink=\"azure-iot\"}"))?
-            .rsplit(' ')
-            .next()?
-            .parse::<f64>()
-            .ok()?;
+        let sent = p1_testkit::metric(&body, "p1gw_sink_sent_total", &[("sink", "azure-iot")])?;
         (sent >= n as f64).then_some(body)
     });
     let today = sent
