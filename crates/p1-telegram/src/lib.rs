@@ -34,6 +34,7 @@
 //! never panics on input bytes (property-tested and fuzzed).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod crc;
 mod decoder;

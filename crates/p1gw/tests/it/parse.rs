@@ -173,6 +173,52 @@ fn truncated_and_oversize_frames_name_offset_and_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated telegram"));
 }
 
+/// Issue #3's "a 1 GB file with no '/' in it": a GiB of bytes that never start a telegram
+/// streams through `p1gw parse -` in bounded memory, and what comes after it still parses.
+#[test]
+fn a_gibibyte_without_a_frame_start_streams_through_in_flat_memory() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p1gw"))
+        .args(["parse", "-"])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start p1gw");
+    let pid = child.id();
+    let peak_kib = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("/proc status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .expect("VmHWM")
+    };
+    let mut input = child.stdin.take().expect("stdin");
+    // No '/' and no line end: nothing that could start a frame.
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..1024 {
+        input.write_all(&chunk).expect("write stdin");
+    }
+    // The pipe holds at most 64 KiB: p1gw has read nearly all of the GiB by now.
+    let peak = peak_kib();
+    input
+        .write_all(b"\r\n/X5\r\n\r\n1-0:1.8.0(000002.331*kWh)\r\n!\r\n")
+        .expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("p1gw output");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB after a GiB of input");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let readings = lines(&out.stdout);
+    assert_eq!(readings.len(), 1, "the telegram after the GiB");
+    assert_eq!(readings[0]["objects"][0]["value"], 2.331);
+}
+
 #[test]
 fn missing_file_is_66_and_bad_usage_is_64() {
     let out = p1gw(&["parse", "no/such/file.txt"], None);
