@@ -160,8 +160,8 @@ pub struct Object<'a> {
 }
 
 impl Object<'_> {
-    /// A line with one group and nothing parsed yet: what the fast path
-    /// pushes and then fills in place.
+    /// A line with one group and nothing parsed yet: what the parse loop
+    /// pushes for each line and the path that reads the line fills in place.
     const BLANK: Object<'static> = Object {
         code: None,
         code_text: b"",
