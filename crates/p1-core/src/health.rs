@@ -169,6 +169,9 @@ pub struct ComponentStatus {
     pub spool: Option<SpoolDepth>,
     /// Further numbers worth showing (e.g. `reconnects`, `delivered`).
     pub counters: BTreeMap<&'static str, u64>,
+    /// Storage faults by where they are (`spool`, `output`): a disk that is full, read-only or
+    /// failing. Each one makes the gateway unready (see [`Registry::ready`]).
+    pub faults: BTreeMap<&'static str, String>,
 }
 
 impl ComponentStatus {
@@ -183,6 +186,7 @@ impl ComponentStatus {
             expected_interval: None,
             spool: None,
             counters: BTreeMap::new(),
+            faults: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +223,11 @@ impl HealthHandle {
     /// a new state).
     pub fn set_state(&self, state: State) {
         self.tx.send_if_modified(|s| {
+            // A component with a storage fault is not fully working, whatever else it says.
+            let state = match (state, s.faults.values().next()) {
+                (State::Ok, Some(fault)) => State::Degraded(fault.clone()),
+                (state, _) => state,
+            };
             if s.state == state {
                 return false;
             }
@@ -263,6 +272,41 @@ impl HealthHandle {
             at: Stamp::now(),
         };
         self.tx.send_modify(|s| s.last_error = Some(event));
+    }
+
+    /// Set (`Some`) or clear (`None`) the storage fault at `place` (`spool`, `output`). A fault
+    /// makes the component degraded with the fault as the reason and the gateway unready;
+    /// clearing the last one makes a component that was degraded by it ok again.
+    pub fn set_fault(&self, place: &'static str, fault: Option<String>) {
+        self.tx.send_if_modified(|s| {
+            let changed = match &fault {
+                Some(message) => s.faults.get(place) != Some(message),
+                None => s.faults.contains_key(place),
+            };
+            if !changed {
+                return false;
+            }
+            let old = s.faults.remove(place);
+            if let Some(message) = fault {
+                s.faults.insert(place, message);
+            }
+            let next = match (s.faults.values().next(), &s.state) {
+                (Some(first), State::Ok | State::Degraded(_)) => {
+                    Some(State::Degraded(first.clone()))
+                }
+                (None, State::Degraded(reason)) if old.as_ref() == Some(reason) => Some(State::Ok),
+                _ => None,
+            };
+            if let Some(next) = next
+                && next != s.state
+            {
+                if std::mem::discriminant(&next) != std::mem::discriminant(&s.state) {
+                    s.since = Stamp::now();
+                }
+                s.state = next;
+            }
+            true
+        });
     }
 
     /// For a reader: the meter's telegram interval (see [`Registry::ready`]).
@@ -404,7 +448,7 @@ impl Registry {
     /// The `/readyz` check (design §6): ready when every reader's last telegram is younger than
     /// [`READY_INTERVALS`] × its expected interval (its own, if it set one, else
     /// `expected_interval`) and every sink is delivering or spooling ([`State::Ok`] or
-    /// [`State::Degraded`]). A failed component of any kind, no reader at all, or a shutdown
+    /// [`State::Degraded`]). A failed component of any kind, a storage fault ([`HealthHandle::set_fault`]), no reader at all, or a shutdown
     /// in progress also make it unready. Returns every reason, not just the first.
     #[must_use]
     pub fn ready(&self, now: Instant, expected_interval: Duration) -> Readiness {
@@ -427,6 +471,9 @@ impl Registry {
                     reasons.push(format!("{who}: starting"));
                 }
                 _ => {}
+            }
+            for fault in s.faults.values() {
+                reasons.push(format!("{who}: {fault}"));
             }
             if s.kind == ComponentKind::Reader {
                 let limit = s.expected_interval.unwrap_or(expected_interval) * READY_INTERVALS;
@@ -497,6 +544,9 @@ pub struct ComponentView {
     pub spool: Option<SpoolDepth>,
     /// Further counters.
     pub counters: BTreeMap<&'static str, u64>,
+    /// Storage faults by place (`spool`, `output`), when there are any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub faults: BTreeMap<&'static str, String>,
 }
 
 impl ComponentView {
@@ -517,6 +567,7 @@ impl ComponentView {
             }),
             spool: s.spool,
             counters: s.counters.clone(),
+            faults: s.faults.clone(),
         }
     }
 }

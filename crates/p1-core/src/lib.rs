@@ -49,6 +49,7 @@ pub mod reading;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod storage;
 
 pub use backoff::Backoff;
 pub use error::{Error, Result};
@@ -59,3 +60,4 @@ pub use sink::{
     Batches, Deliver, DeliveryError, Encode, Pipelined, Sink, SinkContext, SinkError, Spooled,
 };
 pub use spool::{AppendOutcome, AsyncSpool, Batch, BatchOutcome, Durability, Spool, SpoolConfig};
+pub use storage::{StorageFault, StorageKind};

@@ -38,7 +38,8 @@
 //! Labelled `sink` (the instance name): `p1gw_sink_spooled_total`,
 //! `p1gw_sink_sent_total`, `p1gw_sink_failed_total{reason}` (failed delivery
 //! attempts: `transient`, or a refusal's reason such as `auth`),
-//! `p1gw_sink_dropped_total{reason}` (`lagged`, `rejected`, `encode`),
+//! `p1gw_sink_dropped_total{reason}` (`lagged`, `rejected`, `too_large`,
+//! `spool_error`), `p1gw_storage_errors_total{kind}` (see [`crate::storage`]),
 //! `p1gw_sink_restarts_total`. Spool depth comes from
 //! [`crate::spool`] (`p1gw_spool_records`, `p1gw_spool_bytes`).
 
@@ -50,6 +51,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
+use crate::storage::{self, StorageFault, StorageKind};
 use crate::{AsyncSpool, Backoff, Batch, HealthHandle, Reading};
 
 /// A boxed, sendable future.
@@ -143,6 +145,18 @@ pub enum DeliveryError {
         reason: &'static str,
         /// What the backend said and what to fix (no secrets).
         message: String,
+    },
+    /// A local file the sink writes (jsonl) cannot be written: the disk is
+    /// full, read-only or failing. The records stay spooled and are retried
+    /// every [`STORAGE_RETRY`] at most, so that a disk that is back is used
+    /// again within seconds; each attempt is counted in
+    /// `p1gw_storage_errors_total{kind}` and `p1gw_sink_failed_total{reason}`
+    /// (the kind), the first of each new kind is logged at WARN, and the fault
+    /// is shown in `/readyz` until a write succeeds.
+    #[error("{fault}")]
+    Storage {
+        /// What failed, sorted and in words.
+        fault: StorageFault,
     },
     /// The backend will never take the first `records` records (a parse error,
     /// a rejected payload): they are logged, counted and dropped.
@@ -375,7 +389,9 @@ async fn pipelined<B: Batches>(
             in_flight.spawn(async move { (first, last, records, send.await) });
         }
         if in_flight.is_empty() && retry_in.is_none() && linger_until.is_none() {
-            if intake_done.is_cancelled() && cx.spool.is_empty() {
+            // Stopping with nothing left, or with only what a failing disk keeps unreadable
+            // (it stays in the file for the next start).
+            if intake_done.is_cancelled() && (cx.spool.is_empty() || cx.spool.fault().is_some()) {
                 return Ok(());
             }
             if intake_done.is_cancelled() {
@@ -509,6 +525,12 @@ impl Intake {
 /// at the hard-stop token.
 const INTAKE_BATCH: usize = 512;
 
+/// How often intake asks a spool whose file failed to try again (the spool's
+/// own backoff, 0.5–4 s, decides when it really reopens), and the longest wait
+/// between two attempts to write a sink's own output file after a storage
+/// fault. Together they bring a sink back within seconds of the disk.
+pub const STORAGE_RETRY: Duration = Duration::from_secs(1);
+
 async fn intake<E: Encode>(
     mut encoder: E,
     mut input: broadcast::Receiver<Arc<Reading>>,
@@ -520,11 +542,23 @@ async fn intake<E: Encode>(
     // Tell delivery when intake ends, however it ends.
     let _done = done.drop_guard();
     let mut lag = LagLog::default();
+    let max_record = cx.spool.blocking().config().max_bytes;
+    // While the spool's file has failed, ask it to try again every second, readings or not,
+    // so that a disk that is back is used within seconds even for a meter that is slow.
+    let mut heal = tokio::time::interval(STORAGE_RETRY);
+    heal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    report_spool(&cx);
     loop {
+        let failing = cx.spool.fault().is_some() || cx.spool.held() > 0;
         let received = tokio::select! {
             biased;
             () = cx.hard.cancelled() => return Ok(()),
             r = input.recv() => r,
+            _ = heal.tick(), if failing => {
+                let stored = cx.spool.heal().await;
+                stored_now(&cx, stored, &wake);
+                continue;
+            }
         };
         let first = match received {
             Ok(reading) => reading,
@@ -551,17 +585,60 @@ async fn intake<E: Encode>(
                 }
             }
         }
+        // A record larger than the whole spool can never be kept: drop it, counted, rather
+        // than refuse the batch it came with.
+        let before = records.len();
+        records.retain(|r| r.len() as u64 <= max_record);
+        if records.len() < before {
+            dropped(
+                &cx,
+                "too_large",
+                (before - records.len()) as u64,
+                format!("a reading's record is larger than the spool's max_bytes ({max_record})"),
+            );
+        }
         if !records.is_empty() {
             let n = records.len() as u64;
-            cx.spool.append_batch(records).await?;
-            metrics::counter!("p1gw_sink_spooled_total", "sink" => cx.name.clone()).increment(n);
-            cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
+            match cx.spool.append_batch(records).await {
+                Ok(outcome) => stored_now(&cx, outcome.stored, &wake),
+                // Only a runtime that is going away gets here (a too-large record was taken
+                // out above; a failing disk holds the records in memory): counted, never silent.
+                Err(err) => dropped(&cx, "spool_error", n, format!("{err:#}")),
+            }
             wake.notify_one();
         }
         if closed {
             return Ok(());
         }
     }
+}
+
+/// Accounts for records the spool wrote to its file (a batch, or records held in memory
+/// until now), and shows the spool's condition.
+fn stored_now(cx: &SinkContext, stored: u64, wake: &Notify) {
+    if stored > 0 {
+        metrics::counter!("p1gw_sink_spooled_total", "sink" => cx.name.clone()).increment(stored);
+        wake.notify_one();
+    }
+    report_spool(cx);
+}
+
+/// Puts the spool's depth and storage fault (if any) into the sink's health.
+fn report_spool(cx: &SinkContext) {
+    cx.health.set_spool_depth(cx.spool.len(), cx.spool.bytes());
+    let fault = cx.spool.fault().map(|f| {
+        let held = cx.spool.held();
+        format!("spool: {}; {held} readings held in memory", f.message)
+    });
+    cx.health.set_fault("spool", fault);
+}
+
+/// Accounts for `n` readings intake could not keep: counted under `reason`, logged.
+fn dropped(cx: &SinkContext, reason: &'static str, n: u64, why: String) {
+    metrics::counter!("p1gw_sink_dropped_total", "sink" => cx.name.clone(), "reason" => reason)
+        .increment(n);
+    cx.health.add_counter("dropped", n);
+    tracing::error!(sink = %cx.name, reason, dropped = n, error = %why, "Readings dropped.");
 }
 
 /// Counts readings a sink could not take off the channel (every one, in the
@@ -603,7 +680,18 @@ async fn delivery<D: Deliver>(
 ) -> Result<(), SinkError> {
     let mut failures = FailureLog::default();
     loop {
-        let batch = cx.spool.peek(deliver.max_batch().max(1)).await?;
+        let batch = match cx.spool.peek(deliver.max_batch().max(1)).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                // The spool's file cannot be read (an I/O error): try again shortly; the
+                // spool reopens the file by itself once a write fails too.
+                failures.unreadable(cx, &err);
+                if sleep_or_hard(STORAGE_RETRY, &cx.hard).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         if batch.is_empty() {
             if intake_done.is_cancelled() {
                 return Ok(());
@@ -629,13 +717,15 @@ async fn delivery<D: Deliver>(
             }
             Ok(n) => {
                 let n = n.min(batch.len());
-                cx.spool.ack_up_to(batch[n - 1].0).await?;
+                // Exactly what was peeked: while the spool's file cannot be used, a peek
+                // returns only records held in memory, and older ones must stay.
+                cx.spool.ack_range(batch[0].0, batch[n - 1].0).await?;
                 acknowledged(cx, n, &mut backoff, &mut failures);
             }
             Err(DeliveryError::Permanent { message, records }) => {
                 let n = records.clamp(1, batch.len());
                 rejected(cx, n, message);
-                cx.spool.ack_up_to(batch[n - 1].0).await?;
+                cx.spool.ack_range(batch[0].0, batch[n - 1].0).await?;
             }
             Err(error) => {
                 let wait = failures.wait(&error, &mut backoff);
@@ -673,6 +763,10 @@ fn rejected(cx: &SinkContext, n: usize, message: String) {
 struct FailureLog {
     /// The reason of the refusal logged at ERROR, while refusals go on.
     refused: Option<&'static str>,
+    /// The kind of the storage fault logged at WARN, while such faults go on.
+    storage: Option<StorageKind>,
+    /// Whether an unreadable spool was logged.
+    unreadable: bool,
 }
 
 impl FailureLog {
@@ -683,11 +777,31 @@ impl FailureLog {
             DeliveryError::Transient { message, .. } => ("transient", message),
             DeliveryError::Refused { reason, message } => (*reason, message),
             DeliveryError::Permanent { message, .. } => ("rejected", message),
+            DeliveryError::Storage { fault } => (fault.kind.as_str(), &fault.message),
         };
         metrics::counter!("p1gw_sink_failed_total", "sink" => name.to_owned(), "reason" => reason)
             .increment(1);
         cx.health.add_counter("failed", 1);
         let backlog = cx.spool.len();
+        if let DeliveryError::Storage { fault } = error {
+            storage::count_error(name, fault.kind);
+            if self.storage != Some(fault.kind) {
+                tracing::warn!(
+                    sink = name,
+                    kind = fault.kind.as_str(),
+                    error = %fault.message,
+                    backlog,
+                    retry_in = ?retry_in,
+                    "Sink cannot write its output; readings stay spooled and are retried (logged once per kind)."
+                );
+                self.storage = Some(fault.kind);
+            } else {
+                tracing::debug!(sink = name, error = %fault.message, backlog, "Output still cannot be written.");
+            }
+            cx.health.error(message.clone());
+            cx.health.set_fault("output", Some(fault.message.clone()));
+            return;
+        }
         if matches!(error, DeliveryError::Refused { .. }) {
             if self.refused == Some(reason) {
                 tracing::debug!(sink = name, reason, error = %message, backlog, retry_in = ?retry_in, "Backend still refuses; readings stay spooled.");
@@ -709,21 +823,53 @@ impl FailureLog {
         cx.health.degraded(format!("delivery failing: {message}"));
     }
 
-    /// How long to wait before the next attempt: the backend's `Retry-After`, else backoff.
+    /// How long to wait before the next attempt: the backend's `Retry-After`, else backoff
+    /// (at most [`STORAGE_RETRY`] for a local disk, which is back as soon as space is freed).
     fn wait(&self, error: &DeliveryError, backoff: &mut Backoff) -> Duration {
         match error {
             DeliveryError::Transient {
                 retry_after: Some(wait),
                 ..
             } => *wait,
+            DeliveryError::Storage { .. } => backoff.next_delay().min(STORAGE_RETRY),
             _ => backoff.next_delay(),
         }
+    }
+
+    /// The spool could not be read: counted, logged once, shown.
+    fn unreadable(&mut self, cx: &SinkContext, err: &crate::Error) {
+        let fault = match err {
+            crate::Error::SpoolStorage { source, path, .. } => match source.as_ref() {
+                redb::Error::Io(io) => StorageFault::new(path, io),
+                other => StorageFault {
+                    kind: StorageKind::Other,
+                    message: format!("cannot read {}: {other}", path.display()),
+                },
+            },
+            other => StorageFault {
+                kind: StorageKind::Other,
+                message: other.to_string(),
+            },
+        };
+        storage::count_error(&cx.name, fault.kind);
+        if !self.unreadable {
+            self.unreadable = true;
+            tracing::warn!(sink = %cx.name, error = %fault.message, "Spool cannot be read; retrying.");
+        }
+        cx.health.set_fault("spool-read", Some(fault.message));
     }
 
     /// A request succeeded: the next refusal is news again.
     fn recovered(&mut self, cx: &SinkContext) {
         if let Some(reason) = self.refused.take() {
             tracing::info!(sink = %cx.name, reason, "Backend accepts the sink's requests again.");
+        }
+        if let Some(kind) = self.storage.take() {
+            tracing::info!(sink = %cx.name, kind = kind.as_str(), "Sink writes its output again.");
+            cx.health.set_fault("output", None);
+        }
+        if std::mem::take(&mut self.unreadable) {
+            cx.health.set_fault("spool-read", None);
         }
     }
 }
@@ -799,7 +945,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "p1gw_sink_dropped_total",
-        "Readings dropped, by reason (lagged, rejected)."
+        "Readings dropped, by reason (lagged, rejected, too_large, spool_error)."
     );
     metrics::describe_counter!(
         "p1gw_sink_restarts_total",

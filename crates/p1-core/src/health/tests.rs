@@ -229,3 +229,42 @@ fn rfc3339_formats_utc_with_milliseconds() {
     assert_eq!(rfc3339(t), "2024-02-12T22:21:14.123Z");
     assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_storage_fault_makes_the_gateway_unready_and_the_sink_degraded_until_cleared() {
+    let (registry, reader, sink) = registry_with_reader_and_sink();
+    reader.ok();
+    reader.success();
+    sink.ok();
+    assert!(registry.ready(Instant::now(), INTERVAL).ready);
+
+    sink.set_fault(
+        "spool",
+        Some("disk full: /var/lib/p1gw has 0 bytes free".into()),
+    );
+    let r = registry.ready(Instant::now(), INTERVAL);
+    assert!(!r.ready);
+    assert_eq!(
+        r.reasons,
+        ["sink mqtt: disk full: /var/lib/p1gw has 0 bytes free"]
+    );
+    assert_eq!(
+        sink.status().state,
+        State::Degraded("disk full: /var/lib/p1gw has 0 bytes free".into())
+    );
+    // A delivery that succeeds meanwhile does not hide the fault.
+    sink.ok();
+    assert_eq!(sink.status().state.name(), "degraded");
+    let view = registry.snapshot_at(Instant::now());
+    let json = serde_json::to_value(&view).expect("json");
+    assert_eq!(
+        json["components"][1]["faults"]["spool"],
+        "disk full: /var/lib/p1gw has 0 bytes free"
+    );
+
+    sink.set_fault("spool", None);
+    assert_eq!(sink.status().state, State::Ok);
+    assert!(registry.ready(Instant::now(), INTERVAL).ready);
+    let json = serde_json::to_value(registry.snapshot_at(Instant::now())).expect("json");
+    assert!(json["components"][1].get("faults").is_none());
+}

@@ -6,6 +6,7 @@ use std::sync::Mutex as StdMutex;
 use proptest::prelude::*;
 
 use super::*;
+use crate::storage::StorageKind;
 
 const CHILD_ENV: &str = "P1_SPOOL_CRASH_CHILD";
 const CHILD_MODE_ENV: &str = "P1_SPOOL_CRASH_MODE";
@@ -314,7 +315,7 @@ fn eviction_is_oldest_first_and_counted() {
         assert_eq!(spool.bytes(), 80);
 
         assert_eq!(
-            recorder.get("p1gw_spool_evicted_total{sink=mqtt}"),
+            recorder.get("p1gw_spool_evicted_total{sink=mqtt,reason=max_bytes}"),
             Some(10.0)
         );
         assert_eq!(recorder.get("p1gw_spool_records{sink=mqtt}"), Some(2.0));
@@ -353,6 +354,8 @@ fn batched_durability_fsyncs_every_nth_commit_and_on_flush() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.redb");
     let config = SpoolConfig {
+        reserve_bytes: 0,
+        memory_bytes: crate::spool::DEFAULT_MEMORY_BYTES,
         max_bytes: 1 << 20,
         durability: Durability::Batched {
             every: NonZeroU32::new(3).expect("3 > 0"),
@@ -616,6 +619,8 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
         let config = SpoolConfig {
+        reserve_bytes: 0,
+        memory_bytes: crate::spool::DEFAULT_MEMORY_BYTES,
             max_bytes: 250,
             durability: if batched {
                 Durability::Batched { every: NonZeroU32::new(4).expect("4 > 0") }
@@ -735,6 +740,8 @@ fn crash_child_writer() {
         .expect("run number");
     let batched = std::env::var(CHILD_MODE_ENV).is_ok_and(|m| m == "batched");
     let config = SpoolConfig {
+        reserve_bytes: 0,
+        memory_bytes: crate::spool::DEFAULT_MEMORY_BYTES,
         max_bytes: 1 << 30, // no eviction: every loss would be a bug
         durability: if batched {
             Durability::Batched {
@@ -913,4 +920,262 @@ fn spool_survives_sigkill() {
         reported.len() >= runs as usize,
         "children stored too little to mean much"
     );
+}
+
+// ---- a failing disk ------------------------------------------------------------------------
+
+/// redb's file backend with a switch: while it is on, every write, resize and sync fails with
+/// `errno` (reads too, with `fail_reads`), as a failing SD card, a full or a read-only file
+/// system would answer.
+#[derive(Debug)]
+struct Flaky {
+    file: std::fs::File,
+    switch: Arc<FaultSwitch>,
+}
+
+#[derive(Debug, Default)]
+struct FaultSwitch {
+    errno: std::sync::atomic::AtomicI32,
+    fail_reads: std::sync::atomic::AtomicBool,
+}
+
+impl FaultSwitch {
+    fn fail(&self, errno: i32, reads: bool) {
+        self.errno.store(errno, Ordering::SeqCst);
+        self.fail_reads.store(reads, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.fail(0, false);
+    }
+
+    fn check(&self, read: bool) -> std::io::Result<()> {
+        let errno = self.errno.load(Ordering::SeqCst);
+        if errno != 0 && (!read || self.fail_reads.load(Ordering::SeqCst)) {
+            return Err(std::io::Error::from_raw_os_error(errno));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for Flaky {
+    fn len(&self) -> std::io::Result<u64> {
+        self.switch.check(true)?;
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.switch.check(true)?;
+        self.file.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.switch.check(false)?;
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.switch.check(false)?;
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.switch.check(false)?;
+        self.file.write_all_at(data, offset)
+    }
+}
+
+/// A spool on a [`Flaky`] file, and its switch. Opening fails too while the switch is on (a
+/// read-only file system refuses to open the file for writing).
+fn flaky(path: &Path, config: SpoolConfig) -> (Spool, Arc<FaultSwitch>) {
+    let switch = Arc::new(FaultSwitch::default());
+    let s = Arc::clone(&switch);
+    let opener: Opener = Arc::new(move |path: &Path| {
+        s.check(false)
+            .map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+        redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .create_with_backend(Flaky {
+                file,
+                switch: Arc::clone(&s),
+            })
+    });
+    let spool = Spool::open_with(path, "test", config, opener).expect("open flaky spool");
+    (spool, switch)
+}
+
+/// Waits out the spool's reopen backoff (at most 4 s) by healing until it works.
+fn heal_until_written(spool: &Spool) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let written = spool.heal();
+        if spool.fault().is_none() {
+            return written;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spool did not recover within 10 s: {:?}",
+            spool.fault()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_io_error_holds_new_records_in_memory_and_the_reopened_file_takes_them() {
+    let recorder = TestRecorder::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    metrics::with_local_recorder(&recorder, || {
+        let (spool, switch) = flaky(&path, SpoolConfig::new(1 << 20));
+        for i in 1..=3u8 {
+            assert_eq!(spool.append(&[i; 10]).expect("append").seq, u64::from(i));
+        }
+
+        // The disk fails (EIO on writes): appends are held, nothing is an error.
+        switch.fail(5, false);
+        let out = spool.append_batch(&[[4u8; 10], [5u8; 10]]).expect("held");
+        assert_eq!((out.seqs.clone(), out.held, out.stored), (4..6, 2, 0));
+        assert!(!out.durable);
+        let fault = spool.fault().expect("a fault is reported");
+        assert_eq!(fault.kind, StorageKind::Io);
+        assert!(
+            fault.message.starts_with("I/O error on "),
+            "{}",
+            fault.message
+        );
+        assert_eq!(spool.held(), 2);
+        assert_eq!(spool.len(), 5);
+        assert_eq!(
+            recorder.get("p1gw_storage_errors_total{sink=test,kind=io}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            recorder.get("p1gw_spool_held_records{sink=test}"),
+            Some(2.0)
+        );
+        // While the file is closed, peeks see only what memory holds: the live readings.
+        assert_eq!(seqs(&spool), vec![4, 5]);
+        // An ack of a held record forgets it; an ack of one in the file is remembered.
+        assert_eq!(spool.ack_range(4, 4).expect("ack"), 1);
+        assert_eq!(spool.ack_range(1, 1).expect("ack"), 1);
+        assert_eq!(spool.len(), 3);
+        assert_eq!(seqs(&spool), vec![5]);
+
+        // The disk is back: the next heal reopens the file and writes what memory held.
+        switch.heal();
+        assert_eq!(heal_until_written(&spool), 1);
+        assert_eq!(spool.held(), 0);
+        assert_eq!(seqs(&spool), vec![2, 3, 5], "1 and 4 were acked");
+        assert_eq!(
+            spool.append(&[6; 10]).expect("append").seq,
+            6,
+            "no seq reused"
+        );
+        drop(spool);
+
+        // And all of it is in the file.
+        let spool = open(&path, 1 << 20);
+        assert_eq!(seqs(&spool), vec![2, 3, 5, 6]);
+    });
+}
+
+#[test]
+fn a_file_that_cannot_be_opened_at_start_holds_in_memory_until_it_can() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    let switch = Arc::new(FaultSwitch::default());
+    switch.fail(30, true); // EROFS
+    let s = Arc::clone(&switch);
+    let opener: Opener = Arc::new(move |path: &Path| {
+        s.check(false)
+            .map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+        redb::Builder::new().create(path)
+    });
+    let spool = Spool::open_with(&path, "test", SpoolConfig::new(1 << 20), opener).expect("starts");
+    assert_eq!(spool.fault().map(|f| f.kind), Some(StorageKind::ReadOnly));
+    assert_eq!(spool.append(&[1; 10]).expect("held").seq, 1);
+    assert_eq!(spool.held(), 1);
+    switch.heal();
+    assert_eq!(heal_until_written(&spool), 1);
+    assert_eq!(seqs(&spool), vec![1]);
+}
+
+#[test]
+fn memory_for_a_failing_disk_is_bounded_and_what_it_drops_is_counted() {
+    let recorder = TestRecorder::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    metrics::with_local_recorder(&recorder, || {
+        let config = SpoolConfig {
+            memory_bytes: 100,
+            ..SpoolConfig::new(1 << 20)
+        };
+        let (spool, switch) = flaky(&path, config);
+        switch.fail(28, true); // ENOSPC
+        for i in 1..=25u8 {
+            spool.append(&[i; 10]).expect("held");
+        }
+        assert_eq!(spool.fault().map(|f| f.kind), Some(StorageKind::NoSpace));
+        assert_eq!(
+            seqs(&spool),
+            (16..=25).collect::<Vec<_>>(),
+            "the newest 100 bytes"
+        );
+        assert_eq!(
+            recorder.get("p1gw_spool_evicted_total{sink=test,reason=memory_full}"),
+            Some(15.0)
+        );
+        // Counted once per failed attempt to write, not once per record held.
+        let errors = recorder
+            .get("p1gw_storage_errors_total{sink=test,kind=no_space}")
+            .expect("counted");
+        assert!((1.0..=25.0).contains(&errors), "{errors}");
+
+        // Dropped while the disk still fails: the held records are lost, and counted so.
+        drop(spool);
+        assert_eq!(
+            recorder.get("p1gw_spool_evicted_total{sink=test,reason=unwritable_at_exit}"),
+            Some(10.0)
+        );
+    });
+}
+
+#[test]
+fn below_the_free_space_reserve_the_spool_stops_growing() {
+    let recorder = TestRecorder::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    metrics::with_local_recorder(&recorder, || {
+        // A reserve no disk here has free: the spool is always below it.
+        let config = SpoolConfig {
+            reserve_bytes: u64::MAX / 4,
+            ..SpoolConfig::new(1 << 20)
+        };
+        let spool = Spool::open(&path, "test", config).expect("open");
+        assert_eq!(
+            spool.append(&[1; 10]).expect("append").evicted,
+            0,
+            "one always fits"
+        );
+        for i in 2..=5u8 {
+            assert_eq!(spool.append(&[i; 10]).expect("append").evicted, 1);
+        }
+        assert_eq!(seqs(&spool), vec![5]);
+        assert_eq!(spool.bytes(), 10);
+        assert_eq!(
+            recorder.get("p1gw_spool_evicted_total{sink=test,reason=disk_reserve}"),
+            Some(4.0)
+        );
+        assert_eq!(spool.fault(), None, "a reserve kept is not a fault");
+    });
 }
