@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use p1_core::sink::BoxFuture;
-use p1_core::{Deliver, DeliveryError, Sink, Spooled};
-use tokio::io::AsyncWriteExt as _;
+use std::io::Write as _;
+
+use p1_core::{Deliver, DeliveryError, Sink, Spooled, StorageFault};
 
 use crate::JsonLine;
 
@@ -14,6 +15,11 @@ pub const KIND: &str = "jsonl";
 /// Writes spooled lines to the end of a file. The file is opened for each
 /// batch, so a log rotator may move it away at any time; every batch is
 /// synced (`fdatasync`) before the spool forgets it.
+///
+/// A batch the disk does not take (full, read-only, I/O error, file too large)
+/// is cut off again, so the file holds only whole lines; the error is a
+/// [`DeliveryError::Storage`], and the readings stay spooled and are written
+/// once the disk takes them.
 #[derive(Debug, Clone)]
 pub struct JsonlFile {
     path: PathBuf,
@@ -46,27 +52,81 @@ impl Deliver for JsonlFile {
         records: &'a [(u64, Vec<u8>)],
     ) -> BoxFuture<'a, Result<usize, DeliveryError>> {
         Box::pin(async move {
-            let transient = |what: &str, e: std::io::Error| DeliveryError::Transient {
-                message: format!("{what} {}: {e}", self.path.display()),
-                retry_after: None,
-            };
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .await
-                .map_err(|e| transient("cannot open", e))?;
             let mut buf = Vec::with_capacity(records.iter().map(|r| r.1.len()).sum());
             for (_, line) in records {
                 buf.extend_from_slice(line);
             }
-            file.write_all(&buf)
+            let path = self.path.clone();
+            // Plain blocking file I/O on the blocking pool: tokio's `File` acknowledges a write
+            // when it has copied the bytes into its own buffer and reports that write's error
+            // (disk full, EIO) only on a later call, which a dropped file never makes.
+            tokio::task::spawn_blocking(move || append_lines(&path, &buf))
                 .await
-                .map_err(|e| transient("cannot write", e))?;
-            file.sync_data()
-                .await
-                .map_err(|e| transient("cannot sync", e))?;
+                .map_err(|e| DeliveryError::Transient {
+                    message: format!("jsonl write task failed: {e}"),
+                    retry_after: None,
+                })??;
             Ok(records.len())
         })
     }
+}
+
+/// Appends `lines` (whole lines) to `path` and syncs it; on any error the file is cut back to
+/// what it held before, so it never keeps a torn line, and the error says what the disk did.
+///
+/// A torn last line found on opening (a crash, or a cut that failed) is cut off first: its
+/// records were not acknowledged, so they are still in the spool and this write or a later one
+/// brings them.
+fn append_lines(path: &Path, lines: &[u8]) -> Result<(), DeliveryError> {
+    let fault = |e: std::io::Error| DeliveryError::Storage {
+        fault: StorageFault::new(path, &e),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(fault)?;
+    let len = file.metadata().map_err(fault)?.len();
+    let start = whole_lines_end(&file, len).map_err(fault)?;
+    if start < len {
+        file.set_len(start).map_err(fault)?;
+    }
+    if let Err(e) = file.write_all(lines).and_then(|()| file.sync_data()) {
+        // What was written of this batch is not acknowledged: take it back. If even that
+        // fails, the next write cuts the torn line off before it appends.
+        let mut fault = StorageFault::new(path, &e);
+        if let Err(cut) = file.set_len(start) {
+            fault.message = format!(
+                "{}; cutting the torn batch off failed: {cut}",
+                fault.message
+            );
+        }
+        return Err(DeliveryError::Storage { fault });
+    }
+    Ok(())
+}
+
+/// The length of `file` without a torn last line: `len` when it is empty or ends in `\n`, else
+/// just past its last `\n` (0 when it has none).
+fn whole_lines_end(file: &std::fs::File, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    const CHUNK: u64 = 8192;
+    let mut end = len;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut last = true;
+    while end > 0 {
+        let from = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(end - from) as usize];
+        file.read_exact_at(chunk, from)?;
+        if last && chunk.last() == Some(&b'\n') {
+            return Ok(len);
+        }
+        last = false;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(from + i as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
 }

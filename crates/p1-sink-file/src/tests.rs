@@ -117,3 +117,47 @@ async fn an_unwritable_file_keeps_readings_spooled_until_it_works() {
     assert!(spool.is_empty());
     assert!(!hard.is_cancelled());
 }
+
+fn records(lines: &[&str]) -> Vec<(u64, Vec<u8>)> {
+    lines
+        .iter()
+        .zip(1..)
+        .map(|(l, seq)| (seq, format!("{l}\n").into_bytes()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_cut_off_before_the_next_batch() {
+    use p1_core::Deliver as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("readings.jsonl");
+    // A crash (or a failed write) left half a line behind the whole ones.
+    std::fs::write(&out, "{\"n\":1}\n{\"n\":2}\n{\"n\":").expect("write");
+    let mut file = crate::jsonl::JsonlFile::new(&out);
+    let batch = records(&["{\"n\":3}", "{\"n\":4}"]);
+    assert_eq!(file.deliver(&batch).await.expect("delivered"), 2);
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("read"),
+        "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n"
+    );
+    // No newline at all: the whole file is one torn line.
+    std::fs::write(&out, "{\"n\":").expect("write");
+    assert_eq!(file.deliver(&batch[..1]).await.expect("delivered"), 1);
+    assert_eq!(std::fs::read_to_string(&out).expect("read"), "{\"n\":3}\n");
+}
+
+#[tokio::test]
+async fn a_write_the_disk_refuses_is_an_error_naming_the_fault() {
+    use p1_core::Deliver as _;
+    // /dev/full answers every write with ENOSPC, as a full disk does. tokio's File used to
+    // report Ok here (the error stayed in its buffer), and the spool deleted the readings.
+    let mut file = crate::jsonl::JsonlFile::new("/dev/full");
+    let got = file.deliver(&records(&["{\"n\":1}"])).await;
+    match got {
+        Err(p1_core::DeliveryError::Storage { fault }) => {
+            assert_eq!(fault.kind, p1_core::StorageKind::NoSpace, "{fault}");
+            assert!(fault.message.starts_with("disk full: /dev"), "{fault}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
