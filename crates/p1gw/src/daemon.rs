@@ -51,6 +51,8 @@ pub(crate) struct Plan {
     pub(crate) sinks: Vec<SinkPlan>,
     pub(crate) spool_dir: PathBuf,
     pub(crate) spool_max_bytes: u64,
+    pub(crate) spool_reserve: u64,
+    pub(crate) spool_memory: u64,
     pub(crate) http_listen: SocketAddr,
     pub(crate) http_token: Option<String>,
     /// How much power history the live page gets.
@@ -97,7 +99,11 @@ pub(crate) async fn run(
         let spool = AsyncSpool::open(
             plan.spool_dir.join(format!("{}.redb", sink.name)),
             &sink.name,
-            SpoolConfig::new(plan.spool_max_bytes),
+            SpoolConfig {
+                reserve_bytes: plan.spool_reserve,
+                memory_bytes: plan.spool_memory,
+                ..SpoolConfig::new(plan.spool_max_bytes)
+            },
         )
         .await
         .with_context(|| format!("sink {}: cannot open its spool", sink.name))?;

@@ -179,6 +179,8 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
         sinks,
         spool_dir: config.spool.dir.clone(),
         spool_max_bytes: config.spool.max_bytes,
+        spool_reserve: config.spool.reserve,
+        spool_memory: config.spool.memory,
         http_listen: overrides.listen.unwrap_or(config.http.listen),
         http_token,
         history: config.http.history,

@@ -13,6 +13,8 @@ use super::value::{RawDuration, RawSize, check_log_level, format_size, parse_siz
 
 /// The smallest `[spool] max_bytes`.
 pub const MIN_SPOOL_BYTES: u64 = 1 << 20;
+/// The least `[spool] memory` accepted: a few large readings.
+pub const MIN_SPOOL_MEMORY: u64 = 64 << 10;
 /// The shortest and longest `[http] history`.
 pub const HISTORY_RANGE: (Duration, Duration) =
     (Duration::from_secs(60), Duration::from_secs(86_400));
@@ -56,6 +58,17 @@ pub struct SpoolConfig {
     /// counted). A size in bytes or with a unit; at least `"1MiB"`, default `"64MiB"`.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: RawSize,
+    /// Free space to leave on the spool directory's file system (for the system's logs and
+    /// other programs): while less is free, a spool stops growing and each new reading evicts
+    /// the oldest (counted). A size; `"0"` turns it off; default `"64MiB"`.
+    #[serde(default = "default_reserve")]
+    pub reserve: RawSize,
+    /// The most each sink holds in memory while its spool file cannot be written (disk full,
+    /// read-only, failing): the live readings keep flowing to a connected backend, and what
+    /// was held is spooled once the disk is back; beyond it the oldest held readings are
+    /// dropped (counted). A size, at least `"64KiB"`; default `"8MiB"`.
+    #[serde(default = "default_memory")]
+    pub memory: RawSize,
 }
 
 impl Default for SpoolConfig {
@@ -63,6 +76,8 @@ impl Default for SpoolConfig {
         SpoolConfig {
             dir: None,
             max_bytes: default_max_bytes(),
+            reserve: default_reserve(),
+            memory: default_memory(),
         }
     }
 }
@@ -113,6 +128,12 @@ fn default_history() -> RawDuration {
 fn default_max_bytes() -> RawSize {
     RawSize::new("64MiB")
 }
+fn default_reserve() -> RawSize {
+    RawSize::new("64MiB")
+}
+fn default_memory() -> RawSize {
+    RawSize::new("8MiB")
+}
 fn default_level() -> String {
     "info".to_owned()
 }
@@ -135,6 +156,10 @@ pub struct ValidSpool {
     pub dir: PathBuf,
     /// Bytes per sink, at least 1 MiB.
     pub max_bytes: u64,
+    /// Free space to leave on the file system; 0: none.
+    pub reserve: u64,
+    /// Bytes per sink held in memory while the disk fails, at least 64 KiB.
+    pub memory: u64,
 }
 
 /// Validated `[log]`.
@@ -202,9 +227,25 @@ impl SpoolConfig {
             );
             return None;
         }
+        let reserve = problems.ok(&at.key("reserve"), parse_size(&self.reserve));
+        let memory = problems.ok(&at.key("memory"), parse_size(&self.memory));
+        if let Some(bytes) = memory
+            && bytes < MIN_SPOOL_MEMORY
+        {
+            problems.value(
+                at.key("memory"),
+                format!(
+                    "{} is too little to hold readings while the disk fails; use at least \"64KiB\"",
+                    format_size(bytes)
+                ),
+            );
+            return None;
+        }
         Some(ValidSpool {
             dir: dir?,
             max_bytes: max_bytes?,
+            reserve: reserve?,
+            memory: memory?,
         })
     }
 }
