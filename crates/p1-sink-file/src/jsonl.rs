@@ -60,24 +60,29 @@ impl Deliver for JsonlFile {
             // Plain blocking file I/O on the blocking pool: tokio's `File` acknowledges a write
             // when it has copied the bytes into its own buffer and reports that write's error
             // (disk full, EIO) only on a later call, which a dropped file never makes.
-            tokio::task::spawn_blocking(move || append_lines(&path, &buf))
+            let written = tokio::task::spawn_blocking(move || append_lines(&path, &buf))
                 .await
                 .map_err(|e| DeliveryError::Transient {
                     message: format!("jsonl write task failed: {e}"),
                     retry_after: None,
                 })??;
-            Ok(records.len())
+            // Each record is one line (the encoder ends each with a newline).
+            Ok(written.min(records.len()))
         })
     }
 }
 
-/// Appends `lines` (whole lines) to `path` and syncs it; on any error the file is cut back to
-/// what it held before, so it never keeps a torn line, and the error says what the disk did.
+/// Appends `lines` (whole lines) to `path` and syncs it; returns how many of the records
+/// (whole lines, in order) are now in the file: all of them, or, when the disk took only part
+/// of the batch (full, or at the file-size limit), the whole lines it took, so that a batch
+/// larger than the room left never blocks the records that fit. On any error the file is cut
+/// back to its last whole line, so it never keeps a torn one, and the error says what the disk
+/// did.
 ///
 /// A torn last line found on opening (a crash, or a cut that failed) is cut off first: its
 /// records were not acknowledged, so they are still in the spool and this write or a later one
 /// brings them.
-fn append_lines(path: &Path, lines: &[u8]) -> Result<(), DeliveryError> {
+fn append_lines(path: &Path, lines: &[u8]) -> Result<usize, DeliveryError> {
     let fault = |e: std::io::Error| DeliveryError::Storage {
         fault: StorageFault::new(path, &e),
     };
@@ -92,19 +97,45 @@ fn append_lines(path: &Path, lines: &[u8]) -> Result<(), DeliveryError> {
     if start < len {
         file.set_len(start).map_err(fault)?;
     }
-    if let Err(e) = file.write_all(lines).and_then(|()| file.sync_data()) {
-        // What was written of this batch is not acknowledged: take it back. If even that
-        // fails, the next write cuts the torn line off before it appends.
-        let mut fault = StorageFault::new(path, &e);
-        if let Err(cut) = file.set_len(start) {
+    let Err(e) = file.write_all(lines).and_then(|()| file.sync_data()) else {
+        return Ok(lines.iter().filter(|&&b| b == b'\n').count());
+    };
+    // What the disk took of this batch, up to its last whole line, may stay (once synced);
+    // the rest is cut off again.
+    let mut fault = StorageFault::new(path, &e);
+    let written = file
+        .metadata()
+        .map(|m| m.len().saturating_sub(start))
+        .unwrap_or(0)
+        .min(lines.len() as u64) as usize;
+    let keep = lines[..written]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let kept = match file.set_len(start + keep as u64) {
+        Ok(()) if keep > 0 && file.sync_data().is_ok() => {
+            lines[..keep].iter().filter(|&&b| b == b'\n').count()
+        }
+        Ok(()) => 0,
+        Err(cut) => {
             fault.message = format!(
                 "{}; cutting the torn batch off failed: {cut}",
                 fault.message
             );
+            0
         }
-        return Err(DeliveryError::Storage { fault });
+    };
+    if kept > 0 {
+        return Ok(kept);
     }
-    Ok(())
+    if keep > 0 {
+        // Kept but not synced: not acknowledged, so cut it off too (best effort: the next
+        // write cuts a torn line anyway, and whole lines sent twice are duplicates, not loss).
+        if let Err(cut) = file.set_len(start) {
+            fault.message = format!("{}; cutting the batch off failed: {cut}", fault.message);
+        }
+    }
+    Err(DeliveryError::Storage { fault })
 }
 
 /// The length of `file` without a torn last line: `len` when it is empty or ends in `\n`, else

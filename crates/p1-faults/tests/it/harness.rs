@@ -147,11 +147,39 @@ impl Daemon {
 
     /// The same without waiting for it.
     pub(crate) fn spawn(dir: &Path, name: &str, config: &str) -> Daemon {
+        Daemon::spawn_limited(dir, name, config, None)
+    }
+
+    /// [`Daemon::start`] with the file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) at
+    /// `fsize_kib` KiB: a write past it fails with `EFBIG`.
+    pub(crate) fn start_limited(dir: &Path, name: &str, config: &str, fsize_kib: u64) -> Daemon {
+        let daemon = Daemon::spawn_limited(dir, name, config, Some(fsize_kib));
+        wait_for(Duration::from_secs(20), "p1gw's /healthz", || {
+            if let Some(status) = daemon.exited() {
+                panic!("p1gw exited at start ({status}):\n{}", daemon.log_text());
+            }
+            daemon.get("/healthz").filter(|(s, _)| *s == 200)
+        });
+        daemon
+    }
+
+    fn spawn_limited(dir: &Path, name: &str, config: &str, fsize_kib: Option<u64>) -> Daemon {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, config).expect("write config");
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(p1gw_bin())
+        let mut command = match fsize_kib {
+            None => Command::new(p1gw_bin()),
+            Some(kib) => {
+                // bash counts ulimit -f in 1024-byte blocks.
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("ulimit -f {kib} && exec \"$0\" \"$@\""))
+                    .arg(p1gw_bin());
+                c
+            }
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&file)
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -22,6 +22,7 @@
 mod bad_config;
 mod clock;
 mod crash;
+mod disk;
 mod garbage;
 mod harness;
 mod http_load;
