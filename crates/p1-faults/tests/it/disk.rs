@@ -1,4 +1,4 @@
-//! Scenarios 13–16: the disk under the spool and the jsonl file fails, for real.
+//! Scenarios 11–14: the disk under the spool and the jsonl file fails, for real.
 //!
 //! * **Disk full**: the spool directory and the jsonl file live on a 4 MiB tmpfs, which a
 //!   file fills to the last byte while readings flow to all three sinks, then is deleted.
@@ -225,7 +225,7 @@ fn a_full_disk_loses_nothing_keeps_live_readings_flowing_and_recovers_by_itself(
     let points = influx.tally("home");
 
     let mut row = Row::new(
-        "13. disk full",
+        "11. disk full",
         format!(
             "spool and jsonl file on a 4 MiB tmpfs; {n} readings of ~7 KB at 10/s to jsonl, MQTT and \
              InfluxDB; the disk filled to the last byte after {at_fill}, freed after {at_free}"
@@ -353,7 +353,7 @@ fn a_disk_full_during_a_backend_outage_spools_again_once_both_are_back() {
     });
 
     let mut row = Row::new(
-        "14. disk full during a backend outage",
+        "12. disk full during a backend outage",
         format!(
             "spool on a 4 MiB tmpfs, broker and InfluxDB unreachable; {n} readings at 10/s; the \
              disk filled after {at_fill} and was freed, then both backends returned"
@@ -553,7 +553,7 @@ fn a_file_system_turned_read_only_by_an_error_is_used_again_once_repaired() {
     let file = Tally::from_ids(jsonl_ids(&jsonl));
 
     let mut row = Row::new(
-        "15. file system read-only after an error",
+        "13. file system read-only after an error",
         format!(
             "spool and jsonl file on ext4 (errors=remount-ro) on a loop device; {n} readings at \
              10/s; an ext4 error after {at_error} made it read-only; umount, e2fsck, mount"
@@ -645,7 +645,7 @@ fn a_jsonl_file_at_its_size_limit_keeps_readings_spooled_until_it_is_rotated() {
     let end = end.unwrap_or_else(|| daemon.metrics());
 
     let mut row = Row::new(
-        "16. jsonl file too large",
+        "14. jsonl file too large",
         format!(
             "p1gw under ulimit -f {limit_kib} (KiB); {n} readings of ~7 KB at 20/s to a jsonl file, which \
              reached the limit after {} readings; then rotated (renamed)",

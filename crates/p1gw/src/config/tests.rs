@@ -361,6 +361,38 @@ const BROKEN: &[Broken] = &[
         message: "16KiB is too small for a spool; use at least \"1MiB\"",
     },
     Broken {
+        what: "too little memory for a failing disk",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[source]",
+            r#"kind = "simulate""#,
+            "[spool]",
+            r#"memory = "1KiB""#,
+        ],
+        line: 7,
+        column: 10,
+        key: "spool.memory",
+        message: "1KiB is too little to hold readings while the disk fails; use at least \"64KiB\"",
+    },
+    Broken {
+        what: "bad reserve",
+        lines: &[
+            "[meter]",
+            r#"name = "home""#,
+            r#"tz = "Atlantic/Reykjavik""#,
+            "[source]",
+            r#"kind = "simulate""#,
+            "[spool]",
+            r#"reserve = "lots""#,
+        ],
+        line: 7,
+        column: 11,
+        key: "spool.reserve",
+        message: "lots",
+    },
+    Broken {
         what: "telegram size out of range",
         lines: &[
             "[meter]",
@@ -1278,6 +1310,11 @@ fn example_configs_say_what_their_names_promise() {
     assert_eq!(kinds, ["mqtt", "influx"]);
     assert_eq!(veitur.spool.dir, Path::new("/var/lib/p1gw"));
     assert_eq!(veitur.spool.max_bytes, 64 << 20);
+    assert_eq!(
+        (veitur.spool.reserve, veitur.spool.memory),
+        (64 << 20, 8 << 20),
+        "the defaults"
+    );
 
     let dsmr = load("dsmr5-tcp.toml");
     let ValidSource::Tcp(tcp) = &dsmr.meters[0].source else {
