@@ -300,14 +300,9 @@ impl Config {
 
     fn unique_sink_names(&self, problems: &mut Problems) {
         let name = |sink: &SinkConfig| {
-            match sink {
-                SinkConfig::Mqtt(c) => c.name.clone(),
-                SinkConfig::Influx(c) => c.name.clone(),
-                SinkConfig::AzureIot(c) => c.name.clone(),
-                SinkConfig::Jsonl(c) => c.name.clone(),
-                SinkConfig::Stdout(c) => c.name.clone(),
-            }
-            .unwrap_or_else(|| sink.kind().to_owned())
+            sink.name()
+                .cloned()
+                .unwrap_or_else(|| sink.kind().to_owned())
         };
         for (i, sink) in self.sinks.iter().enumerate() {
             let mine = name(sink);
@@ -323,10 +318,7 @@ impl Config {
     }
 
     fn one_sink_per_file(&self, problems: &mut Problems) {
-        let path = |sink: &SinkConfig| match sink {
-            SinkConfig::Jsonl(c) => Some(c.path.clone()),
-            _ => None,
-        };
+        let path = |sink: &SinkConfig| sink.output_file().map(Path::to_path_buf);
         for (i, sink) in self.sinks.iter().enumerate() {
             let Some(mine) = path(sink) else { continue };
             if let Some(j) = self.sinks[..i]

@@ -7,7 +7,6 @@ use std::time::Duration;
 use p1_reader::{Pace, Profile, ReaderConfig, SourceConfig};
 
 use crate::config::ValidConfig;
-use crate::config::sink::ValidSinkKind;
 use crate::config::source::{ReplayPace, SimProfile, ValidSource};
 use crate::daemon::{Plan, SinkPlan};
 use crate::exit::{Coded, Exit};
@@ -98,60 +97,11 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
         });
     }
 
+    // One MQTT connection, one last will: its status topic is named for the first meter.
+    let gateway = config.meters.first().map_or("p1gw", |m| m.name.as_str());
     let mut sinks = Vec::new();
     for sink in &config.sinks {
-        let (kind, make): (&'static str, crate::daemon::MakeSink) = match &sink.kind {
-            ValidSinkKind::Jsonl(j) => {
-                let path = j.path.clone();
-                (
-                    p1_sink_file::jsonl::KIND,
-                    Arc::new(move || p1_sink_file::jsonl::sink(path.clone())),
-                )
-            }
-            ValidSinkKind::Stdout => (
-                p1_sink_file::stdout::KIND,
-                Arc::new(p1_sink_file::stdout::sink),
-            ),
-            ValidSinkKind::Mqtt(mqtt) => {
-                // One connection, one last will: its status topic is named for the first meter.
-                let gateway = config.meters.first().map_or("p1gw", |m| m.name.as_str());
-                let settings = mqtt
-                    .settings(&sink.name, gateway, crate::version())
-                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                let built = p1_sink_mqtt::build(settings).map_err(|e| {
-                    Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
-                })?;
-                (p1_sink_mqtt::KIND, Arc::new(move || built.make()))
-            }
-            ValidSinkKind::Influx(influx) => {
-                let settings = influx
-                    .settings()
-                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                let mut built = p1_sink_influx::Influx::new(settings).map_err(|e| {
-                    Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
-                })?;
-                if let Some(reader) = influx.secret_reader() {
-                    built = built.with_secret_reader(reader);
-                }
-                (p1_sink_influx::KIND, Arc::new(move || built.sink()))
-            }
-            ValidSinkKind::AzureIot(azure) => {
-                let settings = azure
-                    .settings()
-                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                // Errors name the connection string's field (never its key) and where it is.
-                let built = p1_sink_azure::build(settings).map_err(|e| {
-                    Coded::error(
-                        Exit::CONFIG,
-                        format!(
-                            "sink {:?}: {e} (connection string from the {})",
-                            sink.name, azure.connection_string
-                        ),
-                    )
-                })?;
-                (p1_sink_azure::KIND, Arc::new(move || built.make()))
-            }
-        };
+        let (kind, make) = sink.plan(gateway, crate::version())?;
         sinks.push(SinkPlan {
             name: sink.name.clone(),
             kind,

@@ -15,11 +15,11 @@ use super::source::{
 use super::value::{RawSize, format_duration, format_size, parse_duration, parse_size};
 use super::*;
 
-fn no_env(_: &str) -> Option<String> {
+pub(super) fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn text(lines: &[&str]) -> String {
+pub(super) fn text(lines: &[&str]) -> String {
     let mut text = lines.join("\n");
     text.push('\n');
     text
@@ -29,26 +29,50 @@ fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     parse_str("test.toml", text.to_owned(), &no_env)
 }
 
-fn valid(lines: &[&str]) -> ValidConfig {
+pub(super) fn valid(lines: &[&str]) -> ValidConfig {
     valid_with_env(lines, &no_env)
 }
 
-fn valid_with_env(lines: &[&str], env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
-    match parse_str("test.toml", text(lines), env).and_then(|c| c.validate()) {
+pub(super) fn valid_with_env(lines: &[&str], env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
+    valid_text(&text(lines), env)
+}
+
+/// `text` as a valid configuration, or a panic that shows its errors.
+pub(super) fn valid_text(text: &str, env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
+    match parse_str("test.toml", text.to_owned(), env).and_then(|c| c.validate()) {
         Ok(config) => config,
         Err(errors) => panic!("expected a valid config, got:\n{}", error::report(&errors)),
     }
 }
 
 /// The errors of stage one, or else of stage two; empty when the config is valid.
-fn errors_of(text: &str) -> Vec<ConfigError> {
+pub(super) fn errors_of(text: &str) -> Vec<ConfigError> {
     match parse(text) {
         Err(errors) => errors,
         Ok(config) => config.validate().err().unwrap_or_default(),
     }
 }
 
-fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+/// The one error of `text`, as printed; a panic when there is none or more than one.
+pub(super) fn one_error(text: &str) -> String {
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 1, "{text}: {errors:#?}");
+    errors[0].to_string()
+}
+
+/// A configuration of one simulated meter and one `[[sink]]` of `kind` with `lines`.
+pub(super) fn sink_config(kind: &str, lines: &[&str]) -> String {
+    let mut config = format!(
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n[source]\nkind = \"simulate\"\n[[sink]]\nkind = {kind:?}\n"
+    );
+    for line in lines {
+        config.push_str(line);
+        config.push('\n');
+    }
+    config
+}
+
+pub(super) fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
