@@ -35,11 +35,6 @@
 //! * Each sink may have a `name` (default: its kind); names must be unique, so two sinks of
 //!   one kind need names. The name is for logs and the spool file; metrics label the kind.
 
-#![allow(
-    dead_code,
-    reason = "the sections are read by the reader, the sinks and the HTTP server as each is wired in"
-)]
-
 pub mod check;
 pub mod daemon;
 pub mod error;

@@ -17,7 +17,7 @@ use super::error::{ConfigError, ErrorKind};
 use super::locate::{KeyPath, Problems};
 use super::secret::SecretSource;
 use super::sink::ClientCert;
-use super::source::{RequestLine, ValidSource};
+use super::source::{LineKind, ValidSource};
 
 const READ: u32 = 0o4;
 const WRITE: u32 = 0o2;
@@ -39,7 +39,7 @@ pub fn check(config: &ValidConfig) -> Vec<ConfigError> {
         match &meter.source {
             ValidSource::Serial(serial) => {
                 checker.serial_port(&serial.port, &at.key("port"));
-                if let RequestLine::Gpio { chip, .. } = &serial.request.line {
+                if let LineKind::Gpio { chip, .. } = &serial.request.line {
                     checker.gpio_chip(chip, &at.key("request").key("line"));
                 }
             }

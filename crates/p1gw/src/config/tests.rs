@@ -10,7 +10,7 @@ use super::error::Location;
 use super::secret::{Secret, SecretSource};
 use super::sink::{InfluxTarget, Qos, ValidSinkKind};
 use super::source::{
-    LineSettings, Parity, Preset, ReplayPace, RequestLine, RequestMode, SimProfile, ValidSource,
+    LineKind, LineSettings, Pace, Parity, Preset, Profile, RequestMode, ValidSource,
 };
 use super::value::{RawSize, format_duration, format_size, parse_duration, parse_size};
 use super::*;
@@ -1294,7 +1294,7 @@ fn example_configs_say_what_their_names_promise() {
             stop_bits: 1
         }
     );
-    assert_eq!(serial.request.line, RequestLine::Rts);
+    assert_eq!(serial.request.line, LineKind::Rts);
     assert_eq!(serial.request.mode, RequestMode::Poll);
     assert_eq!(serial.request.interval, Duration::from_secs(10));
     assert!(!serial.request.invert, "a P1 cable with a transistor stage");
@@ -1352,7 +1352,7 @@ fn demo_is_config_demo_toml_and_needs_nothing() {
     let ValidSource::Simulate(simulate) = &meter.source else {
         panic!("a simulated meter");
     };
-    assert_eq!(simulate.profile, SimProfile::Veitur);
+    assert_eq!(simulate.profile, Profile::Veitur);
     assert_eq!(simulate.interval, Duration::from_secs(10));
     assert!(demo.sinks.is_empty());
     assert_eq!(demo.http.listen, "127.0.0.1:9600".parse().unwrap());
@@ -1498,7 +1498,7 @@ fn good_configs_round_trip() {
     assert_eq!(serial.settings.stop_bits, 2);
     assert_eq!(
         serial.request.line,
-        RequestLine::Gpio {
+        LineKind::Gpio {
             chip: "gpiochip0".to_owned(),
             offset: 17
         }
@@ -1508,7 +1508,7 @@ fn good_configs_round_trip() {
     let ValidSource::Replay(replay) = &valid.meters[1].source else {
         panic!("replay");
     };
-    assert_eq!(replay.pace, ReplayPace::Recorded);
+    assert_eq!(replay.pace, Pace::Recorded);
     assert!(replay.repeat);
     let ValidSinkKind::Mqtt(mqtt) = &valid.sinks[0].kind else {
         panic!("mqtt");
@@ -1942,9 +1942,9 @@ fn replay_pace_and_expected_intervals() {
         ValidSource::Replay(replay) => replay.pace,
         other => panic!("{other:?}"),
     };
-    assert_eq!(pace("0s"), ReplayPace::Fast);
-    assert_eq!(pace("recorded"), ReplayPace::Recorded);
-    assert_eq!(pace("2s"), ReplayPace::Every(Duration::from_secs(2)));
+    assert_eq!(pace("0s"), Pace::Fast);
+    assert_eq!(pace("recorded"), Pace::Recorded);
+    assert_eq!(pace("2s"), Pace::Every(Duration::from_secs(2)));
 
     let expected = |s: &str| source(s).expected_interval();
     let secs = Duration::from_secs;
