@@ -137,6 +137,9 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     /// p1gw's version, for the discovery messages' `origin`.
     pub sw_version: String,
+    /// Where the user name and password come from, in the caller's words, for the message
+    /// when the broker refuses them ("check …"). Default `"the user name and password"`.
+    pub credentials_hint: String,
 }
 
 impl fmt::Debug for MqttSettings {
@@ -191,6 +194,7 @@ impl MqttSettings {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             sw_version: String::new(),
+            credentials_hint: "the user name and password".to_owned(),
         }
     }
 

@@ -940,10 +940,12 @@ pub(crate) fn describe(e: &ConnectionError, settings: &MqttSettings) -> String {
     let broker = settings.broker();
     match e {
         ConnectionError::ConnectionRefused(Code::BadUserNamePassword) => format!(
-            "the broker {broker} refused the login: bad user name or password (check username and password_file or P1GW_MQTT_PASSWORD)"
+            "the broker {broker} refused the login: bad user name or password (check {})",
+            settings.credentials_hint
         ),
         ConnectionError::ConnectionRefused(Code::NotAuthorized) => format!(
-            "the broker {broker} refused the connection: not authorized (check username and password_file or P1GW_MQTT_PASSWORD, and the broker's ACL)"
+            "the broker {broker} refused the connection: not authorized (check {}, and the broker's ACL)",
+            settings.credentials_hint
         ),
         ConnectionError::ConnectionRefused(Code::BadClientId) => format!(
             "the broker {broker} refused the client id {:?}",
@@ -1014,10 +1016,12 @@ pub(crate) fn describe_v5(e: &rumqttc::v5::ConnectionError, settings: &MqttSetti
     let broker = settings.broker();
     match e {
         C5::ConnectionRefused(Code::BadUserNamePassword) => format!(
-            "the broker {broker} refused the login: bad user name or password (check username and password_file or P1GW_MQTT_PASSWORD)"
+            "the broker {broker} refused the login: bad user name or password (check {})",
+            settings.credentials_hint
         ),
         C5::ConnectionRefused(Code::NotAuthorized) => format!(
-            "the broker {broker} refused the connection: not authorized (check username and password_file or P1GW_MQTT_PASSWORD, and the broker's ACL)"
+            "the broker {broker} refused the connection: not authorized (check {}, and the broker's ACL)",
+            settings.credentials_hint
         ),
         C5::ConnectionRefused(Code::ClientIdentifierNotValid) => format!(
             "the broker {broker} refused the client id {:?}",

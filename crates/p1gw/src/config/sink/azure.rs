@@ -11,6 +11,7 @@ use std::time::Duration;
 use p1_sink_azure::AzureSettings;
 use serde::{Deserialize, Serialize};
 
+use super::tls_message;
 use super::{
     ClientCert, InlineSecret, MakeSink, PlanContext, Planned, SinkKind, client_cert, optional_path,
     read_file, read_secret,
@@ -281,7 +282,15 @@ impl Planned for ValidAzureIot {
             .settings()
             .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", cx.name)))?;
         // Errors name the connection string's field (never its key) and where it is.
+        let ca_file = self.ca_file.is_some();
         let built = p1_sink_azure::build(settings).map_err(|e| {
+            let e = match &e {
+                p1_sink_azure::BuildError::Tls(tls) => tls_message(tls, ca_file),
+                p1_sink_azure::BuildError::Auth(_) => {
+                    format!("{e} (the client certificate: client_cert_file and client_key_file)")
+                }
+                other => other.to_string(),
+            };
             Coded::error(
                 Exit::CONFIG,
                 format!(
@@ -301,6 +310,7 @@ mod tests {
 
     use std::time::Duration;
 
+    use super::super::Planned;
     use super::super::ValidSinkKind;
     use super::ValidAzureIot;
     use crate::config::tests::{env_from, no_env, one_error, sink_config, valid_text};
@@ -373,7 +383,11 @@ mod tests {
         );
         assert!(!format!("{s:?}").contains("c2VjcmV0"), "{s:?}");
         // The CA file holds no certificate: building the sink says so.
-        let built = p1_sink_azure::build(s);
+        let built = a.plan(&super::super::PlanContext {
+            name: "azure-iot",
+            gateway: "home",
+            version: "v",
+        });
         assert!(
             built.is_err_and(|e| e.to_string().contains("ca_file")),
             "a broken CA file is reported"

@@ -283,6 +283,19 @@ impl ClientCert {
     }
 }
 
+/// A library's TLS error, with the configuration key it is about (the libraries speak of their
+/// settings, not of p1gw's keys). `ca_file`: whether the sink names a CA file.
+fn tls_message(error: &p1_sink_mqtt::TlsError, ca_file: bool) -> String {
+    use p1_sink_mqtt::TlsError;
+    match error {
+        TlsError::TrustAnchors(_) if ca_file => format!("ca_file: {error}"),
+        TlsError::TrustAnchors(_) => format!("{error} (ca_file)"),
+        TlsError::ClientCert(_) => format!("client_cert_file: {error}"),
+        TlsError::ClientKey(_) => format!("client_key_file: {error}"),
+        TlsError::Tls(_) => error.to_string(),
+    }
+}
+
 /// Reads a certificate or key file named by `key`; the error names the key and the file.
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use p1_sink_mqtt::{MqttSettings, Protocol, Qos, TlsSettings};
 use serde::{Deserialize, Serialize};
 
+use super::tls_message;
 use super::{
     ClientCert, InlineSecret, MakeSink, PlanContext, Planned, SinkKind, client_cert, optional_path,
     optional_text, password, read_file, read_secret,
@@ -377,6 +378,7 @@ impl ValidMqtt {
         s.min_interval = self.min_interval;
         s.backlog_rate = self.backlog_rate;
         s.sw_version = version.to_owned();
+        s.credentials_hint = format!("username and password_file or {ENV_MQTT_PASSWORD}");
         Ok(s)
     }
 }
@@ -397,8 +399,14 @@ impl Planned for ValidMqtt {
         let settings = self
             .settings(cx.name, cx.gateway, cx.version)
             .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", cx.name)))?;
-        let built = p1_sink_mqtt::build(settings)
-            .map_err(|e| Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", cx.name)))?;
+        let ca_file = self.tls.as_ref().is_some_and(|tls| tls.ca_file.is_some());
+        let built = p1_sink_mqtt::build(settings).map_err(|e| {
+            let message = match &e {
+                p1_sink_mqtt::BuildError::Tls(tls) => tls_message(tls, ca_file),
+                other => other.to_string(),
+            };
+            Coded::error(Exit::CONFIG, format!("sink {:?}: {message}", cx.name))
+        })?;
         Ok((
             p1_sink_mqtt::KIND,
             std::sync::Arc::new(move || built.make()),
