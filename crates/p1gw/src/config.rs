@@ -1,4 +1,4 @@
-//! The configuration file (design.md §5): its types, the two stages that read it, the
+//! The configuration file (docs/contracts.md §5): its types, the two stages that read it, the
 //! read-only checks of `check-config`, and the built-in demo configuration.
 //!
 //! ```text
@@ -28,7 +28,7 @@
 //!
 //! Decisions recorded here:
 //! * A request `interval` below 10 s with a Veitur preset is an error, not a warning:
-//!   field-notes.md §a makes 10 s the default and the minimum.
+//!   docs/markets.md §a makes 10 s the default and the minimum.
 //! * A serial device that does not exist is a `check` error, with a hint about
 //!   `/dev/serial/by-id/`; `validate` never looks.
 //! * Relative paths are relative to the working directory, not to the configuration file.

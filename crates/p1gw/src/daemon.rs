@@ -6,7 +6,7 @@
 //! reaches every sink), readers, then HTTP; READY=1 goes to systemd when
 //! all of them run.
 //!
-//! Stop order (style.md "Two-phase shutdown"): a signal sends STOPPING=1,
+//! Stop order (two-phase, ARCHITECTURE.md "crates/p1gw"): a signal sends STOPPING=1,
 //! marks the registry as shutting down (so /readyz answers 503) and cancels
 //! the readers; each reader finishes its telegram and drops its sender, so
 //! the sinks see the channel close and drain their spools under the grace

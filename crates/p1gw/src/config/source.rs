@@ -17,7 +17,7 @@ use super::value::{
 pub const MIN_TELEGRAM_BYTES: u64 = 1024;
 /// The largest `max_telegram_bytes`.
 pub const MAX_TELEGRAM_BYTES: u64 = 1 << 20;
-/// The shortest request interval for a Veitur meter (field-notes.md §a: default and minimum
+/// The shortest request interval for a Veitur meter (docs/markets.md §a: default and minimum
 /// 10 s; faster is unverified).
 pub const VEITUR_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
