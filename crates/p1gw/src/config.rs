@@ -65,7 +65,7 @@ use daemon::{HttpConfig, LogConfig, SpoolConfig};
 use locate::{KeyPath, Origin, Problems};
 use secret::EnvInputs;
 use sink::SinkConfig;
-use source::{MeterConfig, SourceConfig};
+use source::{MeterConfig, SourceTable};
 
 /// The name errors in the built-in demo configuration print in place of a file name.
 pub const DEMO_NAME: &str = "built-in demo config";
@@ -271,7 +271,7 @@ impl Config {
 
     fn one_meter_per_port(&self, problems: &mut Problems) {
         let port = |meter: &MeterConfig| match &meter.source {
-            SourceConfig::Serial(serial) => Some(serial.port.clone()),
+            SourceTable::Serial(serial) => Some(serial.port.clone()),
             _ => None,
         };
         for (i, meter) in self.meters.iter().enumerate() {
@@ -339,14 +339,14 @@ impl Config {
             name: &'a str,
             tz: &'a str,
             spike_guard: &'a source::SpikeGuardConfig,
-            source: &'a SourceConfig,
+            source: &'a SourceTable,
         }
         #[derive(Serialize)]
         struct Document<'a> {
             #[serde(skip_serializing_if = "Option::is_none")]
             meter: Option<&'a MeterTable>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            source: Option<&'a SourceConfig>,
+            source: Option<&'a SourceTable>,
             #[serde(skip_serializing_if = "Vec::is_empty")]
             meters: Vec<MeterEntry<'a>>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]

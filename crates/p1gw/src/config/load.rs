@@ -21,7 +21,7 @@ use super::error::{ConfigError, ErrorKind, Location};
 use super::locate::{KeyPath, Origin, path_at};
 use super::secret::{ENV_HTTP_TOKEN, EnvInputs};
 use super::sink::{SINK_KINDS, Section, SinkConfig, inline_secret_keys};
-use super::source::{MeterConfig, MeterForm, MeterTable, SOURCE_KINDS, SourceConfig};
+use super::source::{MeterConfig, MeterForm, MeterTable, SOURCE_KINDS, SourceTable};
 
 /// The top-level keys.
 const TOP_KEYS: [&str; 7] = ["meter", "meters", "source", "sink", "http", "spool", "log"];
@@ -354,21 +354,21 @@ impl<'a, 'i> Shape<'a, 'i> {
     }
 
     /// `[source]` or `meters[i].source`.
-    fn source(&mut self, value: &'a Spanned<DeValue<'i>>, path: &KeyPath) -> Option<SourceConfig> {
+    fn source(&mut self, value: &'a Spanned<DeValue<'i>>, path: &KeyPath) -> Option<SourceTable> {
         let (kind, table) = self.kind(value, path, &SOURCE_KINDS)?;
         let span = value.span();
         let skip = ["kind"];
         match kind {
             "serial" => self
                 .deserialize(span, table, &skip)
-                .map(SourceConfig::Serial),
-            "tcp" => self.deserialize(span, table, &skip).map(SourceConfig::Tcp),
+                .map(SourceTable::Serial),
+            "tcp" => self.deserialize(span, table, &skip).map(SourceTable::Tcp),
             "replay" => self
                 .deserialize(span, table, &skip)
-                .map(SourceConfig::Replay),
+                .map(SourceTable::Replay),
             _ => self
                 .deserialize(span, table, &skip)
-                .map(SourceConfig::Simulate),
+                .map(SourceTable::Simulate),
         }
     }
 

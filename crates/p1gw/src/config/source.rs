@@ -127,7 +127,7 @@ pub struct MeterConfig {
     /// Name and time zone.
     pub meter: MeterTable,
     /// How to read it.
-    pub source: SourceConfig,
+    pub source: SourceTable,
     /// Where it was written, to locate errors.
     pub form: MeterForm,
 }
@@ -135,7 +135,7 @@ pub struct MeterConfig {
 /// `[source]`: how telegrams reach p1gw, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum SourceConfig {
+pub enum SourceTable {
     /// `kind = "serial"`: a P1 cable on a serial port.
     Serial(SerialConfig),
     /// `kind = "tcp"`: a serial-to-network bridge (ser2net, an ESP P1 reader) sending the raw
@@ -487,11 +487,11 @@ impl MeterConfig {
     }
 }
 
-impl SourceConfig {
+impl SourceTable {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<ValidSource> {
         match self {
-            SourceConfig::Serial(serial) => serial.validate(at, problems).map(ValidSource::Serial),
-            SourceConfig::Tcp(tcp) => {
+            SourceTable::Serial(serial) => serial.validate(at, problems).map(ValidSource::Serial),
+            SourceTable::Tcp(tcp) => {
                 let address = problems.ok(&at.key("address"), parse_host_port(&tcp.address));
                 let reconnect = tcp.reconnect.validate(&at.key("reconnect"), problems);
                 let max = telegram_bytes(&tcp.max_telegram_bytes, at, problems);
@@ -503,7 +503,7 @@ impl SourceConfig {
                     max_telegram_bytes: max?,
                 }))
             }
-            SourceConfig::Replay(replay) => {
+            SourceTable::Replay(replay) => {
                 let path = non_empty_path(&replay.path, &at.key("path"), problems);
                 let pace = if replay.interval.0 == "recorded" {
                     Some(Pace::Recorded)
@@ -530,7 +530,7 @@ impl SourceConfig {
                     repeat: replay.repeat,
                 }))
             }
-            SourceConfig::Simulate(simulate) => {
+            SourceTable::Simulate(simulate) => {
                 let interval = positive(&simulate.interval, &at.key("interval"), problems)?;
                 Some(ValidSource::Simulate(ValidSimulate {
                     profile: simulate.profile,

@@ -29,7 +29,7 @@ pub(super) const ENV_AZURE_CONNECTION_STRING: &str = "P1GW_AZURE_CONNECTION_STRI
 /// `kind = "azure-iot"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AzureIotConfig {
+pub struct AzureIotTable {
     /// A name for this sink, as for MQTT.
     pub name: Option<String>,
     /// A file holding the device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`,
@@ -112,7 +112,7 @@ pub struct ValidAzureIot {
     pub port: u16,
 }
 
-impl SinkKind for AzureIotConfig {
+impl SinkKind for AzureIotTable {
     type Valid = ValidAzureIot;
     const INLINE_SECRETS: &'static [InlineSecret] = &[(
         "connection_string",

@@ -15,7 +15,7 @@ use crate::config::source::non_empty_path;
 /// `kind = "jsonl"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct JsonlConfig {
+pub struct JsonlTable {
     /// A name for this sink, as for MQTT.
     pub name: Option<String>,
     /// The file readings are appended to, one JSON object per line; created if missing.
@@ -29,7 +29,7 @@ pub struct ValidJsonl {
     pub path: PathBuf,
 }
 
-impl SinkKind for JsonlConfig {
+impl SinkKind for JsonlTable {
     type Valid = ValidJsonl;
 
     fn name(&self) -> Option<&String> {
@@ -64,7 +64,7 @@ impl Planned for ValidJsonl {
 /// `kind = "stdout"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct StdoutConfig {
+pub struct StdoutTable {
     /// A name for this sink, as for MQTT.
     pub name: Option<String>,
 }
@@ -73,7 +73,7 @@ pub struct StdoutConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidStdout;
 
-impl SinkKind for StdoutConfig {
+impl SinkKind for StdoutTable {
     type Valid = ValidStdout;
 
     fn name(&self) -> Option<&String> {

@@ -75,7 +75,7 @@ impl From<Precision> for RawPrecision {
 /// `kind = "influx"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct InfluxConfig {
+pub struct InfluxTable {
     /// A name for this sink, as for MQTT.
     pub name: Option<String>,
     /// The server: `http://localhost:8086` or `https://…`. No credentials or query in the URL.
@@ -124,7 +124,7 @@ pub struct InfluxConfig {
     pub timeout: RawDuration,
 }
 
-// The defaults are p1-sink-influx's (`InfluxConfig::new`), written the way the file spells them.
+// The defaults are p1-sink-influx's (`InfluxTable::new`), written the way the file spells them.
 fn defaults() -> p1_sink_influx::InfluxConfig {
     p1_sink_influx::InfluxConfig::new(
         "",
@@ -207,7 +207,7 @@ pub struct ValidInflux {
     pub timeout: Duration,
 }
 
-impl SinkKind for InfluxConfig {
+impl SinkKind for InfluxTable {
     type Valid = ValidInflux;
     const INLINE_SECRETS: &'static [InlineSecret] = &[
         ("password", "password_file", ENV_INFLUX_PASSWORD),
@@ -263,7 +263,7 @@ impl SinkKind for InfluxConfig {
     }
 }
 
-impl InfluxConfig {
+impl InfluxTable {
     fn target(
         &self,
         at: &KeyPath,

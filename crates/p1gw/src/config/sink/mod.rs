@@ -22,10 +22,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use self::azure::{AzureIotConfig, ValidAzureIot};
-pub use self::file::{JsonlConfig, StdoutConfig, ValidJsonl, ValidStdout};
-pub use self::influx::{InfluxApi, InfluxConfig, InfluxTarget, RawPrecision, ValidInflux};
-pub use self::mqtt::{MqttConfig, ValidMqtt};
+pub use self::azure::{AzureIotTable, ValidAzureIot};
+pub use self::file::{JsonlTable, StdoutTable, ValidJsonl, ValidStdout};
+pub use self::influx::{InfluxApi, InfluxTable, InfluxTarget, RawPrecision, ValidInflux};
+pub use self::mqtt::{MqttTable, ValidMqtt};
 pub use p1_sink_mqtt::{Protocol as MqttProtocol, Qos};
 
 use super::check::Checker;
@@ -177,15 +177,15 @@ macro_rules! sink_kinds {
 
 sink_kinds! {
     /// `kind = "mqtt"`: publish to an MQTT broker, with Home Assistant discovery.
-    Mqtt("mqtt", MqttConfig);
+    Mqtt("mqtt", MqttTable);
     /// `kind = "influx"`: write to InfluxDB, v1 or v2 API.
-    Influx("influx", InfluxConfig);
+    Influx("influx", InfluxTable);
     /// `kind = "azure-iot"`: send to Azure IoT Hub as a device.
-    AzureIot("azure-iot", AzureIotConfig);
+    AzureIot("azure-iot", AzureIotTable);
     /// `kind = "jsonl"`: append one JSON reading per line to a file.
-    Jsonl("jsonl", JsonlConfig);
+    Jsonl("jsonl", JsonlTable);
     /// `kind = "stdout"`: print one JSON reading per line on standard output.
-    Stdout("stdout", StdoutConfig);
+    Stdout("stdout", StdoutTable);
 }
 
 /// Every environment variable a sink may take a secret from.

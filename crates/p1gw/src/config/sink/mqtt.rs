@@ -28,7 +28,7 @@ pub(super) const ENV_MQTT_PASSWORD: &str = "P1GW_MQTT_PASSWORD";
 /// `kind = "mqtt"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MqttConfig {
+pub struct MqttTable {
     /// A name for this sink, for logs, metrics and its spool file. Default: the kind, so two
     /// sinks of one kind need names of their own.
     pub name: Option<String>,
@@ -185,7 +185,7 @@ pub struct ValidMqtt {
     pub only_on_change: bool,
 }
 
-impl SinkKind for MqttConfig {
+impl SinkKind for MqttTable {
     type Valid = ValidMqtt;
     const INLINE_SECRETS: &'static [InlineSecret] =
         &[("password", "password_file", ENV_MQTT_PASSWORD)];
