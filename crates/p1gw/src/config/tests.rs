@@ -72,6 +72,18 @@ pub(super) fn sink_config(kind: &str, lines: &[&str]) -> String {
     config
 }
 
+/// The one sink of [`sink_config`]`(kind, lines)`, validated.
+pub(super) fn only_sink(kind: &str, lines: &[&str]) -> sink::ValidSinkKind {
+    valid_text(&sink_config(kind, lines), &no_env).sinks[0]
+        .kind
+        .clone()
+}
+
+/// The one error of [`sink_config`]`(kind, lines)`.
+pub(super) fn sink_error(kind: &str, lines: &[&str]) -> String {
+    one_error(&sink_config(kind, lines))
+}
+
 pub(super) fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = pairs
         .iter()

@@ -313,17 +313,17 @@ mod tests {
     use super::super::Planned;
     use super::super::ValidSinkKind;
     use super::ValidAzureIot;
-    use crate::config::tests::{env_from, no_env, one_error, sink_config, valid_text};
+    use crate::config::tests::{env_from, only_sink, sink_config, sink_error, valid_text};
 
     fn azure(sink: &[&str]) -> ValidAzureIot {
-        match &valid_text(&sink_config("azure-iot", sink), &no_env).sinks[0].kind {
-            ValidSinkKind::AzureIot(a) => a.clone(),
+        match only_sink("azure-iot", sink) {
+            ValidSinkKind::AzureIot(valid) => valid,
             other => panic!("not azure-iot: {other:?}"),
         }
     }
 
     fn error(sink: &[&str]) -> String {
-        one_error(&sink_config("azure-iot", sink))
+        sink_error("azure-iot", sink)
     }
 
     const FILE: &str = r#"connection_string_file = "/etc/p1gw/azure.conn""#;

@@ -423,17 +423,17 @@ mod tests {
 
     use super::super::ValidSinkKind;
     use super::{Planned, Protocol, ValidMqtt};
-    use crate::config::tests::{no_env, one_error, sink_config, valid_text};
+    use crate::config::tests::{only_sink, sink_error};
 
     fn mqtt(sink: &[&str]) -> ValidMqtt {
-        match &valid_text(&sink_config("mqtt", sink), &no_env).sinks[0].kind {
-            ValidSinkKind::Mqtt(m) => m.clone(),
+        match only_sink("mqtt", sink) {
+            ValidSinkKind::Mqtt(valid) => valid,
             other => panic!("not mqtt: {other:?}"),
         }
     }
 
     fn error(sink: &[&str]) -> String {
-        one_error(&sink_config("mqtt", sink))
+        sink_error("mqtt", sink)
     }
 
     #[test]
