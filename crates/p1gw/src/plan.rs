@@ -81,10 +81,7 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
             source,
             max_telegram_bytes,
             expected_interval,
-            guard: meter.spike_guard.map(|g| p1_reader::GuardConfig {
-                max_power_kw: g.max_power_kw,
-                max_flow_m3_per_h: g.max_flow_m3_per_h,
-            }),
+            guard: meter.spike_guard,
         });
     }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use p1_reader::{LineKind, LineSettings, Pace, Parity, Preset, Profile, RequestMode};
+pub use p1_reader::{
+    GuardConfig, LineKind, LineSettings, Pace, Parity, Preset, Profile, RequestMode,
+};
 
 use super::locate::{KeyPath, Problems};
 use super::value::{
@@ -71,22 +73,13 @@ impl Default for SpikeGuardConfig {
     }
 }
 
-/// Validated spike guard bounds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ValidSpikeGuard {
-    /// The largest power counted, kW.
-    pub max_power_kw: f64,
-    /// The largest flow counted, m³/h.
-    pub max_flow_m3_per_h: f64,
-}
-
 impl SpikeGuardConfig {
     /// Validates the bounds (also when the guard is off, so that turning it on later cannot
     /// surprise); `Ok(None)` when it is off.
-    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<Option<ValidSpikeGuard>> {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<Option<GuardConfig>> {
         let power = problems.ok(&at.key("max_power"), parse_power(&self.max_power));
         let flow = problems.ok(&at.key("max_flow"), parse_flow(&self.max_flow));
-        let guard = ValidSpikeGuard {
+        let guard = GuardConfig {
             max_power_kw: power?,
             max_flow_m3_per_h: flow?,
         };
@@ -295,11 +288,12 @@ pub struct SimulateConfig {
 fn default_true() -> bool {
     true
 }
+// The spike guard's defaults are p1-reader's (`GuardConfig::default`).
 fn default_max_power() -> String {
-    "100kW".to_owned()
+    format!("{}kW", GuardConfig::default().max_power_kw)
 }
 fn default_max_flow() -> String {
-    "25m3/h".to_owned()
+    format!("{}m3/h", GuardConfig::default().max_flow_m3_per_h)
 }
 fn default_max_telegram_bytes() -> RawSize {
     RawSize::Bytes(p1_telegram::DEFAULT_MAX_TELEGRAM_BYTES as i64)
@@ -342,7 +336,7 @@ pub struct ValidMeter {
     /// How to read it.
     pub source: ValidSource,
     /// The spike guard's bounds; `None` when it is turned off.
-    pub spike_guard: Option<ValidSpikeGuard>,
+    pub spike_guard: Option<GuardConfig>,
     /// Where it was written, to locate `check` errors.
     pub form: MeterForm,
 }

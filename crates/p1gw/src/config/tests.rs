@@ -1131,11 +1131,11 @@ fn the_spike_guard_is_on_by_default_and_configurable_per_meter() {
     assert_eq!(
         guards,
         [
-            Some(source::ValidSpikeGuard {
+            Some(source::GuardConfig {
                 max_power_kw: 100.0,
                 max_flow_m3_per_h: 25.0
             }),
-            Some(source::ValidSpikeGuard {
+            Some(source::GuardConfig {
                 max_power_kw: 500.0,
                 max_flow_m3_per_h: 24.0
             }),
