@@ -4,7 +4,7 @@
 //! defaults), its validated type, the validation, its secrets (the keys that would hold one
 //! inline and the `P1GW_*` variables that supply one), what `check-config` looks at, and how the
 //! running sink is built from it (the plan). Its tests sit in the same file, on the helpers of
-//! `config/tests.rs`. The [`sink_kinds!`] table below lists the kinds; the loader, `validate`,
+//! `config/tests.rs`. The `sink_kinds!` table below lists the kinds; the loader, `validate`,
 //! `check` and the plan loop over it instead of matching by hand.
 //!
 //! Adding a sink: its crate, one file here implementing [`SinkKind`] (and [`ValidSinkKind`]'s
