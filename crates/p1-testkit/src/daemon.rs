@@ -128,17 +128,9 @@ impl Daemon {
             .unwrap_or(0)
     }
 
-    /// Resident memory in KiB (`VmRSS` of `/proc/PID/status`).
+    /// Resident memory in KiB ([`rss_kib`]).
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     /// A component of `/api/v1/status` (`reader:home`, `sink:mqtt`).
@@ -146,6 +138,20 @@ impl Daemon {
         let (_, body) = self.get("/api/v1/status")?;
         component(&body, name)
     }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`); 0 when unknown.
+/// A free function, for samplers on another thread.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for Daemon {

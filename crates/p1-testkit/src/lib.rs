@@ -41,7 +41,7 @@ mod prometheus;
 mod servers;
 
 pub use cable::Cable;
-pub use daemon::Daemon;
+pub use daemon::{Daemon, rss_kib};
 pub use http::{component, http_get, influxql, percent_encode};
 pub use process::{free_port, root, stop_child, terminate_child, wait_for};
 pub use prometheus::{metric, metric_sum};
