@@ -4,7 +4,7 @@
 //! [`HealthHandle`] from [`Registry::register`] and reports through it: its [`State`], successes
 //! (a reader: a telegram decoded; a sink: a batch acknowledged), errors, its spool depth. The
 //! HTTP layer only looks: [`Registry::snapshot`] for the live page and `/api`, and
-//! [`Registry::ready`] for `/readyz` (design §6).
+//! [`Registry::ready`] for `/readyz` (docs/contracts.md §6).
 //!
 //! # How it is built, and why
 //!
@@ -445,7 +445,7 @@ impl Registry {
         }
     }
 
-    /// The `/readyz` check (design §6): ready when every reader's last telegram is younger than
+    /// The `/readyz` check (docs/contracts.md §6): ready when every reader's last telegram is younger than
     /// [`READY_INTERVALS`] × its expected interval (its own, if it set one, else
     /// `expected_interval`) and every sink is delivering or spooling ([`State::Ok`] or
     /// [`State::Degraded`]). A failed component of any kind, a storage fault ([`HealthHandle::set_fault`]), no reader at all, or a shutdown

@@ -19,7 +19,7 @@
 //! * [`error`]: the crate's one [`Error`] type.
 //!
 //! * [`reading`]: [`Reading`], one telegram of one meter, owned and normalised, with its
-//!   design §4 JSON rendered once for every consumer.
+//!   docs/contracts.md §4 JSON rendered once for every consumer.
 //! * [`sink`]: the [`Sink`] trait, the generic spool-backed worker [`Spooled`] (intake → spool →
 //!   delivery, ack deletes) and [`sink::supervise`], which restarts a failed sink.
 //!

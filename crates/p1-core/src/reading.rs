@@ -10,7 +10,7 @@ use p1_telegram::{Decimal, ObisCode, ParseOptions, Stamp, SubmeterKind, Telegram
 /// One decoded telegram of one meter. Readings travel as `Arc<Reading>` on
 /// the broadcast channel; nothing mutates them after construction.
 ///
-/// The design §4 JSON (plus `meter`, `meter_id`, `received_at`) is rendered
+/// The docs/contracts.md §4 JSON (plus `meter`, `meter_id`, `received_at`) is rendered
 /// once, on first use of [`Reading::json`], from the telegram's frame that
 /// the reading keeps: HTTP, SSE, MQTT, Azure and jsonl all send it as it is,
 /// and a gateway whose sinks need none of it (InfluxDB only) never renders it.
@@ -212,7 +212,7 @@ impl Reading {
         }
     }
 
-    /// The reading as design §4 JSON, with `meter`, `source`, `meter_id` and
+    /// The reading as docs/contracts.md §4 JSON, with `meter`, `source`, `meter_id` and
     /// `received_at` added. Rendered on first use (the frame is parsed again,
     /// which gives the same telegram), then kept; cheap to clone.
     pub fn json(&self) -> &Arc<str> {
@@ -257,7 +257,7 @@ impl Reading {
     }
 
     /// The first numeric value with this canonical name, converted to the
-    /// canonical unit of field-notes §c: W, Wh, var, varh ÷ 1000 (to kW, kWh,
+    /// canonical unit of docs/obis.md: W, Wh, var, varh ÷ 1000 (to kW, kWh,
     /// kvar, kvarh); kV, kA, kHz × 1000. Veitur's heat "Wh" is left as sent.
     pub fn number(&self, name: &str) -> Option<f64> {
         let m = self.get(name)?;
@@ -280,7 +280,7 @@ fn obis_text(code: ObisCode) -> String {
 }
 
 /// The factor that brings a value in `unit` to the canonical unit of its
-/// quantity (field-notes §c "Conversions").
+/// quantity (docs/obis.md, "Conversions").
 pub fn canonical_scale(name: Option<&str>, unit: Option<&str>) -> f64 {
     if matches!(name, Some("heat_energy" | "heat_energy_2")) {
         // Veitur's heat submeter: unit unverified, keep as sent.

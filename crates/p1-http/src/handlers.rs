@@ -109,7 +109,7 @@ pub(crate) async fn metrics(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-/// `GET /api/v1/reading[?meter=NAME]`: the latest reading's design §4 JSON, 404
+/// `GET /api/v1/reading[?meter=NAME]`: the latest reading's docs/contracts.md §4 JSON, 404
 /// `{"error":"no reading yet"}` before the first.
 pub(crate) async fn reading(
     State(state): State<HttpState>,

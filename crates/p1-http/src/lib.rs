@@ -1,5 +1,5 @@
 //! p1-http: the gateway's HTTP face — health, metrics, the latest reading, a live event
-//! stream and the live page (design §6).
+//! stream and the live page (docs/contracts.md §6).
 //!
 //! # Purpose
 //!
@@ -11,7 +11,7 @@
 //! | `/healthz` | 200 `{"status":"ok"}` while the process serves requests |
 //! | `/readyz` | 200 `{"ready":true}`, or 503 `{"ready":false,"reasons":[…]}` ([`p1_core::Registry::ready`]) |
 //! | `/metrics` | Prometheus text: the installed recorder's metrics plus the meter gauges ([`exposition`]) |
-//! | `/api/v1/reading` | the latest reading's design §4 JSON ([`p1_core::Reading::json`]); `?meter=NAME` |
+//! | `/api/v1/reading` | the latest reading's docs/contracts.md §4 JSON ([`p1_core::Reading::json`]); `?meter=NAME` |
 //! | `/api/v1/events` | server-sent events: one `event: reading` per reading; `?meter=NAME` |
 //! | `/api/v1/status` | version, readiness, per-meter and per-sink status, the registry snapshot |
 //! | `/api/v1/history` | `?minutes=N` (default 60): the recent power/flow points of [`History`] |
@@ -81,7 +81,7 @@ pub use crate::state::{
 #[cfg(test)]
 mod tests;
 
-/// The application: every route of design §6, the API and `/metrics` behind the optional
+/// The application: every route of docs/contracts.md §6, the API and `/metrics` behind the optional
 /// bearer token. No socket: serve it with [`serve`], or drive it in tests with
 /// `tower::ServiceExt::oneshot`.
 ///

@@ -14,12 +14,15 @@
 //!   that a PUBACK (or PUBCOMP) settles exactly the message it belongs to.
 //! * [`link`]: [`LinkState`], the connection as delivery sees it, with [`wait_connected`],
 //!   [`mark_lost`] and [`stop_connection`].
+//! * [`task`]: the skeleton both sinks run: [`wire`] (jobs, reports, link state and attempt
+//!   between delivery and the connection task), [`run_beside`], [`connected`], [`transient`].
 //!
 //! # Place in the graph
 //!
 //! `p1-core <- p1-mqtt-transport <- p1-sink-mqtt | p1-sink-azure`. It knows nothing of
 //! readings, spools, topics or configuration files: its callers hand it bytes (PEM), events and
-//! their health handle (p1-core's `HealthHandle`, the only thing it uses of p1-core).
+//! their health handle (p1-core's `HealthHandle`) and run p1-core's delivery loop beside the
+//! connection task ([`task`]: `Sink`, `SinkContext`, `DeliveryError`).
 //!
 //! # Never
 //!
@@ -31,9 +34,11 @@
 pub mod acks;
 pub mod link;
 pub mod poll;
+pub mod task;
 pub mod tls;
 
 pub use acks::Acks;
 pub use link::{LinkState, mark_lost, stop_connection, wait_connected};
 pub use poll::{Polled, Polled5, poll_events, poll_events_v5};
+pub use task::{DeliveryEnds, TaskEnds, connected, run_beside, transient, wire};
 pub use tls::{ClientIdentity, TlsError, TlsSettings, client_config};

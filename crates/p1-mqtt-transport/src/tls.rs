@@ -35,17 +35,20 @@ pub struct TlsSettings {
     pub client: Option<ClientIdentity>,
 }
 
-/// Why a TLS client configuration could not be built. Messages name the configuration key
-/// (`ca_file`, `client_cert_file`, `client_key_file`), never a key's content; the sinks show
-/// them as they are (their `BuildError::Tls`).
+/// Why a TLS client configuration could not be built. Messages name the setting (the CA
+/// certificates, the client certificate or its key), never a key's content; the caller adds
+/// where it came from (p1gw: the configuration key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsError {
     /// The CA certificates (the CA file, or the system's) gave no usable certificate.
     #[error("{0}")]
     TrustAnchors(String),
-    /// The client certificate or key cannot be used.
+    /// The client certificate cannot be used (or not with its key).
     #[error("client certificate: {0}")]
     ClientCert(String),
+    /// The client certificate's private key cannot be used.
+    #[error("client key: {0}")]
+    ClientKey(String),
     /// rustls refused the configuration.
     #[error("TLS: {0}")]
     Tls(String),
@@ -62,16 +65,15 @@ pub fn client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Tls
     match &tls.ca_pem {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| {
-                    TlsError::TrustAnchors(format!("ca_file: not a PEM certificate: {e}"))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    TlsError::TrustAnchors(format!("ca_file: unusable certificate: {e}"))
-                })?;
+                let cert = cert
+                    .map_err(|e| TlsError::TrustAnchors(format!("not a PEM certificate: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::TrustAnchors(format!("unusable certificate: {e}")))?;
             }
             if roots.is_empty() {
                 return Err(TlsError::TrustAnchors(
-                    "ca_file: no PEM certificate in it".to_owned(),
+                    "no PEM certificate in the CA certificates".to_owned(),
                 ));
             }
         }
@@ -84,7 +86,7 @@ pub fn client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Tls
                     .first()
                     .map_or_else(|| "none found".to_owned(), ToString::to_string);
                 return Err(TlsError::TrustAnchors(format!(
-                    "no system CA certificates ({why}); install the ca-certificates package or set ca_file"
+                    "no system CA certificates ({why}); install the ca-certificates package, or give CA certificates of your own"
                 )));
             }
         }
@@ -102,13 +104,10 @@ pub fn client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Tls
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| TlsError::ClientCert(format!("not a PEM certificate: {e}")))?;
             if certs.is_empty() {
-                return Err(TlsError::ClientCert(
-                    "no PEM certificate in client_cert_file".to_owned(),
-                ));
+                return Err(TlsError::ClientCert("no PEM certificate in it".to_owned()));
             }
-            let key = PrivateKeyDer::from_pem_slice(&id.key_pem).map_err(|e| {
-                TlsError::ClientCert(format!("client_key_file: no usable private key: {e}"))
-            })?;
+            let key = PrivateKeyDer::from_pem_slice(&id.key_pem)
+                .map_err(|e| TlsError::ClientKey(format!("no usable private key: {e}")))?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| TlsError::ClientCert(e.to_string()))?

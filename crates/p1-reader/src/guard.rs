@@ -4,13 +4,13 @@
 //! Other P1 tools forward whatever the meter (or a glitching line) sends, and a single reading
 //! with `energy_import_total` at 0 — the classic "zero spike" — makes Home Assistant's
 //! `total_increasing` sensors count a meter reset and a second one the whole meter reading
-//! again (field-notes §e row 10). The guard sits in the [`crate::Pipeline`] beside
+//! again (docs/markets.md §e row 10). The guard sits in the [`crate::Pipeline`] beside
 //! [`crate::ClockCheck`] and judges every decoded reading before it reaches the sinks, the
 //! `latest` watch and so HTTP.
 //!
 //! # What is guarded
 //!
-//! The *cumulative registers* (field-notes §c/§f, `total_increasing` with a known unit):
+//! The *cumulative registers* (docs/obis.md, docs/markets.md §f, `total_increasing` with a known unit):
 //!
 //! * energy: `energy_import_total`, `energy_import_tariff1`…`4`, `energy_export_total`,
 //!   `energy_export_tariff1`…`2` (kWh or Wh), `reactive_energy_import_total`,

@@ -1,5 +1,5 @@
 //! What a port delivers under each line-settings preset: the analysis behind
-//! `p1gw probe` (field-notes §a).
+//! `p1gw probe` (docs/markets.md §a).
 //!
 //! For each [`Preset`], [`probe_preset`] opens the port, drives the request
 //! line and listens for a while, counting bytes, frames, telegrams by CRC
@@ -7,7 +7,7 @@
 //! ([`PresetReport`]). [`recommend`] then picks the preset that decoded the
 //! most telegrams with the fewest errors. Ties are common — a pty delivers
 //! the same bytes whatever the settings, and 7E1 read as 7N1 often decodes —
-//! so the bytes read as 9600 8N1 decide (field-notes §a, *inference*): bit 7
+//! so the bytes read as 9600 8N1 decide (docs/markets.md §a, *inference*): bit 7
 //! always 1 is the stop bit of 7N1, bit 7 equal to the even parity of the low
 //! 7 bits is 7E1, bit 7 always 0 is 8-bit data ([`bit7_verdict`]). The 7E1
 //! presets are opened as 8N1 (see [`crate::serial`]), so their passes supply

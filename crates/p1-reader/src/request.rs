@@ -4,7 +4,7 @@
 //! [`RequestLine`]: the serial port's RTS or DTR, a GPIO line of the computer,
 //! nothing at all (a cable that ties the pin high), or, in tests, a
 //! [`FakeLine`] that records every call. How it is raised is a
-//! [`RequestMode`] (field-notes §a):
+//! [`RequestMode`] (docs/markets.md §a):
 //!
 //! * **hold**: raise once and keep it raised; the meter sends on its own
 //!   schedule (DSMR practice).
@@ -192,7 +192,7 @@ impl RequestLine for NoLine {
 /// paused-time tests can check the exact sequence a real line would see.
 ///
 /// Used where nothing real can run: a pty has no RTS/DTR (`ENOTTY`,
-/// dependencies.md §2.5) and CI has no GPIO chip. Clones share the record.
+/// docs/dependencies.md §2.5) and CI has no GPIO chip. Clones share the record.
 #[derive(Debug, Clone, Default)]
 pub struct FakeLine {
     calls: Arc<Mutex<Vec<(Instant, bool)>>>,

@@ -19,7 +19,7 @@
 //! # Disconnects
 //!
 //! A read that returns `Ok(0)` or an error means the device is gone
-//! (dependencies.md §2.4: after an unplug, `read` returns `Ok(0)` forever).
+//! (docs/dependencies.md §2.4: after an unplug, `read` returns `Ok(0)` forever).
 //! The session ends, the port is closed, and the reader reopens it after a
 //! capped, jittered backoff ([`p1_core::Backoff`]), without restarting the
 //! process. So does silence: no byte for six request intervals (at least
@@ -97,7 +97,7 @@ impl LineSettings {
     }
 }
 
-/// Line-settings presets (field-notes §a).
+/// Line-settings presets (docs/markets.md §a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Preset {
     /// Veitur (Iceland), Iskra IE.5: 9600 7N1.
@@ -461,7 +461,7 @@ impl<S: AsyncRead + Unpin + Send> Port<S> {
 }
 
 /// How long without a byte before a serial session gives up: six request
-/// intervals, at least 30 s (field-notes §e row 20).
+/// intervals, at least 30 s (docs/markets.md §e row 20).
 pub fn silence_timeout(interval: Duration) -> Duration {
     (interval * 6).max(Duration::from_secs(30))
 }

@@ -209,19 +209,19 @@ impl Device {
         let auth = match (&conn.shared_access_key, conn.x509, client) {
             (Some(_), _, Some(_)) | (Some(_), true, None) => {
                 return Err(BuildError::Auth(
-                    "the connection string has a SharedAccessKey and asks for X.509 too; use one: remove SharedAccessKey, or client_cert_file/client_key_file and x509=true".to_owned(),
+                    "the connection string has a SharedAccessKey and asks for X.509 too; use one: remove SharedAccessKey, or the client certificate and x509=true".to_owned(),
                 ));
             }
             (Some(key), false, None) => Auth::Key(key.clone()),
             (None, _, Some(_)) => Auth::X509,
             (None, true, None) => {
                 return Err(BuildError::Auth(
-                    "x509=true needs client_cert_file and client_key_file".to_owned(),
+                    "x509=true needs a client certificate and its key".to_owned(),
                 ));
             }
             (None, false, None) => {
                 return Err(BuildError::Auth(
-                    "the connection string has no SharedAccessKey; add it, or use x509=true with client_cert_file and client_key_file".to_owned(),
+                    "the connection string has no SharedAccessKey; add it, or use x509=true with a client certificate and its key".to_owned(),
                 ));
             }
         };

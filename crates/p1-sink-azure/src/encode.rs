@@ -9,7 +9,7 @@
 //! {"readings":[{…reading…},{…reading…}]}
 //! ```
 //!
-//! Each reading is [`p1_core::Reading::json`] (design §4 plus `meter`, `meter_id`,
+//! Each reading is [`p1_core::Reading::json`] (docs/contracts.md §4 plus `meter`, `meter_id`,
 //! `received_at`), exactly as spooled. An object rather than a bare array, so that routing
 //! queries can test `is_defined($body.readings)` and fields can be added later.
 //!

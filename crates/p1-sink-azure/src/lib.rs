@@ -12,7 +12,7 @@
 //! * topic `devices/{device}/messages/events/` (or `…/modules/{module}/messages/events/`) with
 //!   a property bag: `$.ct=application%2Fjson&$.ce=utf-8`, so that message routing can query
 //!   the body, plus the configured application properties, URL-encoded ([`encode::Topic`]);
-//! * body `{"readings":[…]}`: the readings of one `interval`, oldest first, each the design §4
+//! * body `{"readings":[…]}`: the readings of one `interval`, oldest first, each the docs/contracts.md §4
 //!   JSON of [`p1_core::Reading::json`], split into messages under the hub's 256 KiB limit
 //!   ([`encode::batch`]).
 //!

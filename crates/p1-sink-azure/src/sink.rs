@@ -30,7 +30,7 @@ use p1_core::{
     AsyncSpool, Deliver, DeliveryError, Encode, HealthHandle, Reading, Sink, SinkContext,
     SinkError, Spooled,
 };
-use p1_mqtt_transport::{LinkState, stop_connection, wait_connected};
+use p1_mqtt_transport::{LinkState, connected, run_beside, transient, wire};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -163,37 +163,33 @@ async fn run(
 ) -> Result<(), SinkError> {
     describe_metrics();
     let settings = sink.settings.clone();
-    let (jobs_tx, jobs_rx) = mpsc::channel(16);
-    let (reports_tx, reports_rx) = mpsc::channel(64);
-    let (state_tx, state_rx) = watch::channel(LinkState::default());
-    let stop = CancellationToken::new();
-    let attempt = Arc::new(AtomicU64::new(0));
+    let (task, ends) = wire::<Job, Report>(16, 64);
+    let stop = task.stop.clone();
     let connection = Connection {
         settings: settings.clone(),
         device: sink.device.clone(),
         tls: sink.tls.clone(),
         topic: sink.topic.topic.clone(),
-        jobs: jobs_rx,
-        reports: reports_tx,
-        state: state_tx,
-        attempt: attempt.clone(),
-        stop: stop.clone(),
+        jobs: task.jobs,
+        reports: task.reports,
+        state: task.state,
+        attempt: task.attempt,
+        stop: task.stop,
         hard: cx.hard.clone(),
         health: cx.health.clone(),
         name: cx.name.clone(),
     };
-    let connection = tokio::spawn(connection.run());
 
     let deliver = AzureDeliver {
         max_body: settings.max_message_bytes - sink.topic.property_bytes,
         property_bytes: sink.topic.property_bytes,
         budget: Budget::new(settings.daily_message_budget),
         settings: settings.clone(),
-        jobs: jobs_tx,
-        reports: reports_rx,
-        state: state_rx,
+        jobs: ends.jobs,
+        reports: ends.reports,
+        state: ends.state,
         epoch: 0,
-        attempt,
+        attempt: ends.attempt,
         spool: cx.spool.clone(),
         stop: cx.stop.clone(),
         health: cx.health.clone(),
@@ -205,11 +201,16 @@ async fn run(
     // backoff paces the hub.
     let worker = Spooled::new(KIND, ReadingJson, deliver)
         .with_backoff(Duration::from_millis(200), Duration::from_secs(5));
-    let result = Box::new(worker).run(input, cx.clone()).await;
-
-    stop.cancel();
-    stop_connection(connection, STOP_WAIT, &cx.name, "IoT Hub").await;
-    result
+    run_beside(
+        connection.run(),
+        stop,
+        Box::new(worker),
+        input,
+        cx,
+        STOP_WAIT,
+        "IoT Hub",
+    )
+    .await
 }
 
 /// Batches spool records into messages, hands them to the connection task one at a time and
@@ -238,22 +239,7 @@ struct AzureDeliver {
     acked_through: Option<u64>,
 }
 
-fn transient(message: impl Into<String>) -> DeliveryError {
-    DeliveryError::Transient {
-        message: message.into(),
-        retry_after: None,
-    }
-}
-
 impl AzureDeliver {
-    /// Waits until connected; an error when a connection attempt fails meanwhile or none
-    /// succeeds within [`CONNECT_WAIT`].
-    async fn connected(&mut self) -> Result<(), DeliveryError> {
-        wait_connected(&mut self.state, CONNECT_WAIT, "IoT Hub")
-            .await
-            .map_err(transient)
-    }
-
     /// Waits for the interval to pass (or the stop); then the records spooled after `records`.
     async fn linger(&mut self, records: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
         let Some(&(last, _)) = records.last() else {
@@ -422,7 +408,7 @@ impl Deliver for AzureDeliver {
                     records: 1,
                 });
             }
-            self.connected().await?;
+            connected(&mut self.state, CONNECT_WAIT, "IoT Hub").await?;
 
             self.epoch += 1;
             let epoch = self.epoch;

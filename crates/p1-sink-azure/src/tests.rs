@@ -225,7 +225,7 @@ fn key_and_certificate_must_fit_together() {
     );
     for (conn, client, says) in [
         (with_key, Some(&id), "use one"),
-        (x509, None, "x509=true needs client_cert_file"),
+        (x509, None, "x509=true needs a client certificate"),
         (bare, None, "no SharedAccessKey"),
     ] {
         let e = Device::resolve(conn, client).expect_err(says).to_string();

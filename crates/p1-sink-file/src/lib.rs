@@ -1,6 +1,6 @@
 //! p1-sink-file: the simplest sinks, and the reference for writing others.
 //!
-//! * [`jsonl`] appends one design §4 JSON reading per line to a file;
+//! * [`jsonl`] appends one docs/contracts.md §4 JSON reading per line to a file;
 //! * [`stdout`] writes the same lines to standard output.
 //!
 //! Both run on p1-core's spool-backed worker ([`p1_core::Spooled`]): a

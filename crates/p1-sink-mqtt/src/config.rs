@@ -30,6 +30,25 @@ pub enum Qos {
 }
 
 impl Qos {
+    /// The level's number: 0, 1 or 2.
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
+
+    /// The QoS of level `level`; `None` above 2.
+    pub fn from_level(level: u8) -> Option<Qos> {
+        match level {
+            0 => Some(Qos::AtMostOnce),
+            1 => Some(Qos::AtLeastOnce),
+            2 => Some(Qos::ExactlyOnce),
+            _ => None,
+        }
+    }
+
     pub(crate) fn mqtt(self) -> rumqttc::QoS {
         match self {
             Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
@@ -49,6 +68,25 @@ pub enum Protocol {
     /// MQTT 5: the broker's PUBACK says when it refused a message, and its CONNACK states the
     /// largest packet it takes.
     V5,
+}
+
+impl Protocol {
+    /// The version as people write it: `"3.1.1"` or `"5"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+
+    /// The version written as `"3.1.1"`, `"5"` or `"5.0"`; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        match name {
+            "3.1.1" => Some(Protocol::V311),
+            "5" | "5.0" => Some(Protocol::V5),
+            _ => None,
+        }
+    }
 }
 
 /// Everything an MQTT sink needs. p1gw builds it from a validated `[[sink]]` entry; the
@@ -99,6 +137,9 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     /// p1gw's version, for the discovery messages' `origin`.
     pub sw_version: String,
+    /// Where the user name and password come from, in the caller's words, for the message
+    /// when the broker refuses them ("check …"). Default `"the user name and password"`.
+    pub credentials_hint: String,
 }
 
 impl fmt::Debug for MqttSettings {
@@ -153,6 +194,7 @@ impl MqttSettings {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             sw_version: String::new(),
+            credentials_hint: "the user name and password".to_owned(),
         }
     }
 

@@ -14,7 +14,7 @@
 //! [`maker`], serial number from the equipment id), its `state_topic` (the value topic, so no
 //! `value_template` is needed), the `availability_topic` (`<prefix>/<gateway>/status`),
 //! `device_class`, `state_class`, `unit_of_measurement` (Home Assistant's spellings) and
-//! `suggested_display_precision` from [`spec`] (field-notes §f, the contract).
+//! `suggested_display_precision` from [`spec`] (docs/markets.md §f, the contract).
 //!
 //! # Entities that vanish
 //!
@@ -124,7 +124,7 @@ const TARIFFS: &[&str] = &["0", "1", "2", "3", "4"];
 const SWITCH_STATES: &[&str] = &["0", "1", "2"];
 
 /// How Home Assistant should show the value `name` sent in `unit` (before conversion), per
-/// field-notes §f; `None` for values that get no entity.
+/// docs/markets.md §f; `None` for values that get no entity.
 pub fn spec(name: &str, unit: Option<&str>, numeric: bool) -> Option<Spec> {
     let starts = |p: &str| name.starts_with(p);
     let m = Some("measurement");
@@ -163,7 +163,7 @@ pub fn spec(name: &str, unit: Option<&str>, numeric: bool) -> Option<Spec> {
             Spec::new(Some("energy"), ti, Some(3)).unit("GJ")
         }
         // Veitur's heat registers: unit unverified (sent as "Wh", probably MWh): no device
-        // class, so that they stay out of the Energy dashboard (field-notes §f).
+        // class, so that they stay out of the Energy dashboard (docs/markets.md §f).
         "heat_energy" | "heat_energy_2" | "cooling_energy" => {
             let s = Spec::new(None, m, Some(3));
             match unit {

@@ -10,11 +10,11 @@
 //! | `<meter>/<name>` | one value of the meter, e.g. `home/energy_import_total` → `1988.284` |
 //! | `<meter>/<kind>_<channel>/<name>` | one value of an M-Bus submeter, e.g. `home/gas_1/gas_volume`, `home/hot_water_1/hot_water_volume` |
 //!
-//! Only lines with a canonical name (field-notes §c) get a value topic; unknown codes are in the
+//! Only lines with a canonical name (docs/obis.md) get a value topic; unknown codes are in the
 //! state message. Numbers are in the canonical unit (W → kW, Wh → kWh, …; Veitur's heat "Wh"
 //! as sent), written as the shortest decimal that reads back as the same `f64`; text as text;
 //! `meter_time` as RFC 3339 UTC. `<kind>` is `gas`, `water`, `heat`, `hot_water`, `cooling` or
-//! `unknown` (field-notes §b: by device type, else by unit); two submeters of one kind differ by
+//! `unknown` (docs/markets.md §b: by device type, else by unit); two submeters of one kind differ by
 //! channel.
 //!
 //! # Record format

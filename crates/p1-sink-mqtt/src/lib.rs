@@ -5,9 +5,9 @@
 //!
 //! For each meter (topics relative to `topic_prefix`, default `p1gw`; see `docs/mqtt.md`):
 //!
-//! * `<meter>/state`: the whole reading, [`p1_core::Reading::json`] (design §4 JSON);
+//! * `<meter>/state`: the whole reading, [`p1_core::Reading::json`] (docs/contracts.md §4 JSON);
 //! * `<meter>/<name>` and `<meter>/<kind>_<channel>/<name>` (with `value_topics`): one value
-//!   per topic, in the canonical unit of field-notes §c (`1988.284`, `0.588`, `2`);
+//!   per topic, in the canonical unit of docs/obis.md (`1988.284`, `0.588`, `2`);
 //! * `<gateway>/status`: `online` (retained) while connected, `offline` (retained) as the last
 //!   will and on a clean stop;
 //! * with discovery, `<discovery_prefix>/sensor/p1gw_<meter>/<object>/config` (retained): one
@@ -63,6 +63,7 @@ mod sink;
 
 pub use config::{ClientIdentity, MqttSettings, Protocol, Qos, TlsSettings};
 pub use error::BuildError;
+pub use p1_mqtt_transport::TlsError;
 pub use sink::{KIND, MqttSink, build};
 
 #[cfg(test)]

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use p1_core::sink::BoxFuture;
 use p1_core::{Deliver, DeliveryError, Reading, Sink, SinkContext, SinkError, Spooled};
-use p1_mqtt_transport::{LinkState, stop_connection, wait_connected};
+use p1_mqtt_transport::{LinkState, connected, run_beside, transient, wire};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::client_config;
 use crate::connection::{Connection, Job, Report};
@@ -108,10 +107,8 @@ async fn run(
     cx: SinkContext,
 ) -> Result<(), SinkError> {
     let settings = sink.settings.clone();
-    let (jobs_tx, jobs_rx) = mpsc::channel(MAX_BATCH);
-    // Holds every report delivery can have outstanding (one per job) twice over.
-    let (reports_tx, reports_rx) = mpsc::channel(4 * MAX_BATCH);
-    let (state_tx, state_rx) = watch::channel(LinkState::default());
+    // Reports: every one delivery can have outstanding (one per job) twice over.
+    let (task, ends) = wire::<Job, Report>(MAX_BATCH, 4 * MAX_BATCH);
     let (discovery, discovery_rx) = match &settings.discovery_prefix {
         Some(prefix) => {
             let (d, rx) = Discovery::new(&settings, prefix);
@@ -119,41 +116,44 @@ async fn run(
         }
         None => (None, None),
     };
-    let stop = CancellationToken::new();
-    let attempt = Arc::new(AtomicU64::new(0));
+    let stop = task.stop.clone();
     let connection = Connection {
         settings: settings.clone(),
         tls: sink.tls.clone(),
-        jobs: jobs_rx,
-        reports: reports_tx,
-        state: state_tx,
+        jobs: task.jobs,
+        reports: task.reports,
+        state: task.state,
         discovery: discovery_rx,
-        attempt: attempt.clone(),
-        stop: stop.clone(),
+        attempt: task.attempt,
+        stop: task.stop,
         hard: cx.hard.clone(),
         health: cx.health.clone(),
         name: cx.name.clone(),
     };
-    let connection = tokio::spawn(connection.run());
 
     let publisher = Publisher::new(settings.clone(), discovery);
     let deliver = MqttDeliver {
         batch: batch_for(settings.backlog_rate),
-        jobs: jobs_tx,
-        reports: reports_rx,
-        state: state_rx,
+        jobs: ends.jobs,
+        reports: ends.reports,
+        state: ends.state,
         epoch: 0,
-        attempt,
+        attempt: ends.attempt,
     };
     // Delivery retries come soon: each attempt itself waits for the connection, whose own
     // backoff paces the broker.
     let worker = Spooled::new(KIND, publisher, deliver)
         .with_backoff(Duration::from_millis(200), Duration::from_secs(5));
-    let result = Box::new(worker).run(input, cx.clone()).await;
-
-    stop.cancel();
-    stop_connection(connection, STOP_WAIT, &cx.name, "MQTT").await;
-    result
+    run_beside(
+        connection.run(),
+        stop,
+        Box::new(worker),
+        input,
+        cx,
+        STOP_WAIT,
+        "MQTT",
+    )
+    .await
 }
 
 /// Hands spool records to the connection task and waits for the broker's acks.
@@ -167,23 +167,6 @@ struct MqttDeliver {
     epoch: u64,
     /// The same, for the connection task (it drops data of abandoned attempts).
     attempt: Arc<AtomicU64>,
-}
-
-fn transient(message: impl Into<String>) -> DeliveryError {
-    DeliveryError::Transient {
-        message: message.into(),
-        retry_after: None,
-    }
-}
-
-impl MqttDeliver {
-    /// Waits until connected; an error when a connection attempt fails meanwhile or none
-    /// succeeds within [`CONNECT_WAIT`].
-    async fn connected(&mut self) -> Result<(), DeliveryError> {
-        wait_connected(&mut self.state, CONNECT_WAIT, "the broker")
-            .await
-            .map_err(transient)
-    }
 }
 
 impl Deliver for MqttDeliver {
@@ -201,7 +184,7 @@ impl Deliver for MqttDeliver {
             self.attempt.store(epoch, Ordering::Release);
             // Reports of an earlier, abandoned attempt.
             while self.reports.try_recv().is_ok() {}
-            self.connected().await?;
+            connected(&mut self.state, CONNECT_WAIT, "the broker").await?;
 
             let mut sent = Vec::with_capacity(records.len());
             for (seq, record) in records {

@@ -96,7 +96,7 @@ fn value_topics_use_canonical_names_units_and_submeter_paths() {
         ("hot_water_1/hot_water_volume", "366.475"),
         ("hot_water_1/heat_flow", "0.09"),
         ("hot_water_1/heat_supply_temperature", "74.8"),
-        // Veitur's heat "Wh": as sent, not scaled (field-notes §f).
+        // Veitur's heat "Wh": as sent, not scaled (docs/markets.md §f).
         ("hot_water_1/heat_energy", "19.078"),
         ("meter_time", "2024-05-01T21:13:09Z"),
     ] {
@@ -764,5 +764,16 @@ fn mqtt5_connection_errors_say_what_happened() {
         &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
         &s,
     );
-    assert!(e.contains("password_file"), "{e}");
+    assert!(
+        e.contains("bad user name or password (check the user name and password)"),
+        "{e}"
+    );
+    // The caller says where the credentials come from (p1gw: its configuration keys).
+    let mut s = s;
+    s.credentials_hint = "username and password_file".to_owned();
+    let e = describe_v5(
+        &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+        &s,
+    );
+    assert!(e.contains("(check username and password_file)"), "{e}");
 }

@@ -1,5 +1,5 @@
 //! Parser benchmark in the format of the anchor harness
-//! (`shared/bench/anchors`, `anchors bench`), so that `run.sh` can run it in
+//! (`anchors bench`; `scripts/bench` says where the harness is), so that `run.sh` can run it in
 //! the same rounds as dsmr5, dsmr-parse and dsmr_parser (`scripts/bench`).
 //!
 //! ```text
@@ -19,7 +19,7 @@
 //!   into typed values (the counterpart of dsmr5's validate + `State`);
 //! * `ours_validate`: the decoder frames the bytes, then CRC-16/ARC over
 //!   `/`..`!` is compared with the hex digits after `!`; no line parsing;
-//! * `ours_json`: `ours_parse` plus the design §4 JSON written into a reused
+//! * `ours_json`: `ours_parse` plus the docs/contracts.md §4 JSON written into a reused
 //!   `String` (the per-telegram work of `p1gw parse --format jsonl`).
 //!
 //! Run: `cargo run --release --example bench -p p1-telegram -- --dir DIR`.

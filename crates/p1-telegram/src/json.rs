@@ -1,4 +1,4 @@
-//! The JSON shape of a telegram (design.md §4), written by hand: it is on the
+//! The JSON shape of a telegram (docs/contracts.md §4), written by hand: it is on the
 //! hot path of `p1gw parse` and the daemon, and numbers must keep exactly the
 //! digits the meter sent, which a float-based serializer cannot do.
 

@@ -14,7 +14,7 @@
 //!   units, [`MeterTime`] stamps with their DST flag, hex text, multi-group
 //!   lines) and its canonical name; M-Bus channels become [`Submeter`]s
 //!   whose [`SubmeterKind`] comes from device type, units and codes together.
-//! * [`json`] — the design §4 JSON shape, written without floats.
+//! * [`json`] — the docs/contracts.md §4 JSON shape, written without floats.
 //!
 //! ```
 //! use p1_telegram::{Decoder, ParseOptions, Telegram};

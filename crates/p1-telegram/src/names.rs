@@ -1,4 +1,4 @@
-//! Canonical names for the OBIS codes we know (field-notes §c) and the kind of
+//! Canonical names for the OBIS codes we know (docs/obis.md) and the kind of
 //! each M-Bus submeter.
 
 use crate::ObisCode;
@@ -232,7 +232,7 @@ pub(crate) fn channel_name(
         (24, 2, 1, K::Cooling) => "cooling_energy",
         (24, 2, 1, K::HotWater) => "hot_water_volume",
         // Veitur's heat/hot-water submeter: one group per line, own meanings
-        // (field-notes §a). 24.2.5/.6 units are unverified: named, not scaled.
+        // (docs/markets.md §a). 24.2.5/.6 units are unverified: named, not scaled.
         (24, 2, 2, K::HotWater) if groups == 1 => "heat_flow",
         (24, 2, 3, K::HotWater) if groups == 1 => "heat_supply_temperature",
         (24, 2, 4, K::HotWater) if groups == 1 => "heat_return_temperature",

@@ -153,7 +153,7 @@ pub struct Object<'a> {
     pub continuation: Option<&'a [u8]>,
     /// The typed value.
     pub value: Value<'a>,
-    /// The canonical name (field-notes §c), `None` for codes we do not know.
+    /// The canonical name (docs/obis.md), `None` for codes we do not know.
     pub name: Option<&'static str>,
     /// Number of `(…)` groups on the line.
     pub groups: u16,

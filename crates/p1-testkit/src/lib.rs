@@ -14,6 +14,8 @@
 //!   a stopped InfluxDB again on its data and port; [`require`] fails (never skips) when a
 //!   program is missing, naming its Debian package.
 //! * [`Cable`]: a socat pty pair standing in for the serial cable, unplugged by SIGTERM.
+//! * [`Daemon`]: a `p1gw run` child process on a free port, with what the suites ask of it
+//!   (HTTP, the log, signals, exit, `/proc` figures); each suite wraps it with how it starts it.
 //! * [`root`], [`free_port`], [`stop_child`], [`terminate_child`].
 //!
 //! # Place in the graph
@@ -32,12 +34,14 @@
 )]
 
 mod cable;
+mod daemon;
 mod http;
 mod process;
 mod prometheus;
 mod servers;
 
 pub use cable::Cable;
+pub use daemon::{Daemon, rss_kib};
 pub use http::{component, http_get, influxql, percent_encode};
 pub use process::{free_port, root, stop_child, terminate_child, wait_for};
 pub use prometheus::{metric, metric_sum};

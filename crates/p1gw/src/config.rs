@@ -1,4 +1,4 @@
-//! The configuration file (design.md §5): its types, the two stages that read it, the
+//! The configuration file (docs/contracts.md §5): its types, the two stages that read it, the
 //! read-only checks of `check-config`, and the built-in demo configuration.
 //!
 //! ```text
@@ -28,17 +28,12 @@
 //!
 //! Decisions recorded here:
 //! * A request `interval` below 10 s with a Veitur preset is an error, not a warning:
-//!   field-notes.md §a makes 10 s the default and the minimum.
+//!   docs/markets.md §a makes 10 s the default and the minimum.
 //! * A serial device that does not exist is a `check` error, with a hint about
 //!   `/dev/serial/by-id/`; `validate` never looks.
 //! * Relative paths are relative to the working directory, not to the configuration file.
 //! * Each sink may have a `name` (default: its kind); names must be unique, so two sinks of
 //!   one kind need names. The name is for logs and the spool file; metrics label the kind.
-
-#![allow(
-    dead_code,
-    reason = "the sections are read by the reader, the sinks and the HTTP server as each is wired in"
-)]
 
 pub mod check;
 pub mod daemon;
@@ -70,7 +65,7 @@ use daemon::{HttpConfig, LogConfig, SpoolConfig};
 use locate::{KeyPath, Origin, Problems};
 use secret::EnvInputs;
 use sink::SinkConfig;
-use source::{MeterConfig, SourceConfig};
+use source::{MeterConfig, SourceTable};
 
 /// The name errors in the built-in demo configuration print in place of a file name.
 pub const DEMO_NAME: &str = "built-in demo config";
@@ -276,7 +271,7 @@ impl Config {
 
     fn one_meter_per_port(&self, problems: &mut Problems) {
         let port = |meter: &MeterConfig| match &meter.source {
-            SourceConfig::Serial(serial) => Some(serial.port.clone()),
+            SourceTable::Serial(serial) => Some(serial.port.clone()),
             _ => None,
         };
         for (i, meter) in self.meters.iter().enumerate() {
@@ -300,14 +295,9 @@ impl Config {
 
     fn unique_sink_names(&self, problems: &mut Problems) {
         let name = |sink: &SinkConfig| {
-            match sink {
-                SinkConfig::Mqtt(c) => c.name.clone(),
-                SinkConfig::Influx(c) => c.name.clone(),
-                SinkConfig::AzureIot(c) => c.name.clone(),
-                SinkConfig::Jsonl(c) => c.name.clone(),
-                SinkConfig::Stdout(c) => c.name.clone(),
-            }
-            .unwrap_or_else(|| sink.kind().to_owned())
+            sink.name()
+                .cloned()
+                .unwrap_or_else(|| sink.kind().to_owned())
         };
         for (i, sink) in self.sinks.iter().enumerate() {
             let mine = name(sink);
@@ -323,10 +313,7 @@ impl Config {
     }
 
     fn one_sink_per_file(&self, problems: &mut Problems) {
-        let path = |sink: &SinkConfig| match sink {
-            SinkConfig::Jsonl(c) => Some(c.path.clone()),
-            _ => None,
-        };
+        let path = |sink: &SinkConfig| sink.output_file().map(Path::to_path_buf);
         for (i, sink) in self.sinks.iter().enumerate() {
             let Some(mine) = path(sink) else { continue };
             if let Some(j) = self.sinks[..i]
@@ -352,14 +339,14 @@ impl Config {
             name: &'a str,
             tz: &'a str,
             spike_guard: &'a source::SpikeGuardConfig,
-            source: &'a SourceConfig,
+            source: &'a SourceTable,
         }
         #[derive(Serialize)]
         struct Document<'a> {
             #[serde(skip_serializing_if = "Option::is_none")]
             meter: Option<&'a MeterTable>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            source: Option<&'a SourceConfig>,
+            source: Option<&'a SourceTable>,
             #[serde(skip_serializing_if = "Vec::is_empty")]
             meters: Vec<MeterEntry<'a>>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]

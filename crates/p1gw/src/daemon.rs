@@ -6,7 +6,7 @@
 //! reaches every sink), readers, then HTTP; READY=1 goes to systemd when
 //! all of them run.
 //!
-//! Stop order (style.md "Two-phase shutdown"): a signal sends STOPPING=1,
+//! Stop order (two-phase, ARCHITECTURE.md "crates/p1gw"): a signal sends STOPPING=1,
 //! marks the registry as shutting down (so /readyz answers 503) and cancels
 //! the readers; each reader finishes its telegram and drops its sender, so
 //! the sinks see the channel close and drain their spools under the grace
@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use p1_core::{
-    AsyncSpool, ComponentKind, Reading, Registry, Shutdown, Sink, SinkContext, SpoolConfig,
-};
+use p1_core::{AsyncSpool, ComponentKind, Reading, Registry, Shutdown, SinkContext, SpoolConfig};
 use p1_reader::ReaderConfig;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +32,7 @@ const CHANNEL_CAPACITY: usize = 1024;
 
 /// Makes a fresh instance of a configured sink (the supervisor calls it again
 /// after a failure).
-pub(crate) type MakeSink = Arc<dyn Fn() -> Box<dyn Sink> + Send + Sync>;
+pub(crate) use crate::config::sink::MakeSink;
 
 /// One configured sink, ready to build.
 pub(crate) struct SinkPlan {

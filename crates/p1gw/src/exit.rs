@@ -1,6 +1,6 @@
-//! Exit codes (sysexits, design.md §3) and the one place that maps errors to them.
+//! Exit codes (sysexits, docs/contracts.md §3) and the one place that maps errors to them.
 
-/// Exit codes of design.md §3.
+/// Exit codes of docs/contracts.md §3.
 pub struct Exit;
 
 impl Exit {

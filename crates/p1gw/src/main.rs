@@ -1,5 +1,5 @@
 //! `p1gw`: the smart-meter P1 gateway binary. See README.md and
-//! ARCHITECTURE.md; the CLI contract is design.md §3.
+//! ARCHITECTURE.md; the CLI contract is docs/contracts.md §3.
 
 mod daemon;
 mod logging;

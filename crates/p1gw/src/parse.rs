@@ -1,4 +1,4 @@
-//! `p1gw parse`: decode recorded telegrams (design.md §3, §4).
+//! `p1gw parse`: decode recorded telegrams (docs/contracts.md §3, §4).
 //!
 //! Every input is its own stream: a file, each file of a directory (sorted by
 //! name), or `-` for standard input. Good telegrams go to stdout, one result
@@ -42,7 +42,7 @@ pub(crate) struct ParseArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// One JSON object per telegram per line (design.md §4).
+    /// One JSON object per telegram per line (docs/contracts.md §4).
     Jsonl,
     /// A human-readable table per telegram.
     Table,

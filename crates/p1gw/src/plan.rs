@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use p1_reader::{Pace, Profile, ReaderConfig, SourceConfig};
+use p1_reader::{Pace, ReaderConfig, SourceConfig};
 
 use crate::config::ValidConfig;
-use crate::config::sink::ValidSinkKind;
-use crate::config::source::{ReplayPace, SimProfile, ValidSource};
+use crate::config::source::ValidSource;
 use crate::daemon::{Plan, SinkPlan};
 use crate::exit::{Coded, Exit};
 
@@ -37,11 +36,7 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
         let (source, max_telegram_bytes) = match &meter.source {
             ValidSource::Simulate(s) => (
                 SourceConfig::Simulate {
-                    profile: match s.profile {
-                        SimProfile::Veitur => Profile::Veitur,
-                        SimProfile::Dsmr5 => Profile::Dsmr5,
-                        SimProfile::Belgium => Profile::Belgium,
-                    },
+                    profile: s.profile,
                     interval: interval.unwrap_or(s.interval),
                 },
                 p1_telegram::DEFAULT_MAX_TELEGRAM_BYTES,
@@ -61,12 +56,7 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
             ValidSource::Replay(r) => (
                 SourceConfig::Replay {
                     path: r.path.clone(),
-                    pace: match (interval, r.pace) {
-                        (Some(d), _) => Pace::Every(d),
-                        (None, ReplayPace::Every(d)) => Pace::Every(d),
-                        (None, ReplayPace::Recorded) => Pace::Recorded,
-                        (None, ReplayPace::Fast) => Pace::Fast,
-                    },
+                    pace: interval.map_or(r.pace, Pace::Every),
                     repeat: r.repeat,
                 },
                 p1_telegram::DEFAULT_MAX_TELEGRAM_BYTES,
@@ -91,67 +81,15 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
             source,
             max_telegram_bytes,
             expected_interval,
-            guard: meter.spike_guard.map(|g| p1_reader::GuardConfig {
-                max_power_kw: g.max_power_kw,
-                max_flow_m3_per_h: g.max_flow_m3_per_h,
-            }),
+            guard: meter.spike_guard,
         });
     }
 
+    // One MQTT connection, one last will: its status topic is named for the first meter.
+    let gateway = config.meters.first().map_or("p1gw", |m| m.name.as_str());
     let mut sinks = Vec::new();
     for sink in &config.sinks {
-        let (kind, make): (&'static str, crate::daemon::MakeSink) = match &sink.kind {
-            ValidSinkKind::Jsonl(j) => {
-                let path = j.path.clone();
-                (
-                    p1_sink_file::jsonl::KIND,
-                    Arc::new(move || p1_sink_file::jsonl::sink(path.clone())),
-                )
-            }
-            ValidSinkKind::Stdout => (
-                p1_sink_file::stdout::KIND,
-                Arc::new(p1_sink_file::stdout::sink),
-            ),
-            ValidSinkKind::Mqtt(mqtt) => {
-                // One connection, one last will: its status topic is named for the first meter.
-                let gateway = config.meters.first().map_or("p1gw", |m| m.name.as_str());
-                let settings = mqtt
-                    .settings(&sink.name, gateway, crate::version())
-                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                let built = p1_sink_mqtt::build(settings).map_err(|e| {
-                    Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
-                })?;
-                (p1_sink_mqtt::KIND, Arc::new(move || built.make()))
-            }
-            ValidSinkKind::Influx(influx) => {
-                let settings = influx
-                    .settings()
-                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                let mut built = p1_sink_influx::Influx::new(settings).map_err(|e| {
-                    Coded::error(Exit::CONFIG, format!("sink {:?}: {e}", sink.name))
-                })?;
-                if let Some(reader) = influx.secret_reader() {
-                    built = built.with_secret_reader(reader);
-                }
-                (p1_sink_influx::KIND, Arc::new(move || built.sink()))
-            }
-            ValidSinkKind::AzureIot(azure) => {
-                let settings = azure
-                    .settings()
-                    .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", sink.name)))?;
-                // Errors name the connection string's field (never its key) and where it is.
-                let built = p1_sink_azure::build(settings).map_err(|e| {
-                    Coded::error(
-                        Exit::CONFIG,
-                        format!(
-                            "sink {:?}: {e} (connection string from the {})",
-                            sink.name, azure.connection_string
-                        ),
-                    )
-                })?;
-                (p1_sink_azure::KIND, Arc::new(move || built.make()))
-            }
-        };
+        let (kind, make) = sink.plan(gateway, crate::version())?;
         sinks.push(SinkPlan {
             name: sink.name.clone(),
             kind,
@@ -192,40 +130,10 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
 /// passed on: the reader's RTS/DTR line then de-asserts the pin to raise the
 /// request, and a GPIO line is requested active-low.
 fn serial_source(serial: &crate::config::source::ValidSerial) -> SourceConfig {
-    use crate::config::source::{Parity, RequestLine, RequestMode};
-    let settings = &serial.settings;
-    let request = &serial.request;
     SourceConfig::Serial(p1_reader::SerialSource {
         port: serial.port.clone(),
-        settings: p1_reader::LineSettings {
-            baud: settings.baud,
-            data_bits: settings.data_bits,
-            parity: match settings.parity {
-                Parity::None => p1_reader::Parity::None,
-                Parity::Even => p1_reader::Parity::Even,
-                Parity::Odd => p1_reader::Parity::Odd,
-            },
-            stop_bits: settings.stop_bits,
-        },
-        request: p1_reader::RequestConfig {
-            line: match &request.line {
-                RequestLine::None => p1_reader::LineKind::None,
-                RequestLine::Rts => p1_reader::LineKind::Rts,
-                RequestLine::Dtr => p1_reader::LineKind::Dtr,
-                RequestLine::Gpio { chip, offset } => p1_reader::LineKind::Gpio {
-                    chip: chip.clone(),
-                    offset: *offset,
-                },
-            },
-            mode: match request.mode {
-                RequestMode::Hold => p1_reader::RequestMode::Hold,
-                RequestMode::Pulse => p1_reader::RequestMode::Pulse,
-                RequestMode::Poll => p1_reader::RequestMode::Poll,
-            },
-            pulse: request.pulse,
-            interval: request.interval,
-            invert: request.invert,
-        },
+        settings: serial.settings,
+        request: serial.request.clone(),
         reconnect_min: serial.reconnect.min,
         reconnect_max: serial.reconnect.max,
     })

@@ -1,5 +1,5 @@
 //! `p1gw probe`: which line settings make a port yield telegrams
-//! (design.md §3, field-notes §a).
+//! (docs/contracts.md §3, docs/markets.md §a).
 //!
 //! For each preset (veitur 9600 7N1, veitur-7e1 and dsmr22 9600 7E1, dsmr4
 //! 115200 8N1) it opens the port, drives the request line and listens for
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::exit::{Coded, Exit};
 
 /// The shortest listening time per preset: a Veitur meter answers every
-/// 10 s (field-notes §a).
+/// 10 s (docs/markets.md §a).
 const MIN_SECONDS: u64 = 12;
 
 /// What to print when no byte arrived at any setting.
@@ -121,7 +121,7 @@ impl PresetArg {
 }
 
 /// The exit code of a port that cannot be opened: 66 when it does not
-/// exist, 74 otherwise (design.md §3).
+/// exist, 74 otherwise (docs/contracts.md §3).
 pub(crate) fn open_error(e: p1_reader::Error) -> anyhow::Error {
     match &e {
         p1_reader::Error::PortMissing { .. } => Coded::error(

@@ -1,5 +1,5 @@
 //! `p1gw record`: capture what a meter sends, for bug reports and replay
-//! (design.md §3).
+//! (docs/contracts.md §3).
 //!
 //! Opens the port like the serial source (exclusively, with a preset's line
 //! settings and the request line driven), and appends every byte read to

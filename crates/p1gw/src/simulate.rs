@@ -1,4 +1,4 @@
-//! `p1gw simulate`: a fake meter for testing without hardware (design.md §3).
+//! `p1gw simulate`: a fake meter for testing without hardware (docs/contracts.md §3).
 //!
 //! It sends the telegrams of a simulated meter (`p1_reader::SimulatedMeter`:
 //! Veitur, DSMR 5 or Belgian) every interval, to one of:

@@ -44,17 +44,7 @@ fn a_garbage_flood_loses_no_valid_telegram_and_memory_stays_flat() {
         .expect("write timeout");
     let pid = daemon.pid();
     let rss_before = daemon.rss_kib();
-    let sampler = Sampler::start(Duration::from_millis(100), move || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    });
+    let sampler = Sampler::start(Duration::from_millis(100), move || p1_testkit::rss_kib(pid));
 
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut written = 0usize;

@@ -124,11 +124,21 @@ impl Metrics {
 // ---------------------------------------------------------------------------------------------
 // The daemon.
 
-/// A `p1gw run` child process with its own HTTP port; killed (SIGKILL) on drop.
-pub(crate) struct Daemon {
-    pub(crate) child: Child,
-    pub(crate) port: u16,
-    pub(crate) log: PathBuf,
+/// A `p1gw run` child process with its own HTTP port (p1-testkit's [`p1_testkit::Daemon`],
+/// shared with p1gw's suite); killed (SIGKILL) on drop.
+pub(crate) struct Daemon(p1_testkit::Daemon);
+
+impl std::ops::Deref for Daemon {
+    type Target = p1_testkit::Daemon;
+    fn deref(&self) -> &p1_testkit::Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut p1_testkit::Daemon {
+        &mut self.0
+    }
 }
 
 impl Daemon {
@@ -166,46 +176,33 @@ impl Daemon {
     fn spawn_limited(dir: &Path, name: &str, config: &str, fsize_kib: Option<u64>) -> Daemon {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, config).expect("write config");
-        let port = free_port();
-        let log = dir.join(format!("{name}.log"));
-        let mut command = match fsize_kib {
-            None => Command::new(p1gw_bin()),
+        let bin = match fsize_kib {
+            None => p1gw_bin(),
             Some(kib) => {
-                // bash counts ulimit -f in 1024-byte blocks.
-                let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(format!("ulimit -f {kib} && exec \"$0\" \"$@\""))
-                    .arg(p1gw_bin());
-                c
+                // A wrapper that sets the limit and becomes p1gw (bash counts ulimit -f in
+                // 1024-byte blocks).
+                use std::os::unix::fs::PermissionsExt as _;
+                let wrapper = dir.join(format!("{name}-limited.sh"));
+                std::fs::write(
+                    &wrapper,
+                    format!(
+                        "#!/bin/bash\nulimit -f {kib} && exec '{}' \"$@\"\n",
+                        p1gw_bin().display()
+                    ),
+                )
+                .expect("write wrapper");
+                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod wrapper");
+                wrapper
             }
         };
-        let child = command
-            .args(["run", "--config"])
-            .arg(&file)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--log-format", "human"])
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start p1gw");
-        Daemon { child, port, log }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `Some(exit status)` once the process has ended.
-    pub(crate) fn exited(&self) -> Option<String> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        let state = stat.rsplit_once(") ")?.1.chars().next()?;
-        (state == 'Z' || state == 'X').then(|| format!("state {state}"))
-    }
-
-    pub(crate) fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.port, path)
+        Daemon(p1_testkit::Daemon::spawn(
+            &bin,
+            &file,
+            &dir.join(format!("{name}.log")),
+            &["--log-format", "human"],
+            &[],
+        ))
     }
 
     /// Scrapes `/metrics` (panics when the daemon does not answer within 10 s: it should).
@@ -215,51 +212,6 @@ impl Daemon {
                 .filter(|(s, _)| *s == 200)
                 .map(|(_, b)| Metrics(b))
         })
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, as a power cut would, and reap.
-    pub(crate) fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL p1gw");
-        self.child.wait().expect("reap p1gw");
-    }
-
-    /// Open file descriptors (`/proc/PID/fd`).
-    pub(crate) fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(Iterator::count)
-            .unwrap_or(0)
-    }
-
-    /// Resident memory in KiB (`VmRSS` of `/proc/PID/status`).
-    pub(crate) fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
-    /// A component of `/api/v1/status` (`reader:home`, `sink:mqtt`).
-    pub(crate) fn component(&self, name: &str) -> Option<Value> {
-        let (_, body) = self.get("/api/v1/status")?;
-        p1_testkit::component(&body, name)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.child.kill().ok();
-            self.child.wait().ok();
-        }
     }
 }
 

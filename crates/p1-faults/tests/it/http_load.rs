@@ -223,17 +223,7 @@ fn two_hundred_http_clients_neither_delay_readings_nor_grow_memory() {
     });
     let rss_start = daemon.rss_kib();
     let pid = daemon.pid();
-    let sampler = Sampler::start(Duration::from_millis(200), move || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    });
+    let sampler = Sampler::start(Duration::from_millis(200), move || p1_testkit::rss_kib(pid));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

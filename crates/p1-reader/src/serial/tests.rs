@@ -1,6 +1,6 @@
 //! The serial source: presets and the line filter (pure), the session loop
 //! with each request mode (an in-memory stream and a [`FakeLine`] under
-//! paused time: a pty has neither RTS/DTR nor 7E1, dependencies.md §2.5),
+//! paused time: a pty has neither RTS/DTR nor 7E1, docs/dependencies.md §2.5),
 //! the reconnect loop with a scripted opener, and a real pty pair for open,
 //! exclusive access, unplug and replug.
 

@@ -16,8 +16,8 @@ use super::ValidConfig;
 use super::error::{ConfigError, ErrorKind};
 use super::locate::{KeyPath, Problems};
 use super::secret::SecretSource;
-use super::sink::{ClientCert, InfluxTarget, ValidSinkKind};
-use super::source::{RequestLine, ValidSource};
+use super::sink::ClientCert;
+use super::source::{LineKind, ValidSource};
 
 const READ: u32 = 0o4;
 const WRITE: u32 = 0o2;
@@ -39,7 +39,7 @@ pub fn check(config: &ValidConfig) -> Vec<ConfigError> {
         match &meter.source {
             ValidSource::Serial(serial) => {
                 checker.serial_port(&serial.port, &at.key("port"));
-                if let RequestLine::Gpio { chip, .. } = &serial.request.line {
+                if let LineKind::Gpio { chip, .. } = &serial.request.line {
                     checker.gpio_chip(chip, &at.key("request").key("line"));
                 }
             }
@@ -48,35 +48,7 @@ pub fn check(config: &ValidConfig) -> Vec<ConfigError> {
         }
     }
     for sink in &config.sinks {
-        let at = KeyPath::root().key("sink").index(sink.index);
-        match &sink.kind {
-            ValidSinkKind::Mqtt(mqtt) => {
-                checker.secret(mqtt.password.as_ref(), &at.key("password_file"));
-                if let Some(tls) = &mqtt.tls {
-                    if let Some(ca) = &tls.ca_file {
-                        checker.input_file(ca, &at.key("ca_file"));
-                    }
-                    checker.client_cert(tls.client_cert.as_ref(), &at);
-                }
-            }
-            ValidSinkKind::Influx(influx) => match &influx.target {
-                InfluxTarget::V1 { password, .. } => {
-                    checker.secret(password.as_ref(), &at.key("password_file"));
-                }
-                InfluxTarget::V2 { token, .. } => {
-                    checker.secret(Some(token), &at.key("token_file"));
-                }
-            },
-            ValidSinkKind::AzureIot(azure) => {
-                checker.secret(
-                    Some(&azure.connection_string),
-                    &at.key("connection_string_file"),
-                );
-                checker.client_cert(azure.client_cert.as_ref(), &at);
-            }
-            ValidSinkKind::Jsonl(jsonl) => checker.output_file(&jsonl.path, &at.key("path")),
-            ValidSinkKind::Stdout => {}
-        }
+        sink.check(&mut checker);
     }
     let http = KeyPath::root().key("http");
     checker.secret(config.http.token.as_ref(), &http.key("token_file"));
@@ -86,7 +58,8 @@ pub fn check(config: &ValidConfig) -> Vec<ConfigError> {
         .into_errors(&config.origin, ErrorKind::Check)
 }
 
-struct Checker {
+/// The checks, for each sink's [`Planned::check`](super::sink::Planned::check).
+pub struct Checker {
     problems: Problems,
     user: Option<User>,
 }
@@ -152,7 +125,7 @@ impl Checker {
     }
 
     /// A file p1gw reads: it must be a regular file that can be opened for reading.
-    fn input_file(&mut self, path: &Path, at: &KeyPath) {
+    pub(crate) fn input_file(&mut self, path: &Path, at: &KeyPath) {
         let problem = match std::fs::metadata(path) {
             Err(error) => Some(error.to_string()),
             Ok(meta) if !meta.is_file() => Some("not a regular file".to_owned()),
@@ -185,7 +158,7 @@ impl Checker {
     }
 
     /// A secret from a file must be readable and not empty; one from the environment is there.
-    fn secret(&mut self, source: Option<&SecretSource>, at: &KeyPath) {
+    pub(crate) fn secret(&mut self, source: Option<&SecretSource>, at: &KeyPath) {
         let Some(source) = source else { return };
         let SecretSource::File(path) = source else {
             return;
@@ -197,7 +170,7 @@ impl Checker {
         }
     }
 
-    fn client_cert(&mut self, cert: Option<&ClientCert>, at: &KeyPath) {
+    pub(crate) fn client_cert(&mut self, cert: Option<&ClientCert>, at: &KeyPath) {
         if let Some(cert) = cert {
             self.input_file(&cert.cert_file, &at.key("client_cert_file"));
             self.input_file(&cert.key_file, &at.key("client_key_file"));
@@ -205,7 +178,7 @@ impl Checker {
     }
 
     /// A file p1gw appends to: an existing regular file it may write, or one it may create.
-    fn output_file(&mut self, path: &Path, at: &KeyPath) {
+    pub(crate) fn output_file(&mut self, path: &Path, at: &KeyPath) {
         match std::fs::metadata(path) {
             Ok(meta) if !meta.is_file() => self.problems.value(
                 at.clone(),

@@ -198,7 +198,7 @@ impl HttpConfig {
             listen: listen?,
             token: SecretSource::pick(
                 ENV_HTTP_TOKEN,
-                env.http_token.as_ref(),
+                env.secret(ENV_HTTP_TOKEN),
                 self.token_file.as_deref(),
             ),
             history: history?,

@@ -112,7 +112,7 @@ impl ConfigError {
         self.kind
     }
 
-    /// The design.md §3 exit code for this error: 66 when the configuration file is missing, 74
+    /// The docs/contracts.md §3 exit code for this error: 66 when the configuration file is missing, 74
     /// when it cannot be read for another reason, 78 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self.kind {

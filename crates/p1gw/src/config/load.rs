@@ -20,8 +20,8 @@ use super::daemon::{HttpConfig, LogConfig, SpoolConfig};
 use super::error::{ConfigError, ErrorKind, Location};
 use super::locate::{KeyPath, Origin, path_at};
 use super::secret::{ENV_HTTP_TOKEN, EnvInputs};
-use super::sink::{SINK_KINDS, SinkConfig, inline_secret_keys};
-use super::source::{MeterConfig, MeterForm, MeterTable, SOURCE_KINDS, SourceConfig};
+use super::sink::{SINK_KINDS, Section, SinkConfig, inline_secret_keys};
+use super::source::{MeterConfig, MeterForm, MeterTable, SOURCE_KINDS, SourceTable};
 
 /// The top-level keys.
 const TOP_KEYS: [&str; 7] = ["meter", "meters", "source", "sink", "http", "spool", "log"];
@@ -354,21 +354,21 @@ impl<'a, 'i> Shape<'a, 'i> {
     }
 
     /// `[source]` or `meters[i].source`.
-    fn source(&mut self, value: &'a Spanned<DeValue<'i>>, path: &KeyPath) -> Option<SourceConfig> {
+    fn source(&mut self, value: &'a Spanned<DeValue<'i>>, path: &KeyPath) -> Option<SourceTable> {
         let (kind, table) = self.kind(value, path, &SOURCE_KINDS)?;
         let span = value.span();
         let skip = ["kind"];
         match kind {
             "serial" => self
                 .deserialize(span, table, &skip)
-                .map(SourceConfig::Serial),
-            "tcp" => self.deserialize(span, table, &skip).map(SourceConfig::Tcp),
+                .map(SourceTable::Serial),
+            "tcp" => self.deserialize(span, table, &skip).map(SourceTable::Tcp),
             "replay" => self
                 .deserialize(span, table, &skip)
-                .map(SourceConfig::Replay),
+                .map(SourceTable::Replay),
             _ => self
                 .deserialize(span, table, &skip)
-                .map(SourceConfig::Simulate),
+                .map(SourceTable::Simulate),
         }
     }
 
@@ -485,25 +485,37 @@ impl<'a, 'i> Shape<'a, 'i> {
         let mut sinks = Vec::new();
         for (index, element) in array.iter().enumerate() {
             let path = at.index(index);
-            let Some((kind, table)) = self.kind(element, &path, &SINK_KINDS) else {
+            let Some((kind, table)) = self.kind(element, &path, SINK_KINDS) else {
                 continue;
             };
             let secrets = inline_secret_keys(kind);
             self.forbid_inline(table, &path, secrets);
             let mut skip = vec!["kind"];
             skip.extend(secrets.iter().map(|(key, _, _)| *key));
-            let span = element.span();
-            let sink = match kind {
-                "mqtt" => self.deserialize(span, table, &skip).map(SinkConfig::Mqtt),
-                "influx" => self.deserialize(span, table, &skip).map(SinkConfig::Influx),
-                "azure-iot" => self
-                    .deserialize(span, table, &skip)
-                    .map(SinkConfig::AzureIot),
-                "jsonl" => self.deserialize(span, table, &skip).map(SinkConfig::Jsonl),
-                _ => self.deserialize(span, table, &skip).map(SinkConfig::Stdout),
+            let mut section = SectionReader {
+                shape: self,
+                span: element.span(),
+                table,
+                skip: &skip,
             };
+            let sink = SinkConfig::read(kind, &mut section);
             sinks.extend(sink);
         }
         sinks
+    }
+}
+
+/// One `[[sink]]` entry, read as the type its `kind` names.
+struct SectionReader<'s, 'a, 'i> {
+    shape: &'s mut Shape<'a, 'i>,
+    span: Range<usize>,
+    table: &'a DeTable<'i>,
+    skip: &'s [&'s str],
+}
+
+impl Section for SectionReader<'_, '_, '_> {
+    fn read<T: DeserializeOwned>(&mut self) -> Option<T> {
+        self.shape
+            .deserialize(self.span.clone(), self.table, self.skip)
     }
 }

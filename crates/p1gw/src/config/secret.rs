@@ -6,27 +6,17 @@
 //!
 //! | variable | used for |
 //! |---|---|
-//! | `P1GW_MQTT_PASSWORD` | `password` of every `mqtt` sink |
-//! | `P1GW_INFLUX_PASSWORD` | `password` of every `influx` sink with `api = "v1"` |
-//! | `P1GW_INFLUX_TOKEN` | `token` of every `influx` sink with `api = "v2"` |
-//! | `P1GW_AZURE_CONNECTION_STRING` | the device connection string of every `azure-iot` sink |
 //! | `P1GW_HTTP_TOKEN` | the bearer token `[http]` requires |
+//! | `P1GW_MQTT_PASSWORD`, `P1GW_INFLUX_PASSWORD`, … | each sink kind's own (see its file in `sink/`) |
 //!
 //! A variable that is set (and not empty) wins over the `*_file` key, so a container can
 //! override the packaged configuration. The value is held in a [`Secret`], which prints as
 //! `***` in `Debug` and `Display`, so neither logs nor error messages can show it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Environment variable for the MQTT password.
-pub const ENV_MQTT_PASSWORD: &str = "P1GW_MQTT_PASSWORD";
-/// Environment variable for the InfluxDB v1 password.
-pub const ENV_INFLUX_PASSWORD: &str = "P1GW_INFLUX_PASSWORD";
-/// Environment variable for the InfluxDB v2 token.
-pub const ENV_INFLUX_TOKEN: &str = "P1GW_INFLUX_TOKEN";
-/// Environment variable for the Azure IoT Hub device connection string.
-pub const ENV_AZURE_CONNECTION_STRING: &str = "P1GW_AZURE_CONNECTION_STRING";
 /// Environment variable for the HTTP bearer token.
 pub const ENV_HTTP_TOKEN: &str = "P1GW_HTTP_TOKEN";
 
@@ -130,16 +120,8 @@ impl fmt::Display for SecretSource {
 /// through a closure (see `load_with_env`), so tests never set process variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvInputs {
-    /// `P1GW_MQTT_PASSWORD`.
-    pub mqtt_password: Option<Secret>,
-    /// `P1GW_INFLUX_PASSWORD`.
-    pub influx_password: Option<Secret>,
-    /// `P1GW_INFLUX_TOKEN`.
-    pub influx_token: Option<Secret>,
-    /// `P1GW_AZURE_CONNECTION_STRING`.
-    pub azure_connection_string: Option<Secret>,
-    /// `P1GW_HTTP_TOKEN`.
-    pub http_token: Option<Secret>,
+    /// The secret variables that are set: `P1GW_HTTP_TOKEN` and each sink kind's.
+    secrets: BTreeMap<&'static str, Secret>,
     /// The spool directory to use when `[spool] dir` is not set.
     pub default_spool_dir: PathBuf,
 }
@@ -149,15 +131,19 @@ impl EnvInputs {
     /// are set but empty count as unset.
     pub fn read(env: &dyn Fn(&str) -> Option<String>) -> Self {
         let get = |name: &str| env(name).filter(|value| !value.is_empty());
-        let secret = |name: &str| get(name).map(Secret::new);
+        let secrets = std::iter::once(ENV_HTTP_TOKEN)
+            .chain(super::sink::secret_vars())
+            .filter_map(|var| Some((var, Secret::new(get(var)?))))
+            .collect();
         EnvInputs {
-            mqtt_password: secret(ENV_MQTT_PASSWORD),
-            influx_password: secret(ENV_INFLUX_PASSWORD),
-            influx_token: secret(ENV_INFLUX_TOKEN),
-            azure_connection_string: secret(ENV_AZURE_CONNECTION_STRING),
-            http_token: secret(ENV_HTTP_TOKEN),
+            secrets,
             default_spool_dir: default_spool_dir(&get),
         }
+    }
+
+    /// The secret in variable `var`, if it was set.
+    pub fn secret(&self, var: &str) -> Option<&Secret> {
+        self.secrets.get(var)
     }
 }
 

@@ -5,17 +5,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use p1_reader::{
+    GuardConfig, LineKind, LineSettings, Pace, Parity, Preset, Profile, RequestMode,
+};
+
 use super::locate::{KeyPath, Problems};
 use super::value::{
     RawDuration, RawSize, check_name, format_duration, parse_duration, parse_flow, parse_host_port,
-    parse_power, parse_size, parse_time_zone,
+    parse_power, parse_size, parse_time_zone, spelled,
 };
 
 /// The smallest `max_telegram_bytes`: a DSMR 5 telegram with a text message is about 1.5 KiB.
 pub const MIN_TELEGRAM_BYTES: u64 = 1024;
 /// The largest `max_telegram_bytes`.
 pub const MAX_TELEGRAM_BYTES: u64 = 1 << 20;
-/// The shortest request interval for a Veitur meter (field-notes.md §a: default and minimum
+/// The shortest request interval for a Veitur meter (docs/markets.md §a: default and minimum
 /// 10 s; faster is unverified).
 pub const VEITUR_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -69,22 +73,13 @@ impl Default for SpikeGuardConfig {
     }
 }
 
-/// Validated spike guard bounds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ValidSpikeGuard {
-    /// The largest power counted, kW.
-    pub max_power_kw: f64,
-    /// The largest flow counted, m³/h.
-    pub max_flow_m3_per_h: f64,
-}
-
 impl SpikeGuardConfig {
     /// Validates the bounds (also when the guard is off, so that turning it on later cannot
     /// surprise); `Ok(None)` when it is off.
-    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<Option<ValidSpikeGuard>> {
+    fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<Option<GuardConfig>> {
         let power = problems.ok(&at.key("max_power"), parse_power(&self.max_power));
         let flow = problems.ok(&at.key("max_flow"), parse_flow(&self.max_flow));
-        let guard = ValidSpikeGuard {
+        let guard = GuardConfig {
             max_power_kw: power?,
             max_flow_m3_per_h: flow?,
         };
@@ -125,7 +120,7 @@ pub struct MeterConfig {
     /// Name and time zone.
     pub meter: MeterTable,
     /// How to read it.
-    pub source: SourceConfig,
+    pub source: SourceTable,
     /// Where it was written, to locate errors.
     pub form: MeterForm,
 }
@@ -133,7 +128,7 @@ pub struct MeterConfig {
 /// `[source]`: how telegrams reach p1gw, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum SourceConfig {
+pub enum SourceTable {
     /// `kind = "serial"`: a P1 cable on a serial port.
     Serial(SerialConfig),
     /// `kind = "tcp"`: a serial-to-network bridge (ser2net, an ESP P1 reader) sending the raw
@@ -148,70 +143,6 @@ pub enum SourceConfig {
 /// The `kind`s of source, as spelled in the file.
 pub const SOURCE_KINDS: [&str; 4] = ["serial", "tcp", "replay", "simulate"];
 
-/// Line settings presets (field-notes.md §a).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum Preset {
-    /// Veitur (Iceland), Iskra IE.5: 9600 baud, 7 data bits, no parity, 1 stop bit.
-    #[serde(rename = "veitur")]
-    Veitur,
-    /// Veitur with even parity, 9600 7E1, should 7N1 give garbage.
-    #[serde(rename = "veitur-7e1")]
-    Veitur7e1,
-    /// DSMR 2.2 and 3 (and IEC 62056-21): 9600 7E1.
-    #[serde(rename = "dsmr22")]
-    Dsmr22,
-    /// DSMR 4 and 5, and most meters since: 115200 8N1.
-    #[serde(rename = "dsmr4")]
-    Dsmr4,
-}
-
-impl Preset {
-    /// The preset's line settings.
-    pub fn settings(self) -> LineSettings {
-        let (baud, data_bits, parity) = match self {
-            Preset::Veitur => (9600, 7, Parity::None),
-            Preset::Veitur7e1 | Preset::Dsmr22 => (9600, 7, Parity::Even),
-            Preset::Dsmr4 => (115_200, 8, Parity::None),
-        };
-        LineSettings {
-            baud,
-            data_bits,
-            parity,
-            stop_bits: 1,
-        }
-    }
-
-    /// Whether this is one of the Veitur presets, whose meters answer at most every 10 s.
-    pub fn is_veitur(self) -> bool {
-        matches!(self, Preset::Veitur | Preset::Veitur7e1)
-    }
-}
-
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    /// No parity bit.
-    None,
-    /// Even parity.
-    Even,
-    /// Odd parity.
-    Odd,
-}
-
-/// How the request line is driven.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestMode {
-    /// Keep the line raised; the meter sends on its own schedule (DSMR practice).
-    Hold,
-    /// Raise the line for `pulse` every `interval`.
-    Pulse,
-    /// Every `interval`, raise the line, read until a whole telegram arrived (or `interval`
-    /// passed), then drop it.
-    Poll,
-}
-
 /// `kind = "serial"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -222,19 +153,21 @@ pub struct SerialConfig {
     /// Line settings preset: `"veitur"` (9600 7N1), `"veitur-7e1"` (9600 7E1), `"dsmr22"`
     /// (9600 7E1) or `"dsmr4"` (115200 8N1, also DSMR 5). `p1gw probe` finds the right one.
     /// Without a preset, all of `baud`, `data_bits`, `parity` and `stop_bits` must be set.
+    #[serde(default, with = "spelled::option")]
     pub preset: Option<Preset>,
     /// Overrides the preset's baud rate.
     pub baud: Option<u32>,
     /// Overrides the preset's data bits: 7 or 8 (5 and 6 are accepted, but no meter uses them).
     pub data_bits: Option<u8>,
     /// Overrides the preset's parity: `"none"`, `"even"` or `"odd"`.
+    #[serde(default, with = "spelled::option")]
     pub parity: Option<Parity>,
     /// Overrides the preset's stop bits: 1 or 2.
     pub stop_bits: Option<u8>,
     /// The data request line (P1 pin 2), e.g. `{ line = "rts", mode = "poll" }`. Without it no
     /// line is driven, for cables that hold the request pin high themselves.
     #[serde(default)]
-    pub request: RequestConfig,
+    pub request: RawRequest,
     /// How long to wait before reopening the port after it failed or vanished.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
@@ -247,7 +180,7 @@ pub struct SerialConfig {
 /// `request = { … }` of a serial source.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RequestConfig {
+pub struct RawRequest {
     /// Which line asks the meter for data: `"none"`, `"rts"`, `"dtr"`, or a GPIO line of the
     /// computer as `"gpio:<chip>:<offset>"` (`"gpio:gpiochip0:17"`).
     #[serde(default = "default_request_line")]
@@ -255,6 +188,7 @@ pub struct RequestConfig {
     /// How the line is driven: `"hold"` (raise it and keep it raised), `"pulse"` (raise it for
     /// `pulse` every `interval`) or `"poll"` (raise it every `interval` until a telegram has
     /// arrived). Default `"poll"`, the safest with a Veitur meter; needs a `line`.
+    #[serde(default, with = "spelled::option")]
     pub mode: Option<RequestMode>,
     /// How long the line stays raised in `"pulse"` mode. Default `"50ms"`.
     pub pulse: Option<RawDuration>,
@@ -271,9 +205,9 @@ pub struct RequestConfig {
     pub invert: bool,
 }
 
-impl Default for RequestConfig {
+impl Default for RawRequest {
     fn default() -> Self {
-        RequestConfig {
+        RawRequest {
             line: default_request_line(),
             mode: None,
             pulse: None,
@@ -338,25 +272,13 @@ pub struct ReplayConfig {
     pub repeat: bool,
 }
 
-/// A simulated meter's kind of telegrams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SimProfile {
-    /// Veitur's Iskra IE.5 with a hot-water submeter, no CRC.
-    Veitur,
-    /// DSMR 5.0.2 with gas, CRC.
-    Dsmr5,
-    /// Fluvius e-MUCS (Belgium) with gas and water.
-    Belgium,
-}
-
 /// `kind = "simulate"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulateConfig {
     /// Which meter to imitate: `"veitur"`, `"dsmr5"` or `"belgium"`. Default `"veitur"`.
-    #[serde(default = "default_profile")]
-    pub profile: SimProfile,
+    #[serde(default = "default_profile", with = "spelled")]
+    pub profile: Profile,
     /// Time between telegrams. Default `"10s"`; any positive duration is allowed, since nothing
     /// real is asked.
     #[serde(default = "default_interval")]
@@ -366,23 +288,27 @@ pub struct SimulateConfig {
 fn default_true() -> bool {
     true
 }
+// The spike guard's defaults are p1-reader's (`GuardConfig::default`).
 fn default_max_power() -> String {
-    "100kW".to_owned()
+    format!("{}kW", GuardConfig::default().max_power_kw)
 }
 fn default_max_flow() -> String {
-    "25m3/h".to_owned()
+    format!("{}m3/h", GuardConfig::default().max_flow_m3_per_h)
 }
 fn default_max_telegram_bytes() -> RawSize {
-    RawSize::Bytes(16_384)
+    RawSize::Bytes(p1_telegram::DEFAULT_MAX_TELEGRAM_BYTES as i64)
 }
+// The request line's defaults are p1-reader's (`RequestConfig::default`).
 fn default_request_line() -> String {
-    "none".to_owned()
+    p1_reader::RequestConfig::default().line.to_string()
 }
 fn default_request_interval() -> RawDuration {
-    RawDuration::new("10s")
+    RawDuration::new(&format_duration(
+        p1_reader::RequestConfig::default().interval,
+    ))
 }
 fn default_pulse() -> RawDuration {
-    RawDuration::new("50ms")
+    RawDuration::new(&format_duration(p1_reader::RequestConfig::default().pulse))
 }
 fn default_reconnect_min() -> RawDuration {
     RawDuration::new("1s")
@@ -393,8 +319,8 @@ fn default_reconnect_max() -> RawDuration {
 fn default_interval() -> RawDuration {
     RawDuration::new("10s")
 }
-fn default_profile() -> SimProfile {
-    SimProfile::Veitur
+fn default_profile() -> Profile {
+    Profile::Veitur
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -410,7 +336,7 @@ pub struct ValidMeter {
     /// How to read it.
     pub source: ValidSource,
     /// The spike guard's bounds; `None` when it is turned off.
-    pub spike_guard: Option<ValidSpikeGuard>,
+    pub spike_guard: Option<GuardConfig>,
     /// Where it was written, to locate `check` errors.
     pub form: MeterForm,
 }
@@ -438,11 +364,11 @@ impl ValidSource {
         match self {
             ValidSource::Simulate(simulate) => simulate.interval,
             ValidSource::Replay(ValidReplay {
-                pace: ReplayPace::Every(interval),
+                pace: Pace::Every(interval),
                 ..
             }) => *interval,
             ValidSource::Serial(serial)
-                if serial.request.line != RequestLine::None
+                if serial.request.line != LineKind::None
                     && serial.request.mode != RequestMode::Hold =>
             {
                 serial.request.interval
@@ -460,53 +386,6 @@ impl ValidSource {
             ValidSource::Simulate(_) => "simulate",
         }
     }
-}
-
-/// Serial line settings: the preset with the overrides applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LineSettings {
-    /// Baud rate.
-    pub baud: u32,
-    /// Data bits, 5–8.
-    pub data_bits: u8,
-    /// Parity.
-    pub parity: Parity,
-    /// Stop bits, 1 or 2.
-    pub stop_bits: u8,
-}
-
-/// The request line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestLine {
-    /// None driven.
-    None,
-    /// The serial port's RTS.
-    Rts,
-    /// The serial port's DTR.
-    Dtr,
-    /// A GPIO line: the chip (`gpiochip0`, or a path) and the line offset on it.
-    Gpio {
-        /// The chip, as written: `gpiochip0` (meaning `/dev/gpiochip0`) or a path.
-        chip: String,
-        /// The line's offset on the chip.
-        offset: u32,
-    },
-}
-
-/// How the request line is driven, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// The line; `RequestLine::None` means nothing is driven and the rest is unused.
-    pub line: RequestLine,
-    /// The mode.
-    pub mode: RequestMode,
-    /// How long a pulse lasts (`RequestMode::Pulse`); shorter than `interval`.
-    pub pulse: Duration,
-    /// How often to request (`Pulse`, `Poll`); positive, ≥ 10 s with a Veitur preset.
-    pub interval: Duration,
-    /// Drive the line inverted ("raised" de-asserts RTS/DTR, sets a GPIO line low); only with
-    /// a line.
-    pub invert: bool,
 }
 
 /// Reconnect backoff, validated: `0 < min <= max`.
@@ -528,7 +407,7 @@ pub struct ValidSerial {
     /// The line settings to open the port with.
     pub settings: LineSettings,
     /// The request line.
-    pub request: Request,
+    pub request: p1_reader::RequestConfig,
     /// Reopen backoff.
     pub reconnect: Reconnect,
     /// Longest telegram, bytes.
@@ -559,24 +438,13 @@ impl ValidTcp {
     }
 }
 
-/// The pace of a replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayPace {
-    /// This long between telegrams (more than zero).
-    Every(Duration),
-    /// The recording's own timing (`"recorded"`).
-    Recorded,
-    /// As fast as possible (`"0s"`).
-    Fast,
-}
-
 /// A validated replay source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidReplay {
     /// The recording.
     pub path: PathBuf,
     /// The pace.
-    pub pace: ReplayPace,
+    pub pace: Pace,
     /// Start over at the end.
     pub repeat: bool,
 }
@@ -585,7 +453,7 @@ pub struct ValidReplay {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSimulate {
     /// What to imitate.
-    pub profile: SimProfile,
+    pub profile: Profile,
     /// Time between telegrams, positive.
     pub interval: Duration,
 }
@@ -613,11 +481,11 @@ impl MeterConfig {
     }
 }
 
-impl SourceConfig {
+impl SourceTable {
     fn validate(&self, at: &KeyPath, problems: &mut Problems) -> Option<ValidSource> {
         match self {
-            SourceConfig::Serial(serial) => serial.validate(at, problems).map(ValidSource::Serial),
-            SourceConfig::Tcp(tcp) => {
+            SourceTable::Serial(serial) => serial.validate(at, problems).map(ValidSource::Serial),
+            SourceTable::Tcp(tcp) => {
                 let address = problems.ok(&at.key("address"), parse_host_port(&tcp.address));
                 let reconnect = tcp.reconnect.validate(&at.key("reconnect"), problems);
                 let max = telegram_bytes(&tcp.max_telegram_bytes, at, problems);
@@ -629,10 +497,10 @@ impl SourceConfig {
                     max_telegram_bytes: max?,
                 }))
             }
-            SourceConfig::Replay(replay) => {
+            SourceTable::Replay(replay) => {
                 let path = non_empty_path(&replay.path, &at.key("path"), problems);
                 let pace = if replay.interval.0 == "recorded" {
-                    Some(ReplayPace::Recorded)
+                    Some(Pace::Recorded)
                 } else {
                     problems
                         .ok(
@@ -643,9 +511,9 @@ impl SourceConfig {
                         )
                         .map(|interval| {
                             if interval.is_zero() {
-                                ReplayPace::Fast
+                                Pace::Fast
                             } else {
-                                ReplayPace::Every(interval)
+                                Pace::Every(interval)
                             }
                         })
                 };
@@ -656,7 +524,7 @@ impl SourceConfig {
                     repeat: replay.repeat,
                 }))
             }
-            SourceConfig::Simulate(simulate) => {
+            SourceTable::Simulate(simulate) => {
                 let interval = positive(&simulate.interval, &at.key("interval"), problems)?;
                 Some(ValidSource::Simulate(ValidSimulate {
                     profile: simulate.profile,
@@ -737,12 +605,12 @@ impl SerialConfig {
         })
     }
 
-    fn request(&self, at: &KeyPath, problems: &mut Problems) -> Option<Request> {
+    fn request(&self, at: &KeyPath, problems: &mut Problems) -> Option<p1_reader::RequestConfig> {
         let at = at.key("request");
         let raw = &self.request;
         let line = problems.ok(&at.key("line"), parse_request_line(&raw.line));
-        let mode = raw.mode.unwrap_or(RequestMode::Poll);
-        if line == Some(RequestLine::None)
+        let mode = raw.mode.unwrap_or(p1_reader::RequestConfig::default().mode);
+        if line == Some(LineKind::None)
             && let Some(mode) = raw.mode
             && mode != RequestMode::Hold
         {
@@ -750,11 +618,11 @@ impl SerialConfig {
                 at.key("mode"),
                 format!(
                     "mode = {:?} needs a request line: set line to \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\"",
-                    mode_name(mode)
+                    mode.as_str()
                 ),
             );
         }
-        if line == Some(RequestLine::None) && raw.invert {
+        if line == Some(LineKind::None) && raw.invert {
             problems.value(
                 at.key("invert"),
                 "invert = true needs a request line to invert: set line to \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\", or drop invert",
@@ -765,13 +633,13 @@ impl SerialConfig {
                 at.key("pulse"),
                 format!(
                     "pulse is only used with mode = \"pulse\" (mode is {:?})",
-                    mode_name(mode)
+                    mode.as_str()
                 ),
             );
         }
         let interval = positive(&raw.interval, &at.key("interval"), problems);
         if let (Some(interval), Some(preset)) = (interval, self.preset)
-            && preset.is_veitur()
+            && is_veitur(preset)
             && interval < VEITUR_MIN_INTERVAL
         {
             problems.value(
@@ -779,7 +647,7 @@ impl SerialConfig {
                 format!(
                     "{} is below the 10s minimum of a Veitur meter (preset {:?}); use \"10s\" or more",
                     format_duration(interval),
-                    preset_name(preset)
+                    preset.as_str()
                 ),
             );
         }
@@ -798,7 +666,7 @@ impl SerialConfig {
                 ),
             );
         }
-        Some(Request {
+        Some(p1_reader::RequestConfig {
             line: line?,
             mode,
             pulse: pulse?,
@@ -828,48 +696,23 @@ impl ReconnectConfig {
     }
 }
 
-/// Parses `none`, `rts`, `dtr` or `gpio:<chip>:<offset>`.
-pub fn parse_request_line(text: &str) -> Result<RequestLine, String> {
-    match text {
-        "none" => return Ok(RequestLine::None),
-        "rts" => return Ok(RequestLine::Rts),
-        "dtr" => return Ok(RequestLine::Dtr),
-        _ => {}
+/// Parses `none`, `rts`, `dtr` or `gpio:<chip>:<offset>` (p1-reader's [`LineKind::parse`]),
+/// refusing white space in a chip's name.
+pub fn parse_request_line(text: &str) -> Result<LineKind, String> {
+    let line = LineKind::parse(text)?;
+    if let LineKind::Gpio { chip, .. } = &line
+        && chip.chars().any(char::is_whitespace)
+    {
+        return Err(format!(
+            "{text:?}: no GPIO chip named; expected \"none\", \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\" (e.g. \"gpio:gpiochip0:17\")"
+        ));
     }
-    let usage = "expected \"none\", \"rts\", \"dtr\" or \"gpio:<chip>:<offset>\" (e.g. \"gpio:gpiochip0:17\")";
-    let Some(gpio) = text.strip_prefix("gpio:") else {
-        return Err(format!("{text:?}: {usage}"));
-    };
-    let Some((chip, offset)) = gpio.rsplit_once(':') else {
-        return Err(format!("{text:?}: {usage}"));
-    };
-    if chip.is_empty() || chip.chars().any(char::is_whitespace) {
-        return Err(format!("{text:?}: no GPIO chip named; {usage}"));
-    }
-    let offset = offset
-        .parse::<u32>()
-        .map_err(|_| format!("{text:?}: the line offset must be a number; {usage}"))?;
-    Ok(RequestLine::Gpio {
-        chip: chip.to_owned(),
-        offset,
-    })
+    Ok(line)
 }
 
-fn mode_name(mode: RequestMode) -> &'static str {
-    match mode {
-        RequestMode::Hold => "hold",
-        RequestMode::Pulse => "pulse",
-        RequestMode::Poll => "poll",
-    }
-}
-
-fn preset_name(preset: Preset) -> &'static str {
-    match preset {
-        Preset::Veitur => "veitur",
-        Preset::Veitur7e1 => "veitur-7e1",
-        Preset::Dsmr22 => "dsmr22",
-        Preset::Dsmr4 => "dsmr4",
-    }
+/// Whether `preset` is one of the Veitur presets, whose meters answer at most every 10 s.
+fn is_veitur(preset: Preset) -> bool {
+    matches!(preset, Preset::Veitur | Preset::Veitur7e1)
 }
 
 /// A duration that must be more than zero.

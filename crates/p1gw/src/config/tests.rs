@@ -10,16 +10,16 @@ use super::error::Location;
 use super::secret::{Secret, SecretSource};
 use super::sink::{InfluxTarget, Qos, ValidSinkKind};
 use super::source::{
-    LineSettings, Parity, Preset, ReplayPace, RequestLine, RequestMode, SimProfile, ValidSource,
+    LineKind, LineSettings, Pace, Parity, Preset, Profile, RequestMode, ValidSource,
 };
 use super::value::{RawSize, format_duration, format_size, parse_duration, parse_size};
 use super::*;
 
-fn no_env(_: &str) -> Option<String> {
+pub(super) fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn text(lines: &[&str]) -> String {
+pub(super) fn text(lines: &[&str]) -> String {
     let mut text = lines.join("\n");
     text.push('\n');
     text
@@ -29,26 +29,62 @@ fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     parse_str("test.toml", text.to_owned(), &no_env)
 }
 
-fn valid(lines: &[&str]) -> ValidConfig {
+pub(super) fn valid(lines: &[&str]) -> ValidConfig {
     valid_with_env(lines, &no_env)
 }
 
-fn valid_with_env(lines: &[&str], env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
-    match parse_str("test.toml", text(lines), env).and_then(|c| c.validate()) {
+pub(super) fn valid_with_env(lines: &[&str], env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
+    valid_text(&text(lines), env)
+}
+
+/// `text` as a valid configuration, or a panic that shows its errors.
+pub(super) fn valid_text(text: &str, env: &dyn Fn(&str) -> Option<String>) -> ValidConfig {
+    match parse_str("test.toml", text.to_owned(), env).and_then(|c| c.validate()) {
         Ok(config) => config,
         Err(errors) => panic!("expected a valid config, got:\n{}", error::report(&errors)),
     }
 }
 
 /// The errors of stage one, or else of stage two; empty when the config is valid.
-fn errors_of(text: &str) -> Vec<ConfigError> {
+pub(super) fn errors_of(text: &str) -> Vec<ConfigError> {
     match parse(text) {
         Err(errors) => errors,
         Ok(config) => config.validate().err().unwrap_or_default(),
     }
 }
 
-fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+/// The one error of `text`, as printed; a panic when there is none or more than one.
+pub(super) fn one_error(text: &str) -> String {
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 1, "{text}: {errors:#?}");
+    errors[0].to_string()
+}
+
+/// A configuration of one simulated meter and one `[[sink]]` of `kind` with `lines`.
+pub(super) fn sink_config(kind: &str, lines: &[&str]) -> String {
+    let mut config = format!(
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n[source]\nkind = \"simulate\"\n[[sink]]\nkind = {kind:?}\n"
+    );
+    for line in lines {
+        config.push_str(line);
+        config.push('\n');
+    }
+    config
+}
+
+/// The one sink of [`sink_config`]`(kind, lines)`, validated.
+pub(super) fn only_sink(kind: &str, lines: &[&str]) -> sink::ValidSinkKind {
+    valid_text(&sink_config(kind, lines), &no_env).sinks[0]
+        .kind
+        .clone()
+}
+
+/// The one error of [`sink_config`]`(kind, lines)`.
+pub(super) fn sink_error(kind: &str, lines: &[&str]) -> String {
+    one_error(&sink_config(kind, lines))
+}
+
+pub(super) fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -1127,11 +1163,11 @@ fn the_spike_guard_is_on_by_default_and_configurable_per_meter() {
     assert_eq!(
         guards,
         [
-            Some(source::ValidSpikeGuard {
+            Some(source::GuardConfig {
                 max_power_kw: 100.0,
                 max_flow_m3_per_h: 25.0
             }),
-            Some(source::ValidSpikeGuard {
+            Some(source::GuardConfig {
                 max_power_kw: 500.0,
                 max_flow_m3_per_h: 24.0
             }),
@@ -1302,7 +1338,7 @@ fn example_configs_say_what_their_names_promise() {
             stop_bits: 1
         }
     );
-    assert_eq!(serial.request.line, RequestLine::Rts);
+    assert_eq!(serial.request.line, LineKind::Rts);
     assert_eq!(serial.request.mode, RequestMode::Poll);
     assert_eq!(serial.request.interval, Duration::from_secs(10));
     assert!(!serial.request.invert, "a P1 cable with a transistor stage");
@@ -1365,7 +1401,7 @@ fn demo_is_config_demo_toml_and_needs_nothing() {
     let ValidSource::Simulate(simulate) = &meter.source else {
         panic!("a simulated meter");
     };
-    assert_eq!(simulate.profile, SimProfile::Veitur);
+    assert_eq!(simulate.profile, Profile::Veitur);
     assert_eq!(simulate.interval, Duration::from_secs(10));
     assert!(demo.sinks.is_empty());
     assert_eq!(demo.http.listen, "127.0.0.1:9600".parse().unwrap());
@@ -1511,7 +1547,7 @@ fn good_configs_round_trip() {
     assert_eq!(serial.settings.stop_bits, 2);
     assert_eq!(
         serial.request.line,
-        RequestLine::Gpio {
+        LineKind::Gpio {
             chip: "gpiochip0".to_owned(),
             offset: 17
         }
@@ -1521,7 +1557,7 @@ fn good_configs_round_trip() {
     let ValidSource::Replay(replay) = &valid.meters[1].source else {
         panic!("replay");
     };
-    assert_eq!(replay.pace, ReplayPace::Recorded);
+    assert_eq!(replay.pace, Pace::Recorded);
     assert!(replay.repeat);
     let ValidSinkKind::Mqtt(mqtt) = &valid.sinks[0].kind else {
         panic!("mqtt");
@@ -1955,9 +1991,9 @@ fn replay_pace_and_expected_intervals() {
         ValidSource::Replay(replay) => replay.pace,
         other => panic!("{other:?}"),
     };
-    assert_eq!(pace("0s"), ReplayPace::Fast);
-    assert_eq!(pace("recorded"), ReplayPace::Recorded);
-    assert_eq!(pace("2s"), ReplayPace::Every(Duration::from_secs(2)));
+    assert_eq!(pace("0s"), Pace::Fast);
+    assert_eq!(pace("recorded"), Pace::Recorded);
+    assert_eq!(pace("2s"), Pace::Every(Duration::from_secs(2)));
 
     let expected = |s: &str| source(s).expected_interval();
     let secs = Duration::from_secs;

@@ -532,3 +532,109 @@ pub fn check_log_level(filter: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A library's enum as the file spells it: by name, one of [`Spelled::NAMES`]. The TOML side of
+/// a library type lives here, so the validated configuration holds the library's own type
+/// (ARCHITECTURE.md, "Serialization").
+pub trait Spelled: Sized + Copy {
+    /// Every name, in the order error messages list them.
+    const NAMES: &'static [&'static str];
+    /// The value named `name`.
+    fn from_name(name: &str) -> Option<Self>;
+    /// The value's name.
+    fn name(self) -> &'static str;
+}
+
+/// `#[serde(with = "spelled")]` for a [`Spelled`] field.
+pub mod spelled {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use super::Spelled;
+
+    /// Writes the name.
+    pub fn serialize<T: Spelled, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.name())
+    }
+
+    /// Reads a name, refusing others as serde refuses an unknown enum variant.
+    pub fn deserialize<'de, T: Spelled, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let name = String::deserialize(d)?;
+        T::from_name(&name).ok_or_else(|| de::Error::unknown_variant(&name, T::NAMES))
+    }
+
+    /// The same for an `Option` field (with `#[serde(default)]`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer, de};
+
+        use super::super::Spelled;
+
+        /// Writes the name, or nothing.
+        pub fn serialize<T: Spelled, S: Serializer>(
+            value: &Option<T>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => s.serialize_some(value.name()),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads a name.
+        pub fn deserialize<'de, T: Spelled, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<T>, D::Error> {
+            let name = String::deserialize(d)?;
+            T::from_name(&name)
+                .map(Some)
+                .ok_or_else(|| de::Error::unknown_variant(&name, T::NAMES))
+        }
+    }
+}
+
+impl Spelled for p1_reader::Preset {
+    const NAMES: &'static [&'static str] = &["veitur", "veitur-7e1", "dsmr22", "dsmr4"];
+    fn from_name(name: &str) -> Option<Self> {
+        p1_reader::Preset::from_name(name)
+    }
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Spelled for p1_reader::Parity {
+    const NAMES: &'static [&'static str] = &["none", "even", "odd"];
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::None, Self::Even, Self::Odd]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Even => "even",
+            Self::Odd => "odd",
+        }
+    }
+}
+
+impl Spelled for p1_reader::RequestMode {
+    const NAMES: &'static [&'static str] = &["hold", "pulse", "poll"];
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::Hold, Self::Pulse, Self::Poll]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Spelled for p1_reader::Profile {
+    const NAMES: &'static [&'static str] = &["veitur", "dsmr5", "belgium"];
+    fn from_name(name: &str) -> Option<Self> {
+        p1_reader::Profile::from_name(name)
+    }
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}

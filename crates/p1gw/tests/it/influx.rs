@@ -77,7 +77,7 @@ struct Expected {
     device_types: BTreeMap<u8, i64>,
 }
 
-/// The factor to the canonical unit (field-notes §c), written out independently of p1-core.
+/// The factor to the canonical unit (docs/obis.md), written out independently of p1-core.
 fn scale(name: &str, unit: Option<&str>) -> f64 {
     if name.starts_with("heat_energy") {
         return 1.0;

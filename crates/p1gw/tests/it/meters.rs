@@ -1,4 +1,4 @@
-//! Several meters on one gateway (`[[meters]]`, design.md §5): one reader
+//! Several meters on one gateway (`[[meters]]`, docs/contracts.md §5): one reader
 //! each, every reading carrying its meter's name.
 
 use std::time::Duration;

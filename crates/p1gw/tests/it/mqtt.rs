@@ -713,7 +713,10 @@ fn a_tls_name_mismatch_is_refused_clearly_and_readings_keep_spooling() {
         "the reason names the certificate problem and the name: {status}"
     );
     let (code, ready) = daemon.get("/readyz").expect("/readyz");
-    assert_eq!(code, 200, "a spooling sink is ready (design §6): {ready}");
+    assert_eq!(
+        code, 200,
+        "a spooling sink is ready (docs/contracts.md §6): {ready}"
+    );
     wait_for(Duration::from_secs(20), "readings spooled", || {
         metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n >= 5.0)
     });

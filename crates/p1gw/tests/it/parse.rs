@@ -1,4 +1,4 @@
-//! `p1gw parse` against the design.md §3/§4 contract.
+//! `p1gw parse` against the docs/contracts.md §3/§4 contract.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

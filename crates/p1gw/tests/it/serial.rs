@@ -1,4 +1,4 @@
-//! `p1gw run` with serial meters on socat pty pairs (dependencies.md §3.5):
+//! `p1gw run` with serial meters on socat pty pairs (docs/dependencies.md §3.5):
 //! the daemon opens one end like a device, the test writes telegrams to the
 //! other as the meter; killing socat is pulling the cable. A pty has no line
 //! settings nor RTS/DTR, so these sources drive no request line (the modes

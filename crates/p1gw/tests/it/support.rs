@@ -1,18 +1,30 @@
 //! Helpers: start the daemon on a free port, talk HTTP to it, wait for
-//! conditions under a deadline (never for time to pass).
+//! conditions under a deadline (never for time to pass). The daemon itself is
+//! p1-testkit's [`p1_testkit::Daemon`], shared with p1-faults.
 
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) use p1_testkit::{free_port, root, stop_child, wait_for};
 
-/// A running `p1gw run`, killed on drop.
+/// A running `p1gw run` in a temporary directory of its own, killed on drop.
 pub(crate) struct Daemon {
-    pub(crate) child: Child,
-    pub(crate) port: u16,
-    pub(crate) stderr: PathBuf,
+    inner: p1_testkit::Daemon,
     _dir: tempfile::TempDir,
+}
+
+impl Deref for Daemon {
+    type Target = p1_testkit::Daemon;
+    fn deref(&self) -> &p1_testkit::Daemon {
+        &self.inner
+    }
+}
+
+impl DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut p1_testkit::Daemon {
+        &mut self.inner
+    }
 }
 
 impl Daemon {
@@ -24,70 +36,20 @@ impl Daemon {
         let text = config.replace("{dir}", &path.display().to_string());
         let file = path.join("p1gw.toml");
         std::fs::write(&file, text).expect("write config");
-        let port = free_port();
-        let stderr = path.join("stderr.log");
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec![
-            "run",
-            "--config",
-            file.to_str().expect("utf-8"),
-            "--listen",
-            &listen,
-        ];
-        args.extend_from_slice(extra);
-        let child = Command::new(env!("CARGO_BIN_EXE_p1gw"))
-            .args(&args)
-            .current_dir(root())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("start p1gw");
-        let daemon = Daemon {
-            child,
-            port,
-            stderr,
-            _dir: dir,
-        };
-        (daemon, path)
+        let mut inner = p1_testkit::Daemon::spawn(
+            env!("CARGO_BIN_EXE_p1gw").as_ref(),
+            &file,
+            &path.join("stderr.log"),
+            extra,
+            &[("RUST_LOG", "info")],
+        );
+        inner.http_timeout = Duration::from_secs(5);
+        (Daemon { inner, _dir: dir }, path)
     }
 
-    pub(crate) fn get(&self, path: &str) -> Option<(u16, String)> {
-        get(self.port, path)
-    }
-
+    /// The log so far.
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Sends a signal with kill(1).
-    pub(crate) fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
+        self.log_text()
     }
 }
 

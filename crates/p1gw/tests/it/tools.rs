@@ -2,7 +2,7 @@
 //! (`simulate --pty`, or socat for a silent one) and TCP.
 //!
 //! A pty carries bytes but not line settings (7E1, baud) nor RTS/DTR
-//! (dependencies.md §2.5): every probe pass reads the same bytes, and the
+//! (docs/dependencies.md §2.5): every probe pass reads the same bytes, and the
 //! request line fails with ENOTTY. So these tests check the report, the
 //! data-seen and no-data paths and the exit codes; the request modes and the
 //! 7E1 handling are tested in p1-reader with a fake line and framed bytes.
