@@ -363,12 +363,13 @@ impl<'a> Telegram<'a> {
                         .map_or(SubmeterKind::Unknown, |s| s.kind);
                     channel_name(code, kind, usize::from(object.groups))
                 }
-                None => match object.value {
+                // 98.1.0 is named by its shape (`profile_98`).
+                None if code.c == 98 => match object.value {
                     Value::BillingSnapshot { .. } => Some("billing_snapshot"),
-                    // A 98.1.0 line of neither shape is not a peak history.
                     Value::Groups(_) if code.cde() == (98, 1, 0) => None,
                     _ => meter_name(code),
                 },
+                None => meter_name(code),
             });
         }
         Ok(Telegram {
@@ -1128,10 +1129,13 @@ fn single(g: Group<'_>) -> Value<'_> {
 /// memory the caller then reloaded wider (a store-forwarding stall).
 #[inline(never)]
 fn set_single_typed<'a>(object: &mut Object<'a>, code: &ObisCode, first: Group<'a>) {
-    set_value(object, single_typed(code, first));
-    if matches!(object.value, Value::Empty) && is_unset_buffer(first.value) {
+    // An unset text buffer: no value, shown as `()`. Decided before the value
+    // is stored: reading the stored value back would stall (see `fill_line`).
+    if is_unset_buffer(first.value) && is_text_code(code) {
         object.raw = UNSET_RAW;
+        return;
     }
+    set_value(object, single_typed(code, first));
 }
 
 /// What an unset text buffer's value part is shown as.
