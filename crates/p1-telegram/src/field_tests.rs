@@ -201,3 +201,44 @@ fn common_codes_have_names() {
         assert_eq!(object_json(line.as_bytes())["name"], name, "{line}");
     }
 }
+
+proptest::proptest! {
+    /// Whatever the groups of a `0-0:98.1.0` line, the value accounts for every one of them:
+    /// a peak history for `(n)(code)(code)` + whole triples, a billing snapshot for a stamp +
+    /// registers, otherwise all groups, each in the JSON.
+    #[test]
+    fn a_98_1_0_line_keeps_every_group(
+        groups in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::prelude::Just(String::new()),
+                "[0-9]{1,2}",
+                proptest::prelude::Just("1-0:1.6.0".to_owned()),
+                "2[0-9]{5}[0-2][0-9]0000[SW]",
+                "[0-9]{2}\\.[0-9]{3}\\*k(W|Wh|varh)",
+                "[A-Z]{2}",
+            ],
+            1..12,
+        ),
+    ) {
+        let line: String = std::iter::once("0-0:98.1.0".to_owned())
+            .chain(groups.iter().map(|g| format!("({g})")))
+            .collect();
+        let bytes = telegram_with(&[line.as_bytes()]);
+        let t = Telegram::parse(&bytes, ParseOptions::default()).expect("parses");
+        let o = &t.objects[0];
+        let n = groups.len();
+        match &o.value {
+            Value::PeakHistory { peaks, .. } => proptest::prop_assert_eq!(3 + 3 * peaks.len(), n),
+            Value::BillingSnapshot { values, .. } => proptest::prop_assert_eq!(1 + values.len(), n),
+            Value::Groups(values) => {
+                proptest::prop_assert_eq!(values.len(), n);
+                let out = json_of(&bytes);
+                let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+                let listed = v["objects"][0]["values"].as_array().map_or(0, Vec::len);
+                proptest::prop_assert_eq!(listed, n, "{}", out);
+            }
+            // One group: read as a single value.
+            _ => proptest::prop_assert_eq!(n, 1, "{:?}", o.value),
+        }
+    }
+}
