@@ -164,7 +164,8 @@ impl Reading {
                     | Value::Date { .. }
                     | Value::Empty
                     | Value::FailureLog { .. }
-                    | Value::PeakHistory { .. } => (MeasuredValue::None, None, None),
+                    | Value::PeakHistory { .. }
+                    | Value::BillingSnapshot { .. } => (MeasuredValue::None, None, None),
                 };
                 Measurement {
                     obis: o.code.map_or_else(

@@ -79,7 +79,7 @@ impl Tally {
         match Telegram::parse(&frame, ParseOptions { check_crc: false }) {
             Ok(t) => {
                 match t.crc {
-                    CrcStatus::Valid => self.crc_valid += 1,
+                    CrcStatus::Valid | CrcStatus::ValidCrLfRestored => self.crc_valid += 1,
                     CrcStatus::Absent => self.crc_absent += 1,
                     CrcStatus::Mismatch { .. } => {
                         self.crc_mismatch += 1;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use jiff::tz::TimeZone;
 
-use crate::telegram::{Object, Telegram, Value};
+use crate::telegram::{Object, Telegram, Value, groups};
 use crate::value::{Quantity, Stamp};
 
 /// Bytes that JSON strings must escape (control characters, `"`, `\`) and
@@ -243,12 +243,9 @@ pub fn write_object(out: &mut String, object: &Object<'_>, tz: &TimeZone) {
             }
             out.push(']');
         }
-        Value::Groups(values) => {
-            if let Some(Some(first)) = values.first() {
-                out.push_str(",\"value\":");
-                write_number(out, first);
-                unit(out, first);
-            }
+        Value::BillingSnapshot { time, values } => {
+            out.push_str(",\"time\":");
+            write_time(out, stamp_time(*time, tz));
             out.push_str(",\"values\":[");
             for (i, v) in values.iter().enumerate() {
                 if i > 0 {
@@ -257,6 +254,46 @@ pub fn write_object(out: &mut String, object: &Object<'_>, tz: &TimeZone) {
                 match v {
                     Some(q) => write_number(out, q),
                     None => out.push_str("null"),
+                }
+            }
+            out.push_str("],\"units\":[");
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match v.and_then(|q| q.unit) {
+                    Some(u) => write_str(out, u),
+                    None => out.push_str("null"),
+                }
+            }
+            out.push(']');
+        }
+        Value::Groups(values) => {
+            if let Some(Some(first)) = values.first() {
+                out.push_str(",\"value\":");
+                write_number(out, first);
+                unit(out, first);
+            }
+            // Every group: a number where it is one, else its text as sent
+            // (`null` for an empty group).
+            out.push_str(",\"values\":[");
+            let mut sent = groups(object.raw);
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let group = sent.next();
+                match (v, group) {
+                    (Some(q), _) => write_number(out, q),
+                    (None, Some(g)) if !g.is_empty() => {
+                        let mut text = g.value.to_vec();
+                        if let Some(unit) = g.unit {
+                            text.push(b'*');
+                            text.extend_from_slice(unit);
+                        }
+                        write_bytes(out, &text);
+                    }
+                    (None, _) => out.push_str("null"),
                 }
             }
             out.push(']');

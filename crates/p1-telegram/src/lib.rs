@@ -57,4 +57,6 @@ pub use crate::telegram::{
 pub use crate::value::{Decimal, MeterTime, Quantity, Stamp, decode_hex_text};
 
 #[cfg(test)]
+mod field_tests;
+#[cfg(test)]
 mod tests;

@@ -12,6 +12,10 @@ use crate::{Error, ObisCode};
 pub enum CrcStatus {
     /// A CRC was present and matches.
     Valid,
+    /// A CRC was present and matches the frame with CR put back before each
+    /// LF: a recording whose CRs were all stripped (no line kept one). A frame
+    /// where only some lines lost their CR is a [`CrcStatus::Mismatch`].
+    ValidCrLfRestored,
     /// No CRC after `!` (Veitur, DSMR ≤ 3, IEC 62056-21), or no `!` line at all.
     Absent,
     /// A CRC was present and does not match; only with [`ParseOptions::check_crc`] off.
@@ -24,10 +28,12 @@ pub enum CrcStatus {
 }
 
 impl CrcStatus {
-    /// `"valid"`, `"absent"` or `"mismatch"`, as in the JSON output.
+    /// `"valid"`, `"valid_crlf_restored"`, `"absent"` or `"mismatch"`, as in
+    /// the JSON output.
     pub fn as_str(&self) -> &'static str {
         match self {
             CrcStatus::Valid => "valid",
+            CrcStatus::ValidCrLfRestored => "valid_crlf_restored",
             CrcStatus::Absent => "absent",
             CrcStatus::Mismatch { .. } => "mismatch",
         }
@@ -113,8 +119,19 @@ pub enum Value<'a> {
         /// The entries, in the order sent.
         peaks: Vec<Peak<'a>>,
     },
+    /// A billing snapshot `0-0:98.1.0(stamp)(register)(register)…` (Hungary:
+    /// the registers of the last billing period, closed at `time`). Told from
+    /// Belgium's [`Value::PeakHistory`] by its shape, never by market.
+    BillingSnapshot {
+        /// When the billing period closed.
+        time: Option<Stamp>,
+        /// The registers, in the order sent (`None` for an empty group).
+        values: Vec<Option<Quantity<'a>>>,
+    },
     /// Several groups in no layout we know (Luxembourg's
-    /// `1-1:31.4.0(100*A)(-063*A)`): each group as a number when it is one.
+    /// `1-1:31.4.0(100*A)(-063*A)`, or a `0-0:98.1.0` line that is neither a
+    /// peak history nor a billing snapshot): each group as a number when it
+    /// is one (the JSON shows the others as sent).
     Groups(Vec<Option<Quantity<'a>>>),
 }
 
@@ -147,7 +164,8 @@ pub struct Object<'a> {
     /// The code part as written, trimmed.
     pub code_text: &'a [u8],
     /// The value part as sent: everything after the code on the line,
-    /// junk after the last group included.
+    /// junk after the last group included. An unset text buffer (one group
+    /// of nothing but 0xFF bytes) is `()`.
     pub raw: &'a [u8],
     /// DSMR ≤ 3 gas: the `(value)` line that followed this line.
     pub continuation: Option<&'a [u8]>,
@@ -345,6 +363,12 @@ impl<'a> Telegram<'a> {
                         .map_or(SubmeterKind::Unknown, |s| s.kind);
                     channel_name(code, kind, usize::from(object.groups))
                 }
+                // 98.1.0 is named by its shape (`profile_98`).
+                None if code.c == 98 => match object.value {
+                    Value::BillingSnapshot { .. } => Some("billing_snapshot"),
+                    Value::Groups(_) if code.cde() == (98, 1, 0) => None,
+                    _ => meter_name(code),
+                },
                 None => meter_name(code),
             });
         }
@@ -411,6 +435,37 @@ impl<'a> Telegram<'a> {
         }
     }
 
+    /// Whether the meter's DST flag (`S` summer, `W` winter) contradicts `tz`
+    /// at the instant its clock names: summer time flagged in winter, or in a
+    /// zone without summer time. No flag, no time, or the repeated autumn hour
+    /// (which the flag itself resolves) never does. The time is read in the
+    /// zone either way: see [`MeterTime::to_timestamp`].
+    pub fn dst_flag_contradicts(&self, tz: &jiff::tz::TimeZone) -> bool {
+        let Some(local) = self.meter_local_time() else {
+            return false;
+        };
+        let (Some(summer), Some(at)) = (local.dst, local.to_timestamp(tz)) else {
+            return false;
+        };
+        tz.to_offset_info(at).dst().is_dst() != summer
+    }
+
+    /// The DSMR version of `1-3:0.2.8` (`42`, `50`), when sent as a number.
+    /// DSMR 4.0 and later require a CRC.
+    pub fn dsmr_version(&self) -> Option<i64> {
+        self.get(ObisCode::new(1, 3, 0, 2, 8))?
+            .quantity()?
+            .value
+            .as_integer()
+    }
+
+    /// A DSMR 4.x or 5 telegram (`1-3:0.2.8(40)` and later) that came
+    /// without the CRC its standard requires: its version.
+    pub fn missing_required_crc(&self) -> Option<i64> {
+        let version = self.dsmr_version()?;
+        (self.crc == CrcStatus::Absent && version >= 40).then_some(version)
+    }
+
     /// [`Telegram::meter_local_time`] as an instant, reading the local time in `tz`.
     pub fn meter_time(&self, tz: &jiff::tz::TimeZone) -> Option<jiff::Timestamp> {
         self.meter_local_time()?.to_timestamp(tz)
@@ -425,7 +480,10 @@ impl<'a> Telegram<'a> {
     /// * Fluvius / e-MUCS (`FLU`, `0-0:96.1.4`) or an Iskra IE.5 with a
     ///   `0-0:1.0.0` clock: `Europe/Brussels`;
     /// * `Lux`: `Europe/Luxembourg`; `ESO`: `Europe/Vilnius`;
-    ///   Aidon, Landis+Gyr Swedish H1 (`ADN`, `ELL`, `AIDON`): `Europe/Stockholm`;
+    ///   Aidon, Landis+Gyr Swedish H1, Kamstrup's Swedish meters (`ADN`, `ELL`,
+    ///   `AIDON`, `KAM`): `Europe/Stockholm`; E.ON Hungary's AUX/Sanxing and
+    ///   Sagemcom meters (`AUX`, `SAG`): `Europe/Budapest`; the Austrian Sagemcom
+    ///   T210-D-r (`EST`): `Europe/Vienna`;
     ///   EasyMeter and other German gateways (`ESY`, `EBZ`, `EMH`): `Europe/Berlin`;
     /// * everything else (DSMR): `Europe/Amsterdam`.
     pub fn default_zone(&self) -> &'static str {
@@ -452,7 +510,9 @@ impl<'a> Telegram<'a> {
             }
             b"LUX" => "Europe/Luxembourg",
             b"ESO" => "Europe/Vilnius",
-            b"ADN" | b"AID" | b"ELL" => "Europe/Stockholm",
+            b"ADN" | b"AID" | b"ELL" | b"KAM" => "Europe/Stockholm",
+            b"AUX" | b"SAG" => "Europe/Budapest",
+            b"EST" => "Europe/Vienna",
             b"ESY" | b"EBZ" | b"EMH" => "Europe/Berlin",
             _ => "Europe/Amsterdam",
         }
@@ -481,11 +541,14 @@ fn check(covered: &[u8], expected: u16) -> CrcStatus {
     if computed == expected {
         return CrcStatus::Valid;
     }
-    // Bare LF input: the meter computed its CRC over CR LF.
-    let has_bare_lf =
-        memchr::memchr_iter(b'\n', covered).any(|i| i == 0 || covered[i - 1] != b'\r');
-    if has_bare_lf && crc16_arc_crlf(covered) == expected {
-        return CrcStatus::Valid;
+    // A recording whose CRs were all stripped: the meter computed its CRC
+    // over CR LF. Only when no line kept its CR: a frame that lost a single
+    // CR was damaged on the way, which is what the CRC is there to catch.
+    if memchr::memchr(b'\r', covered).is_none()
+        && memchr::memchr(b'\n', covered).is_some()
+        && crc16_arc_crlf(covered) == expected
+    {
+        return CrcStatus::ValidCrLfRestored;
     }
     CrcStatus::Mismatch { expected, computed }
 }
@@ -523,7 +586,7 @@ pub(crate) fn is_text_code(code: &ObisCode) -> bool {
 /// Iterates the `(…)` groups of a value part; stops at the first byte that
 /// does not open a group (junk) or at an unclosed group.
 #[derive(Clone)]
-struct Groups<'a> {
+pub(crate) struct Groups<'a> {
     rest: &'a [u8],
 }
 
@@ -544,7 +607,7 @@ impl<'a> Iterator for Groups<'a> {
     }
 }
 
-fn groups(raw: &[u8]) -> Groups<'_> {
+pub(crate) fn groups(raw: &[u8]) -> Groups<'_> {
     Groups { rest: raw }
 }
 
@@ -685,14 +748,15 @@ fn fast_line<'a>(body: &'a [u8], start: usize, object: &mut Object<'a>) -> Optio
         let next = close + 1 + line_end(group_and_rest, close_at)?;
         let object = fill_line(object, code, line, open, close);
         object.groups = 2;
+        let quantity = Quantity {
+            value: Decimal::from_parts(mantissa, scale),
+            unit,
+        };
         set_value(
             object,
             Value::Reading {
                 time: Some(stamp),
-                quantity: Some(Quantity {
-                    value: Decimal::from_parts(mantissa, scale),
-                    unit,
-                }),
+                quantity: reading_quantity(stamp, Some(quantity)),
             },
         );
         return Some(start + next);
@@ -777,10 +841,13 @@ fn failure_log_line<'a>(line: &'a [u8], object: &mut Object<'a>) -> Option<usize
         let (close, mantissa, scale, unit) = number_group(&rest[16..])?;
         events.push(FailureEvent {
             end: Some(end),
-            duration: Some(Quantity {
-                value: Decimal::from_parts(mantissa, scale),
-                unit,
-            }),
+            duration: event_duration(
+                Some(end),
+                Some(Quantity {
+                    value: Decimal::from_parts(mantissa, scale),
+                    unit,
+                }),
+            ),
         });
         rest = &rest[16 + close + 1..];
     }
@@ -1024,6 +1091,12 @@ fn parse_line_into<'a>(line: &'a [u8], object: &mut Object<'a>) {
             None => untyped_value(groups(raw), count),
         }
     };
+    // An unset text buffer is shown as empty (`set_single_typed` does the same).
+    let raw = if count == 1 && matches!(value, Value::Empty) && is_unset_buffer(kept[0].value) {
+        UNSET_RAW
+    } else {
+        raw
+    };
     object.code = code;
     object.code_text = code_text;
     object.raw = raw;
@@ -1056,7 +1129,100 @@ fn single(g: Group<'_>) -> Value<'_> {
 /// memory the caller then reloaded wider (a store-forwarding stall).
 #[inline(never)]
 fn set_single_typed<'a>(object: &mut Object<'a>, code: &ObisCode, first: Group<'a>) {
+    // An unset text buffer: no value, shown as `()`. Decided before the value
+    // is stored: reading the stored value back would stall (see `fill_line`).
+    if is_unset_buffer(first.value) && is_text_code(code) {
+        object.raw = UNSET_RAW;
+        return;
+    }
     set_value(object, single_typed(code, first));
+}
+
+/// What an unset text buffer's value part is shown as.
+const UNSET_RAW: &[u8] = b"()";
+
+/// A text buffer the meter never wrote: nothing but 0xFF bytes (erased
+/// flash), which is no text at all.
+fn is_unset_buffer(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|&b| b == 0xFF)
+}
+
+/// The value of a `(stamp)(value)` reading: none when a placeholder stamp
+/// comes with a zero (an M-Bus slot with no meter, `(000101010000W)(00000000)`).
+#[inline(always)]
+fn reading_quantity<'a>(stamp: Stamp, quantity: Option<Quantity<'a>>) -> Option<Quantity<'a>> {
+    match (stamp, quantity) {
+        (Stamp::Placeholder, Some(q)) if q.value.mantissa() == 0 => None,
+        (_, q) => q,
+    }
+}
+
+/// A failure-log entry's duration: none for an empty slot, a placeholder end
+/// with a placeholder duration: zero (MCS's `(000000000000W)(00000000)`) or
+/// 2³¹ − 1 s and more (Kaifa's `(000101000001W)(2147483647*s)`, 68 years).
+/// A real duration whose end the meter did not know is kept.
+#[inline(always)]
+fn event_duration<'a>(end: Option<Stamp>, duration: Option<Quantity<'a>>) -> Option<Quantity<'a>> {
+    match (end, duration) {
+        (Some(Stamp::Placeholder), Some(q))
+            if q.value.mantissa() == 0 || q.value.as_integer() >= Some(i64::from(i32::MAX)) =>
+        {
+            None
+        }
+        (_, d) => d,
+    }
+}
+
+/// `0-0:98.1.0` by its shape: Belgium's peak history `(n)(code)(code)` + whole
+/// `(month)(peak time)(value)` triples; a billing snapshot `(stamp)` +
+/// registers; anything else keeps every group ([`Value::Groups`]).
+fn profile_98<'a>(all: impl Iterator<Item = Group<'a>> + Clone, count: usize) -> Value<'a> {
+    let stamp_or_empty = |g: &Group<'_>| g.is_empty() || g.stamp().is_some();
+    let number_or_empty = |g: &Group<'_>| g.is_empty() || g.quantity().is_some();
+    let mut groups = all.clone();
+    let first = groups.next();
+    let n = first
+        .filter(|g| g.unit.is_none())
+        .and_then(|g| g.quantity())
+        .and_then(|q| q.value.as_integer());
+    let is_code = |g: Option<Group<'_>>| g.is_some_and(|g| ObisCode::parse(g.value).is_some());
+    if n.is_some() && count >= 3 && (count - 3).is_multiple_of(3) {
+        let mut rest = groups.clone();
+        if is_code(rest.next()) && is_code(rest.next()) {
+            let triples: Vec<Group<'a>> = rest.collect();
+            let fits = triples
+                .chunks(3)
+                .all(|t| stamp_or_empty(&t[0]) && stamp_or_empty(&t[1]) && number_or_empty(&t[2]));
+            if fits {
+                let peaks = triples
+                    .chunks(3)
+                    .map(|t| {
+                        let time = t[1].stamp();
+                        let quantity = t[2].quantity();
+                        Peak {
+                            month: t[0].stamp(),
+                            time,
+                            quantity: match time {
+                                Some(stamp) => reading_quantity(stamp, quantity),
+                                None => quantity,
+                            },
+                        }
+                    })
+                    .collect();
+                return Value::PeakHistory { count: n, peaks };
+            }
+        }
+    }
+    if let Some(time) = first.and_then(|g| g.stamp())
+        && count >= 2
+        && groups.clone().all(|g| number_or_empty(&g))
+    {
+        return Value::BillingSnapshot {
+            time: Some(time),
+            values: groups.map(|g| g.quantity()).collect(),
+        };
+    }
+    Value::Groups(all.map(|g| g.quantity()).collect())
 }
 
 /// The value of a line with exactly one group.
@@ -1066,6 +1232,9 @@ fn single_typed<'a>(code: &ObisCode, first: Group<'a>) -> Value<'a> {
         return Value::Empty;
     }
     if is_text_code(code) {
+        if is_unset_buffer(first.value) {
+            return Value::Empty;
+        }
         return Value::Text(first.value);
     }
     match (code.a, code.b, code.cde()) {
@@ -1118,27 +1287,15 @@ fn typed_value<'a>(
             let mut rest = groups.skip(1);
             let mut events = Vec::new();
             while let Some(end) = rest.next() {
+                let end = end.stamp();
                 events.push(FailureEvent {
-                    end: end.stamp(),
-                    duration: rest.next().and_then(|g| g.quantity()),
+                    end,
+                    duration: event_duration(end, rest.next().and_then(|g| g.quantity())),
                 });
             }
             Value::FailureLog { count, events }
         }
-        (0, 0, (98, 1, 0)) => {
-            let count = first.quantity().and_then(|q| q.value.as_integer());
-            // (n)(code)(code) then triples of (month)(peak time)(value).
-            let mut rest = groups.skip(2);
-            let mut peaks = Vec::new();
-            while let Some(month) = rest.next() {
-                peaks.push(Peak {
-                    month: month.stamp(),
-                    time: rest.next().and_then(|g| g.stamp()),
-                    quantity: rest.next().and_then(|g| g.quantity()),
-                });
-            }
-            Value::PeakHistory { count, peaks }
-        }
+        (0, 0, (98, 1, 0)) => profile_98(all, count),
         (0, _, (24, 3, 0)) => {
             // DSMR ≤ 3 gas: (time)(status)(period)(count)(code)(unit); the
             // value follows on its own line (see attach_continuation).
@@ -1154,7 +1311,7 @@ fn typed_value<'a>(
                 let second = groups.next();
                 return Value::Reading {
                     time: Some(stamp),
-                    quantity: second.and_then(|g| g.quantity()),
+                    quantity: reading_quantity(stamp, second.and_then(|g| g.quantity())),
                 };
             }
             Value::Groups(all.map(|g| g.quantity()).collect())

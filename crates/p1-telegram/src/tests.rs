@@ -47,7 +47,7 @@ fn crc_over_lf_only_input_is_checked_as_crlf() {
         .replace("\r\n", "\n")
         .into_bytes();
     let t = parse(&lf);
-    assert_eq!(t.crc, CrcStatus::Valid);
+    assert_eq!(t.crc, CrcStatus::ValidCrLfRestored);
 }
 
 #[test]
@@ -412,7 +412,7 @@ fn dsmr3_gas_value_on_the_next_line_joins_its_profile_line() {
 
 #[test]
 fn power_failure_log_keeps_64_bit_durations() {
-    let t = parse(b"/X5\r\n\r\n1-0:99.97.0(2)(0-0:96.7.19)(000101000001W)(2147583646*s)(101208152415W)(0000000240*s)\r\n!\r\n");
+    let t = parse(b"/X5\r\n\r\n1-0:99.97.0(2)(0-0:96.7.19)(101208152415W)(2147583646*s)(101208152415W)(0000000240*s)\r\n!\r\n");
     let Value::FailureLog { count, events } = &t.objects[0].value else {
         panic!("not a log: {:?}", t.objects[0].value)
     };

@@ -225,8 +225,10 @@ pub struct MeterTime {
 pub enum Stamp {
     /// A real date and time.
     Valid(MeterTime),
-    /// A placeholder (`000101000000W`, `700101010000W`, `632525252525S`, all
-    /// zeros) or an impossible date: "no time", never an error.
+    /// A placeholder: a time in the year 2000 (an unset clock: `000101000000W`,
+    /// `000101010000W`, `000101000001W`), 1 January '70 (`700101010000W`), or
+    /// an impossible date (`632525252525S`, all zeros): "no time", never an
+    /// error.
     Placeholder,
 }
 
@@ -257,9 +259,14 @@ impl MeterTime {
             second: two(10),
             dst,
         };
-        // Known placeholders: the DSMR "no value" stamps. 700101010000 is the
-        // Unix epoch in CET; 000101000000 is the start of the century.
-        if digits == b"000101000000" || digits == b"700101010000" || !t.is_possible() {
+        // Placeholders (docs/telegram-values.md): any time in the year 2000 is
+        // a clock that was never set and counts up from 2000-01-01 00:00
+        // (`000101000000W`, `000101010000W`, Kaifa's `000101000001W`,
+        // `000102000003W`: no P1 meter ran in 2000); 1 January of '70 is
+        // the Unix epoch (`700101010000W`); and impossible dates
+        // (`632525252525S`, `000000000000W`). Two compares on the common
+        // path; the rest only for a stamp on 1 January.
+        if t.year == 2000 || (t.month == 1 && t.day == 1 && t.year == 2070) || !t.is_possible() {
             return Some(Stamp::Placeholder);
         }
         Some(Stamp::Valid(t))

@@ -69,6 +69,7 @@ pub(crate) fn run(args: &ParseArgs) -> anyhow::Result<u8> {
             line: String::with_capacity(4096),
             out: BufWriter::with_capacity(64 * 1024, io::stdout().lock()),
             rejected: 0,
+            warnings: Warnings::default(),
         },
     };
     let inputs: Vec<String> = if args.inputs.is_empty() {
@@ -119,6 +120,71 @@ struct Emitter<W: Write> {
     line: String,
     out: W,
     rejected: u64,
+    warnings: Warnings,
+}
+
+/// Oddities of good telegrams, said on stderr without failing: the first of
+/// each kind per input with its offset, then at the input's end how many
+/// telegrams had it.
+#[derive(Default)]
+struct Warnings {
+    /// DSMR 4/5 telegrams without a CRC: the first offset and the count.
+    no_crc: Option<(u64, u64)>,
+    /// Telegrams whose S/W flag contradicts the zone: the first offset and the count.
+    dst_flag: Option<(u64, u64)>,
+}
+
+impl Warnings {
+    fn check(&mut self, source: &str, offset: u64, telegram: &Telegram<'_>, tz: &TimeZone) {
+        if let Some(version) = telegram.missing_required_crc() {
+            if self.no_crc.is_none() {
+                eprintln!(
+                    "{source}: offset {offset}: warning: a DSMR {}.{} telegram (1-3:0.2.8({version})) \
+                     without the CRC its standard requires",
+                    version / 10,
+                    version % 10
+                );
+            }
+            let entry = self.no_crc.get_or_insert((offset, 0));
+            entry.1 += 1;
+        }
+        if telegram.dst_flag_contradicts(tz) {
+            if self.dst_flag.is_none() {
+                let flag = telegram
+                    .meter_local_time()
+                    .and_then(|t| t.dst)
+                    .map_or(
+                        "",
+                        |summer| if summer { "S (summer)" } else { "W (winter)" },
+                    );
+                eprintln!(
+                    "{source}: offset {offset}: warning: the meter's time is flagged {flag}, \
+                     which {} contradicts; it is read in the zone (--tz to choose another)",
+                    tz.iana_name().unwrap_or("the zone")
+                );
+            }
+            let entry = self.dst_flag.get_or_insert((offset, 0));
+            entry.1 += 1;
+        }
+    }
+
+    /// The counts of one input, when a kind occurred more than once; resets.
+    fn finish(&mut self, source: &str) {
+        if let Some((first, n)) = self.no_crc.take()
+            && n > 1
+        {
+            eprintln!(
+                "{source}: warning: {n} DSMR 4/5 telegrams without a CRC (the first at offset {first})"
+            );
+        }
+        if let Some((first, n)) = self.dst_flag.take()
+            && n > 1
+        {
+            eprintln!(
+                "{source}: warning: {n} telegrams whose S/W flag contradicts the zone (the first at offset {first})"
+            );
+        }
+    }
 }
 
 impl<W: Write> Parser<W> {
@@ -145,6 +211,7 @@ impl<W: Write> Parser<W> {
 
     /// Decodes one stream to its end.
     fn stream(&mut self, source: &str, reader: &mut dyn Read) -> anyhow::Result<()> {
+        self.emitter.warnings = Warnings::default();
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
             let n = match reader.read(&mut chunk) {
@@ -161,6 +228,7 @@ impl<W: Write> Parser<W> {
         if let Some(result) = self.decoder.finish() {
             self.emitter.emit(source, result)?;
         }
+        self.emitter.warnings.finish(source);
         Ok(())
     }
 }
@@ -203,6 +271,7 @@ impl<W: Write> Emitter<W> {
                     .or_insert_with(|| jiff::tz::db().get(name).unwrap_or(TimeZone::UTC))
             }
         };
+        self.warnings.check(source, frame.offset, &telegram, tz);
         self.line.clear();
         match self.format {
             Format::Jsonl => {
@@ -333,6 +402,9 @@ fn table_value(o: &p1_telegram::Object<'_>, tz: &TimeZone) -> (String, String) {
             format!("{} months", count.unwrap_or(peaks.len() as i64)),
             String::new(),
         ),
+        Value::BillingSnapshot { values, .. } => {
+            (format!("{} registers", values.len()), String::new())
+        }
         Value::Groups(values) => (
             values
                 .iter()

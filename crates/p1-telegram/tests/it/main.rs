@@ -42,15 +42,37 @@ fn render(source: &str, input: &[u8], chunk: usize) -> String {
     out
 }
 
-fn fixtures() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/telegrams"))
-        .expect("fixtures/telegrams")
+/// The `.txt` files of a fixture folder, sorted.
+fn txt_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .expect(dir)
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 27, "fixtures missing: {}", files.len());
     files
+}
+
+/// Every fixture: `fixtures/telegrams/` and the telegrams collected from other
+/// P1 projects in `fixtures/telegrams/field/`.
+fn fixtures() -> Vec<PathBuf> {
+    let mut files = txt_files("fixtures/telegrams");
+    assert!(files.len() >= 27, "fixtures missing: {}", files.len());
+    let field = txt_files("fixtures/telegrams/field");
+    assert!(field.len() >= 5, "field fixtures missing: {}", field.len());
+    files.extend(field);
+    files
+}
+
+/// A fixture's path as the golden files name their source.
+fn source_of(path: &Path) -> String {
+    let relative = path.strip_prefix(root()).unwrap_or(path);
+    relative
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::ParentDir))
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn check(name: &str, actual: &str) {
@@ -82,7 +104,7 @@ fn every_fixture_matches_its_golden_file() {
             .to_string_lossy()
             .into_owned();
         let bytes = std::fs::read(&path).expect("read fixture");
-        let source = format!("fixtures/telegrams/{name}.txt");
+        let source = source_of(&path);
         check(&name, &render(&source, &bytes, bytes.len()));
     }
 }

@@ -258,3 +258,44 @@ fn table_format_is_readable() {
     assert!(text.contains("hot_water_volume"));
     assert!(text.contains("366.475"));
 }
+
+#[test]
+fn dsmr_without_crc_and_a_contradicting_dst_flag_are_warned_about_without_failing() {
+    // A Swedish Kaifa flags `W` in May; this DSMR 4.2 telegram also lost its CRC.
+    let telegram = b"/KFM5KAIFA-METER\r\n\r\n1-3:0.2.8(42)\r\n0-0:1.0.0(230517120000W)\r\n\
+1-0:1.8.1(000001.000*kWh)\r\n!\r\n";
+    let mut input = telegram.to_vec();
+    input.extend_from_slice(telegram);
+    let out = p1gw(&["parse", "--tz", "Europe/Stockholm", "-"], Some(&input));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v = lines(&out.stdout);
+    assert_eq!(v.len(), 2, "{stderr}");
+    // The zone rules: 12:00 local summer time in Stockholm is 10:00 UTC.
+    assert_eq!(v[0]["meter_time"], "2023-05-17T10:00:00Z");
+    assert!(
+        stderr.contains(
+            "-: offset 0: warning: a DSMR 4.2 telegram (1-3:0.2.8(42)) without the CRC its standard requires"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("-: offset 0: warning: the meter's time is flagged W (winter), which Europe/Stockholm contradicts"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("-: warning: 2 DSMR 4/5 telegrams without a CRC (the first at offset 0)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        4,
+        "each said once, then counted: {stderr}"
+    );
+    // A telegram with its CRC and a flag that fits says nothing.
+    let quiet = p1gw(
+        &["parse", "fixtures/telegrams/netherlands_kaifa_dsmr42.txt"],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+}
