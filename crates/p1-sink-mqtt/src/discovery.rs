@@ -150,10 +150,11 @@ pub fn spec(name: &str, unit: Option<&str>, numeric: bool) -> Option<Spec> {
         _ if starts("voltage_sags_") || starts("voltage_swells_") => Spec::new(None, ti, Some(0)),
         "power_failures" | "long_power_failures" => Spec::new(None, ti, Some(0)),
         _ if starts("voltage_l") => Spec::new(Some("voltage"), m, Some(1)).unit("V"),
-        _ if starts("current_l") => Spec::new(Some("current"), m, Some(1)).unit("A"),
-        "current_limit" | "current_limit_l1" => Spec::new(Some("current"), m, Some(0))
+        // Before `current_l…`, which `current_limit…` also starts with.
+        _ if starts("current_limit") => Spec::new(Some("current"), m, Some(0))
             .unit("A")
             .diagnostic(),
+        _ if starts("current_l") => Spec::new(Some("current"), m, Some(1)).unit("A"),
         "frequency" => Spec::new(Some("frequency"), m, Some(2)).unit("Hz"),
         "gas_volume" => Spec::new(Some("gas"), ti, Some(3)).unit("m³"),
         "water_volume" | "hot_water_volume" => Spec::new(Some("water"), ti, Some(3)).unit("m³"),

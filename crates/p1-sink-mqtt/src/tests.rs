@@ -282,6 +282,22 @@ fn the_home_assistant_mapping_follows_field_notes_f() {
     let id = spec("equipment_id", None, false).expect("id");
     assert_eq!((id.device_class, id.diagnostic), (None, true));
     assert!(spec("power_failure_log", None, false).is_none());
+    // A fuse limit is a setting, not a live current (it used to match `current_l…` first).
+    for limit in [
+        "current_limit",
+        "current_limit_l1",
+        "current_limit_l2",
+        "current_limit_l3",
+    ] {
+        let s = spec(limit, Some("A"), true).expect("limit");
+        assert!(s.diagnostic, "{limit} is diagnostic");
+        assert_eq!(s.device_class, Some("current"), "{limit}");
+    }
+    assert!(
+        !spec("current_l1", Some("A"), true)
+            .expect("current")
+            .diagnostic
+    );
 }
 
 #[test]
