@@ -13,7 +13,7 @@
 //! The *cumulative registers* (docs/obis.md, docs/markets.md §f, `total_increasing` with a known unit):
 //!
 //! * energy: `energy_import_total`, `energy_import_tariff1`…`4`, `energy_export_total`,
-//!   `energy_export_tariff1`…`2` (kWh or Wh), `reactive_energy_import_total`,
+//!   `energy_export_tariff1`…`4` (kWh or Wh), `reactive_energy_import_total`,
 //!   `reactive_energy_export_total` (kvarh or varh), and a heat or cooling submeter's
 //!   `heat_energy` / `cooling_energy` in GJ, kWh or MWh;
 //! * volume: `gas_volume`, `water_volume`, `hot_water_volume`, `heat_volume` (m³, or no unit).
@@ -313,7 +313,9 @@ fn classify(name: &str, kind: Option<SubmeterKind>, unit: Option<&str>) -> Optio
         | "energy_import_tariff4"
         | "energy_export_total"
         | "energy_export_tariff1"
-        | "energy_export_tariff2" => energy("kWh", "Wh"),
+        | "energy_export_tariff2"
+        | "energy_export_tariff3"
+        | "energy_export_tariff4" => energy("kWh", "Wh"),
         "reactive_energy_import_total" | "reactive_energy_export_total" => energy("kvarh", "varh"),
         "heat_energy" | "cooling_energy"
             if matches!(kind, Some(SubmeterKind::Heat | SubmeterKind::Cooling)) =>

@@ -386,3 +386,17 @@ fn every_fixture_replayed_as_one_meter_passes() {
     }
     assert!(held.is_empty(), "{held:#?}");
 }
+
+#[test]
+fn every_tariff_register_is_guarded_export_three_and_four_included() {
+    for n in 1..=4 {
+        for way in ["import", "export"] {
+            let name = format!("energy_{way}_tariff{n}");
+            assert_eq!(
+                super::classify(&name, None, Some("kWh")).map(|(_, f)| f),
+                Some(1.0),
+                "{name}"
+            );
+        }
+    }
+}
