@@ -531,6 +531,11 @@ const INTAKE_BATCH: usize = 512;
 /// fault. Together they bring a sink back within seconds of the disk.
 pub const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
+/// The longest wait between two attempts after a transient failure (the backend down, a
+/// connection refused or timed out) without the backend's own `Retry-After`: a backend that
+/// is reachable again is used within this plus the request's own time.
+pub const TRANSIENT_RETRY: Duration = Duration::from_secs(2);
+
 async fn intake<E: Encode>(
     mut encoder: E,
     mut input: broadcast::Receiver<Arc<Reading>>,
@@ -832,6 +837,10 @@ impl FailureLog {
                 ..
             } => *wait,
             DeliveryError::Storage { .. } => backoff.next_delay().min(STORAGE_RETRY),
+            // A backend that is down or unreachable is tried about once a second (at most
+            // TRANSIENT_RETRY apart), so that one that is back is used within seconds
+            // whatever the outage's length; a refusal an operator must fix backs off further.
+            DeliveryError::Transient { .. } => backoff.next_delay().min(TRANSIENT_RETRY),
             _ => backoff.next_delay(),
         }
     }

@@ -70,6 +70,7 @@ use self::v5::qos5;
 pub(crate) use self::v5::{describe_v5, packet_size_v5};
 use crate::discovery::Configs;
 use crate::encode::Message;
+use crate::latest::Latest;
 
 /// rumqttc's in-flight limit (packet ids 1..=this).
 pub(crate) const MAX_INFLIGHT: u16 = 1024;
@@ -120,6 +121,9 @@ enum Tag {
     Data { epoch: u64, seq: u64, idx: u32 },
     /// Status or discovery: nobody waits for its ack.
     Control,
+    /// The latest value of a value topic or a meter's availability ([`crate::latest`]):
+    /// nobody waits for its ack either; a lost one is published again after the reconnect.
+    Value,
 }
 
 /// A message handed to rumqttc: what [`Acks`] gives back when the broker answers.
@@ -290,6 +294,8 @@ pub(crate) struct Connection {
     pub(crate) hard: CancellationToken,
     pub(crate) health: HealthHandle,
     pub(crate) name: String,
+    /// The present: latest values and availability ([`crate::latest`]).
+    pub(crate) latest: Arc<Latest>,
 }
 
 /// The task's own state, apart from its inputs.
@@ -357,6 +363,9 @@ impl Connection {
         let mut reconnect_at = Instant::now();
         let mut stopping: Option<Instant> = None;
         let mut jobs_open = true;
+        // A meter's silence is noticed within a second.
+        let mut silence = tokio::time::interval(Duration::from_secs(1));
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             run.pump(&self);
@@ -451,6 +460,12 @@ impl Connection {
                     run.live = Some(Live { client, poller, connected: false });
                 }
                 () = tokio::time::sleep_until(token_at), if paced => {}
+                () = self.latest.changed.notified(), if connected => {
+                    run.queue_latest(&self);
+                }
+                _ = silence.tick() => {
+                    self.latest.check_silence(Instant::now());
+                }
                 changed = wait_changed(self.discovery.as_mut()), if watch_discovery => {
                     if changed {
                         run.queue_config_changes(&self);
@@ -513,7 +528,7 @@ impl Run {
             let qos = match out.tag {
                 // Status and discovery always at least once, whatever the readings use.
                 Tag::Control => rumqttc::QoS::AtLeastOnce,
-                Tag::Data { .. } => self.qos,
+                Tag::Data { .. } | Tag::Value => self.qos,
             };
             if let Some(max) = self.max_packet {
                 let size = packet_size_v5(&out.topic, qos, &out.payload);
@@ -546,7 +561,7 @@ impl Run {
                     // error event reports): try again after the next event.
                     tracing::debug!(sink = %cx.name, "MQTT request channel full; waiting.");
                     match out.tag {
-                        Tag::Control => self.control.push_front(out),
+                        Tag::Control | Tag::Value => self.control.push_front(out),
                         Tag::Data { .. } => self.data.push_front(out),
                     }
                     break;
@@ -771,6 +786,8 @@ impl Run {
             Tag::Control => {
                 self.skip_control.insert(sent.topic);
             }
+            // The next value on the topic replaces it.
+            Tag::Value => {}
         }
     }
 
@@ -788,6 +805,22 @@ impl Run {
             tracing::warn!(sink = %cx.name, "Could not subscribe to Home Assistant's status topic.");
         }
         self.queue_all_configs(cx);
+        // The present, all of it, ahead of any backlog: every entity current at once.
+        cx.latest.all_dirty();
+        self.queue_latest(cx);
+    }
+
+    /// The latest values not yet handed to the broker, as control messages: unpaced, ahead of
+    /// the backlog, at the readings' QoS.
+    fn queue_latest(&mut self, cx: &Connection) {
+        for (topic, payload, retain) in cx.latest.take_dirty() {
+            self.control.push_back(Out {
+                topic: format!("{}/{topic}", self.settings.topic_prefix),
+                payload,
+                retain,
+                tag: Tag::Value,
+            });
+        }
     }
 
     /// Every config, and an empty one for each removed entity not yet cleared.

@@ -441,7 +441,19 @@ impl Discovery {
             "state_topic".into(),
             json!(format!("{}/{meter}/{}", self.topic_prefix, item.path)),
         );
-        c.insert("availability_topic".into(), json!(self.status_topic));
+        // Unavailable when the gateway is gone (its last will) or this meter is silent.
+        c.insert(
+            "availability".into(),
+            json!([
+                {"topic": self.status_topic},
+                {"topic": format!(
+                    "{}/{}",
+                    self.topic_prefix,
+                    crate::latest::availability_topic(meter)
+                )},
+            ]),
+        );
+        c.insert("availability_mode".into(), json!("all"));
         c.insert("payload_available".into(), json!("online"));
         c.insert("payload_not_available".into(), json!("offline"));
         if let Some(dc) = spec.device_class {

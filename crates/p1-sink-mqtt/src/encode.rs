@@ -1,6 +1,9 @@
 //! Reading → spool record: which topics a reading is published on, the per-topic rate limit and
-//! "only on change", and the record format. Pure: no I/O, no clock (the readings' own receive
-//! times drive the rate limit, so tests need no timers).
+//! "only on change", and the record format. [`Publisher::messages`] is pure: no I/O, no clock
+//! (the readings' own receive times drive the rate limit, so tests need no timers). In the
+//! sink, the record holds only the state message (the history); value messages go to the
+//! latest-value store ([`crate::latest`]), the present, which the connection task publishes
+//! ahead of any backlog.
 //!
 //! # Topics (relative to `topic_prefix`)
 //!
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use p1_core::{Encode, MeasuredValue, Reading};
 
 use crate::discovery::Discovery;
+use crate::latest::Latest;
 
 const VERSION: u8 = 1;
 
@@ -216,6 +220,8 @@ pub struct Publisher {
     settings: Arc<crate::MqttSettings>,
     topics: HashMap<String, TopicState>,
     discovery: Option<Discovery>,
+    /// Where value messages go instead of the spool record (the present is not history).
+    latest: Option<Arc<Latest>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -233,7 +239,15 @@ impl Publisher {
             settings,
             topics: HashMap::new(),
             discovery,
+            latest: None,
         }
+    }
+
+    /// Value messages go to `latest`, which the connection task publishes as the present;
+    /// the spool record then holds only the state message (the history).
+    pub(crate) fn with_latest(mut self, latest: Arc<Latest>) -> Self {
+        self.latest = Some(latest);
+        self
     }
 
     /// The messages for `reading`; empty when the rate limit and "only on change" leave none.
@@ -298,7 +312,19 @@ impl Publisher {
 
 impl Encode for Publisher {
     fn encode(&mut self, reading: &Reading) -> Option<Vec<u8>> {
-        let messages = self.messages(reading);
+        let mut messages = self.messages(reading);
+        if let Some(latest) = &self.latest {
+            // The receive clock, not the meter's: a meter is silent when nothing arrives.
+            latest.seen(&reading.meter, tokio::time::Instant::now());
+            let state = format!("{}/state", reading.meter);
+            messages.retain(|m| {
+                if m.topic == state {
+                    return true;
+                }
+                latest.set(m.topic.clone(), m.payload.clone(), m.retain);
+                false
+            });
+        }
         (!messages.is_empty()).then(|| encode_record(&messages))
     }
 }

@@ -59,6 +59,7 @@ mod connection;
 pub mod discovery;
 pub mod encode;
 mod error;
+pub mod latest;
 mod sink;
 
 pub use config::{ClientIdentity, MqttSettings, Protocol, Qos, TlsSettings};

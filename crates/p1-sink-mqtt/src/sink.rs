@@ -15,6 +15,7 @@ use crate::config::client_config;
 use crate::connection::{Connection, Job, Report};
 use crate::discovery::Discovery;
 use crate::encode::{Publisher, decode_record};
+use crate::latest::Latest;
 use crate::{BuildError, MqttSettings};
 
 /// The sink kind in config (and the metrics' `sink` label's kind).
@@ -117,6 +118,7 @@ async fn run(
         None => (None, None),
     };
     let stop = task.stop.clone();
+    let latest = Arc::new(Latest::new(&cx.name, settings.meter_intervals.clone()));
     let connection = Connection {
         settings: settings.clone(),
         tls: sink.tls.clone(),
@@ -129,9 +131,10 @@ async fn run(
         hard: cx.hard.clone(),
         health: cx.health.clone(),
         name: cx.name.clone(),
+        latest: latest.clone(),
     };
 
-    let publisher = Publisher::new(settings.clone(), discovery);
+    let publisher = Publisher::new(settings.clone(), discovery).with_latest(latest);
     let deliver = MqttDeliver {
         batch: batch_for(settings.backlog_rate),
         jobs: ends.jobs,

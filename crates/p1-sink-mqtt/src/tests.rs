@@ -346,7 +346,16 @@ fn discovery_builds_devices_and_removes_vanished_values() {
     assert_eq!(energy["state_class"], "total_increasing");
     assert_eq!(energy["unit_of_measurement"], "kWh");
     assert_eq!(energy["state_topic"], "p1gw/home/energy_import_total");
-    assert_eq!(energy["availability_topic"], "p1gw/home/status");
+    // Unavailable when the gateway is gone or this meter is silent.
+    assert_eq!(
+        energy["availability"],
+        serde_json::json!([{"topic": "p1gw/home/status"}, {"topic": "p1gw/home/availability"}])
+    );
+    assert_eq!(energy["availability_mode"], "all");
+    assert!(
+        energy.get("availability_topic").is_none(),
+        "one or the other, not both"
+    );
     assert_eq!(energy["unique_id"], "p1gw_home_energy_import_total");
     assert_eq!(energy["device"]["manufacturer"], "Iskraemeco");
     assert_eq!(energy["device"]["model"], "IE.5");
@@ -551,10 +560,36 @@ mod ha_schema {
                 bad.push(format!("{topic}: unknown sensor key {key:?}"));
             }
         }
-        for key in ["unique_id", "state_topic", "availability_topic", "device"] {
+        for key in ["unique_id", "state_topic", "device"] {
             if !obj.contains_key(key) {
                 bad.push(format!("{topic}: missing {key}"));
             }
+        }
+        // HA: `availability` (a list of {topic, …}) or `availability_topic`, not both; with
+        // the list, `availability_mode` is all, any or latest.
+        match (obj.get("availability"), obj.get("availability_topic")) {
+            (Some(_), Some(_)) => {
+                bad.push(format!("{topic}: both availability and availability_topic"));
+            }
+            (None, None) => bad.push(format!("{topic}: missing availability")),
+            (Some(list), None) => {
+                let topics_ok = list.as_array().is_some_and(|l| {
+                    !l.is_empty()
+                        && l.iter()
+                            .all(|a| a.get("topic").and_then(Value::as_str).is_some())
+                });
+                if !topics_ok {
+                    bad.push(format!("{topic}: availability is not a list of topics"));
+                }
+                if obj
+                    .get("availability_mode")
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| !["all", "any", "latest"].contains(&m))
+                {
+                    bad.push(format!("{topic}: bad availability_mode"));
+                }
+            }
+            (None, Some(_)) => {}
         }
         if let Some(device) = obj.get("device").and_then(Value::as_object) {
             for key in device.keys() {
@@ -792,4 +827,70 @@ fn mqtt5_connection_errors_say_what_happened() {
         &s,
     );
     assert!(e.contains("(check username and password_file)"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn values_are_the_present_and_only_the_state_is_spooled() {
+    use p1_core::Encode as _;
+    let latest = Arc::new(crate::latest::Latest::new(
+        "mqtt",
+        [("home".to_owned(), Duration::from_secs(10))].into(),
+    ));
+    let mut p = Publisher::new(Arc::new(settings()), None).with_latest(latest.clone());
+    let record = p
+        .encode(&reading_at(&veitur(1.0, false), "home", 0))
+        .expect("a record");
+    let spooled = decode_record(&record).expect("record");
+    assert_eq!(
+        topics(&spooled),
+        ["home/state"],
+        "the history: the state only"
+    );
+    let present = latest.take_dirty();
+    let energy = present
+        .iter()
+        .find(|(t, _, _)| t == "home/energy_import_total")
+        .expect("energy's value");
+    assert_eq!(energy.1, b"1");
+    assert!(
+        present
+            .iter()
+            .any(|(t, p, retain)| t == "home/availability" && p == b"online" && *retain),
+        "the meter is online"
+    );
+    assert!(latest.take_dirty().is_empty(), "taken once");
+
+    // Two readings while nothing is sent: the first one's values are superseded, counted.
+    p.encode(&reading_at(&veitur(2.0, false), "home", 1000));
+    let before = latest.superseded();
+    p.encode(&reading_at(&veitur(3.0, false), "home", 2000));
+    assert!(latest.superseded() > before);
+    let present = latest.take_dirty();
+    let energy = present
+        .iter()
+        .find(|(t, _, _)| t == "home/energy_import_total")
+        .expect("energy's value");
+    assert_eq!(energy.1, b"3", "the latest wins");
+
+    // After a reconnect, everything again.
+    latest.all_dirty();
+    assert!(latest.take_dirty().len() >= present.len());
+
+    // Silent for three intervals: offline, once; a reading: online again.
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(latest.check_silence(tokio::time::Instant::now()), 0);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(latest.check_silence(tokio::time::Instant::now()), 1);
+    assert_eq!(latest.check_silence(tokio::time::Instant::now()), 0);
+    let present = latest.take_dirty();
+    assert_eq!(present.len(), 1);
+    assert_eq!(present[0].0, "home/availability");
+    assert_eq!(present[0].1, b"offline");
+    p.encode(&reading_at(&veitur(4.0, false), "home", 40_000));
+    assert!(
+        latest
+            .take_dirty()
+            .iter()
+            .any(|(t, p, _)| t == "home/availability" && p == b"online")
+    );
 }

@@ -87,9 +87,13 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
 
     // One MQTT connection, one last will: its status topic is named for the first meter.
     let gateway = config.meters.first().map_or("p1gw", |m| m.name.as_str());
+    let intervals: Vec<(String, std::time::Duration)> = meters
+        .iter()
+        .map(|m| (m.meter.to_string(), m.expected_interval))
+        .collect();
     let mut sinks = Vec::new();
     for sink in &config.sinks {
-        let (kind, make) = sink.plan(gateway, crate::version())?;
+        let (kind, make) = sink.plan(gateway, crate::version(), &intervals)?;
         sinks.push(SinkPlan {
             name: sink.name.clone(),
             kind,

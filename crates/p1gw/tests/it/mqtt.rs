@@ -348,7 +348,10 @@ fn states_discovery_birth_and_last_will(protocol: &str) {
         (some("energy"), some("total_increasing"), some("kWh"))
     );
     assert_eq!(energy_cfg["state_topic"], "p1gw/home/energy_import_total");
-    assert_eq!(energy_cfg["availability_topic"], "p1gw/home/status");
+    assert_eq!(
+        energy_cfg["availability"],
+        serde_json::json!([{"topic": "p1gw/home/status"}, {"topic": "p1gw/home/availability"}])
+    );
     assert_eq!(energy_cfg["device"]["manufacturer"], "Iskraemeco");
     assert_eq!(energy_cfg["device"]["model"], "IE.5");
     let hot_cfg = disc(&mut sub, "p1gw_home/hot_water_1_hot_water_volume");
@@ -380,8 +383,9 @@ fn states_discovery_birth_and_last_will(protocol: &str) {
     );
     assert_eq!(export_cfg["device"]["manufacturer"], "Fluvius");
     assert_eq!(
-        export_cfg["availability_topic"], "p1gw/home/status",
-        "one connection, one last will"
+        export_cfg["availability"],
+        serde_json::json!([{"topic": "p1gw/home/status"}, {"topic": "p1gw/be/availability"}]),
+        "one connection, one last will; each meter its own availability"
     );
     let tariff_cfg = disc(&mut sub, "p1gw_be/tariff_indicator");
     assert_eq!(tariff_cfg["device_class"], "enum");
@@ -894,4 +898,167 @@ fn mqtt5_a_refused_message_keeps_its_reading_spooled_until_the_broker_takes_it()
     wait_for(Duration::from_secs(10), "an empty spool", || {
         metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n == 0.0)
     });
+}
+
+/// Issue "Home Assistant shows the present": the broker stopped for 20 s while a meter sends
+/// 5 readings/s with value topics and discovery. After the broker is back, p1gw reconnects
+/// within 3 s (the backoff no longer grows past 1.5 s), every value topic holds the present
+/// within 2 s of the reconnect (the latest reading's value, not the backlog's oldest), and
+/// the state topic, the history, gets every reading once, in order.
+#[test]
+fn after_a_broker_outage_the_present_comes_first_and_the_history_is_whole() {
+    let persist = tempfile::tempdir().expect("tempdir");
+    let persist_dir = persist.path().display().to_string();
+    let mut broker = Server::start("mosquitto", &["--persistence", &persist_dir]);
+    let port = broker.port("MQTT_PORT").to_string();
+    let mut history = Sub::start(&broker, Some("p1gw-it-history"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    const N: usize = 250;
+    let rec = recording(tmp.path(), N);
+    let meters = format!(
+        "[meter]\nname = \"home\"\ntz = \"Atlantic/Reykjavik\"\n[source]\nkind = \"replay\"\n\
+         path = \"{}\"\ninterval = \"200ms\"\n",
+        rec.display()
+    );
+    let sink = format!("kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ndiscovery = true");
+    let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+    history.expect("a first state", |m| m.topic == "p1gw/home/state");
+
+    broker.stop(false);
+    history.close();
+    let before = history.state_msgs("home");
+    drop(history);
+    let produced = || {
+        metric(
+            &metrics(&daemon),
+            "p1gw_telegrams_total",
+            &[("meter", "home")],
+        )
+    };
+    let at_stop = produced().unwrap_or(0.0);
+    wait_for(Duration::from_secs(40), "20 s of readings spooled", || {
+        produced().filter(|n| *n >= at_stop + 100.0)
+    });
+
+    let broker = Server::start(
+        "mosquitto",
+        &["--port", &port, "--persistence", &persist_dir],
+    );
+    let back = Instant::now();
+    let mut ha = Sub::start(&broker, None);
+    let mut history = Sub::start(&broker, Some("p1gw-it-history"));
+    let reconnect = wait_for(Duration::from_secs(10), "the sink connected again", || {
+        let state = sink_status(&daemon)?;
+        (state["state"] == "ok").then(|| back.elapsed())
+    });
+    let newest_at_reconnect = produced().unwrap_or(0.0);
+    // A value sent after the reconnect (not the broker's retained copy) from the readings of
+    // the moment, not from the backlog.
+    let present = ha
+        .wait_until(Duration::from_secs(10), |m| {
+            !m.retained
+                && m.topic == "p1gw/home/energy_import_total"
+                && m.payload
+                    .parse::<f64>()
+                    .is_ok_and(|v| v >= newest_at_reconnect - 1.0)
+        })
+        .map(|_| back.elapsed());
+    assert!(
+        reconnect <= Duration::from_secs(3),
+        "reconnected {reconnect:?} after the broker's return"
+    );
+    let present = present.expect("the present value within 10 s");
+    assert!(
+        present <= reconnect + Duration::from_secs(2),
+        "the present value came {present:?} after the broker's return (reconnect {reconnect:?})"
+    );
+    // No value topic ever went back to the past once the present was there.
+    let energies: Vec<f64> = {
+        ha.drain();
+        ha.seen
+            .iter()
+            .filter(|m| !m.retained && m.topic == "p1gw/home/energy_import_total")
+            .filter_map(|m| m.payload.parse().ok())
+            .collect()
+    };
+    assert!(
+        energies.windows(2).all(|w| w[0] <= w[1]),
+        "a value topic went back in time: {energies:?}"
+    );
+
+    // The history: every reading once, in order, across the outage.
+    let after = wait_for(Duration::from_secs(60), "every state", || {
+        let msgs = history.state_msgs("home");
+        let last = msgs.last().map(|m| energy(&m.json()));
+        (last == Some(N as f64)).then_some(msgs)
+    });
+    let mut all: Vec<f64> = before.iter().map(|m| energy(&m.json())).collect();
+    for m in &after {
+        let e = energy(&m.json());
+        // The broker's own redelivery of its last message before the stop.
+        if all.last() != Some(&e) {
+            all.push(e);
+        }
+    }
+    let expected: Vec<f64> = (1..=N).map(|i| i as f64).collect();
+    assert_eq!(all, expected, "every reading exactly once, in order");
+    let skipped = metric_sum(
+        &metrics(&daemon),
+        "p1gw_mqtt_values_superseded_total",
+        &[("sink", "mqtt")],
+    );
+    assert!(
+        skipped > 0.0,
+        "the outage's intermediate values were skipped and counted"
+    );
+}
+
+/// Availability per meter: "home" stops sending (its recording ends) while "be" goes on; after
+/// three of home's intervals `p1gw/home/availability` is `offline` and `p1gw/be/availability`
+/// still `online`; the discovery configs name both the meter's topic and the gateway's.
+#[test]
+fn a_silent_meter_goes_offline_while_the_other_stays_online() {
+    let broker = Server::start("mosquitto", &[]);
+    let port = broker.port("MQTT_PORT").to_string();
+    let mut sub = Sub::start(&broker, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rec = recording(tmp.path(), 30);
+    let sink = format!("kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ndiscovery = true");
+    let (_daemon, _dir) = Daemon::start(&config(&sink, &home_and_belgium(&rec)), &[]);
+    for meter in ["home", "be"] {
+        sub.expect(&format!("{meter} online"), |m| {
+            m.topic == format!("p1gw/{meter}/availability") && m.payload == "online"
+        });
+    }
+    let config = sub.expect("an energy entity of home", |m| {
+        m.topic == "homeassistant/sensor/p1gw_home/energy_import_total/config"
+    });
+    let config = config.json();
+    assert_eq!(
+        config["availability"],
+        serde_json::json!([{"topic": "p1gw/home/status"}, {"topic": "p1gw/home/availability"}])
+    );
+    assert_eq!(config["availability_mode"], "all");
+    // home's 30 readings at 50 ms end; 3 × 50 ms later (and the next second's check) it is
+    // offline. be goes on.
+    let offline = sub.expect("home offline", |m| {
+        m.topic == "p1gw/home/availability" && m.payload == "offline"
+    });
+    assert_eq!(offline.payload, "offline");
+    sub.drain();
+    let be_offline = sub
+        .seen
+        .iter()
+        .any(|m| m.topic == "p1gw/be/availability" && m.payload == "offline");
+    assert!(!be_offline, "be sends and stays online");
+    // A subscriber that comes later gets the retained availability of each meter.
+    let mut late = Sub::start(&broker, None);
+    let home = late.expect("home's retained availability", |m| {
+        m.topic == "p1gw/home/availability"
+    });
+    assert_eq!((home.payload.as_str(), home.retained), ("offline", true));
+    let be = late.expect("be's retained availability", |m| {
+        m.topic == "p1gw/be/availability"
+    });
+    assert_eq!((be.payload.as_str(), be.retained), ("online", true));
 }

@@ -387,6 +387,7 @@ mod tests {
             name: "azure-iot",
             gateway: "home",
             version: "v",
+            meters: &[],
         });
         assert!(
             built.is_err_and(|e| e.to_string().contains("ca_file")),

@@ -51,6 +51,8 @@ pub struct PlanContext<'a> {
     pub gateway: &'a str,
     /// p1gw's version, for Home Assistant's device registry.
     pub version: &'a str,
+    /// Every meter's name and telegram interval (an MQTT sink marks a silent meter offline).
+    pub meters: &'a [(String, std::time::Duration)],
 }
 
 /// A sink kind's raw `[[sink]]` entry: the keys as written, defaults filled in by serde.
@@ -219,11 +221,17 @@ impl ValidSink {
     /// # Errors
     ///
     /// See [`Planned::plan`].
-    pub fn plan(&self, gateway: &str, version: &str) -> anyhow::Result<(&'static str, MakeSink)> {
+    pub fn plan(
+        &self,
+        gateway: &str,
+        version: &str,
+        meters: &[(String, std::time::Duration)],
+    ) -> anyhow::Result<(&'static str, MakeSink)> {
         self.kind.planned().plan(&PlanContext {
             name: &self.name,
             gateway,
             version,
+            meters,
         })
     }
 }

@@ -84,7 +84,9 @@ pub struct MqttTable {
     pub keep_alive: RawDuration,
     /// After a reconnect, readings spooled meanwhile are sent oldest first at this many MQTT
     /// messages per second at most (bursts of one second's worth), then live readings resume.
-    /// From 1 to 10000. Default 50.
+    /// From 1 to 10000. Default 200: only the state message of a reading is history (value
+    /// topics get the latest value at once after a reconnect), so a day of a 1 s meter drains
+    /// in about 7 minutes.
     #[serde(default = "default_backlog_rate")]
     pub backlog_rate: u32,
     /// Besides `<topic_prefix>/<meter>/state` (the whole reading), publish each value on a
@@ -396,9 +398,10 @@ impl Planned for ValidMqtt {
 
     fn plan(&self, cx: &PlanContext<'_>) -> anyhow::Result<(&'static str, MakeSink)> {
         // One connection, one last will: its status topic is named for the first meter.
-        let settings = self
+        let mut settings = self
             .settings(cx.name, cx.gateway, cx.version)
             .map_err(|e| Coded::error(Exit::IO, format!("sink {:?}: {e}", cx.name)))?;
+        settings.meter_intervals = cx.meters.iter().cloned().collect();
         let ca_file = self.tls.as_ref().is_some_and(|tls| tls.ca_file.is_some());
         let built = p1_sink_mqtt::build(settings).map_err(|e| {
             let message = match &e {
@@ -498,6 +501,7 @@ mod tests {
             name: "mqtt",
             gateway: "home",
             version: "v",
+            meters: &[],
         });
         assert!(
             built.is_err_and(|e| e.to_string().contains("ca_file")),
