@@ -1064,3 +1064,72 @@ impl AsyncSpool {
             })?
     }
 }
+
+// -------------------------------------------------------------------------------------------------
+// Sink state: a few durable numbers a sink keeps beside its records, in the spool's file (the
+// sink crates touch no disk). Stored in `META` under keys prefixed `sink.`, so they never clash
+// with the spool's own. Used by the Azure IoT Hub sink for its daily message budget.
+
+/// The prefix of sink state keys in `META`.
+const SINK_STATE_PREFIX: &str = "sink.";
+
+impl Spool {
+    /// The number the sink stored under `key` with [`Spool::set_sink_state`], if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SpoolStorage`] if reading fails.
+    pub fn sink_state(&self, key: &str) -> Result<Option<u64>> {
+        let key = format!("{SINK_STATE_PREFIX}{key}");
+        let txn = self.db.begin_read().map_err(|e| self.storage("state", e))?;
+        let meta = txn.open_table(META).map_err(|e| self.storage("state", e))?;
+        let value = meta
+            .get(key.as_str())
+            .map_err(|e| self.storage("state", e))?;
+        Ok(value.map(|v| v.value()))
+    }
+
+    /// Stores `entries` (key, number) in one transaction, durably (fsynced before it returns,
+    /// whatever the spool's [`Durability`]): after a crash either all of them are there or the
+    /// previous values are.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SpoolStorage`] if the transaction fails (nothing is stored).
+    pub fn set_sink_state(&self, entries: &[(&str, u64)]) -> Result<()> {
+        let mut st = self.lock();
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.storage("state", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.storage("state", e))?;
+            for (key, value) in entries {
+                let key = format!("{SINK_STATE_PREFIX}{key}");
+                meta.insert(key.as_str(), *value)
+                    .map_err(|e| self.storage("state", e))?;
+            }
+        }
+        self.commit(txn, &mut st, true, "state")
+    }
+}
+
+impl AsyncSpool {
+    /// [`Spool::sink_state`] on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::sink_state`], plus [`Error::SpoolTask`].
+    pub async fn sink_state(&self, key: &'static str) -> Result<Option<u64>> {
+        self.run("state", move |s| s.sink_state(key)).await
+    }
+
+    /// [`Spool::set_sink_state`] on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::set_sink_state`], plus [`Error::SpoolTask`].
+    pub async fn set_sink_state(&self, entries: Vec<(&'static str, u64)>) -> Result<()> {
+        self.run("state", move |s| s.set_sink_state(&entries)).await
+    }
+}
