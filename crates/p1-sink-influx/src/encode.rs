@@ -14,14 +14,15 @@
 //!   the telegram has one, else the time received). The spooling [`LineEncoder`] applies the
 //!   timestamp rule of `docs/influx.md` on top: the meter's clock unless it is more than
 //!   [`CLOCK_AHEAD_LIMIT`] ahead of the time received, and every reading of a meter strictly
-//!   later than the one before (one unit of the precision later when its clock went back or
-//!   stood still), so each reading stays its own point.
+//!   later than the one before (when its clock went back or stood still: the time received,
+//!   or one unit of the precision after the one before), so each reading stays its own point.
 //!
 //! The stamp is fixed when the reading is encoded, i.e. when it is spooled: InfluxDB keeps one
 //! point per series and timestamp, so writing a record twice (a retry after a lost
 //! acknowledgement, a spool replayed after a crash) leaves one point.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use p1_core::Reading;
 use p1_core::reading::MeasuredValue;
@@ -153,7 +154,8 @@ fn write_reading_with(
 
 /// The spool record of a reading: its points as line protocol, stamped by the rule in the
 /// module doc. One encoder serves one run of the sink; it remembers the last stamp of each
-/// meter (its name and id: the `electricity` series) for that run.
+/// meter (its name and id: the `electricity` series) for that run, and, through
+/// [`LineEncoder::with_floor`], the latest stamp of the runs before.
 #[derive(Debug, Clone)]
 pub struct LineEncoder {
     precision: Precision,
@@ -161,6 +163,11 @@ pub struct LineEncoder {
     fields: Fields,
     /// The last stamp given to each meter (name, id), in the precision's units.
     last: Vec<(Arc<str>, String, i128)>,
+    /// The latest stamp of an earlier run, in the precision's units: a meter's first reading
+    /// in this run is stamped after it.
+    floor: Option<i128>,
+    /// The latest stamp given, in nanoseconds (shared with whoever stores it).
+    given: Arc<AtomicU64>,
 }
 
 impl LineEncoder {
@@ -170,13 +177,34 @@ impl LineEncoder {
             precision,
             fields: Vec::new(),
             last: Vec::new(),
+            floor: None,
+            given: Arc::default(),
         }
     }
 
+    /// Stamps every meter's readings after `latest_ns` (nanoseconds since the Unix epoch: the
+    /// latest stamp an earlier run gave, as [`LineEncoder::given`] kept it), so that a meter
+    /// clock that went back before a restart cannot land on a point written before it.
+    #[must_use]
+    pub fn with_floor(mut self, latest_ns: Option<u64>) -> Self {
+        self.floor = latest_ns.map(|ns| i128::from(ns / self.precision.unit_ns()));
+        if let Some(ns) = latest_ns {
+            self.given.fetch_max(ns, Ordering::Relaxed);
+        }
+        self
+    }
+
+    /// The latest stamp given so far (or the floor), in nanoseconds since the Unix epoch; it
+    /// moves as readings are encoded.
+    pub fn given(&self) -> Arc<AtomicU64> {
+        self.given.clone()
+    }
+
     /// The stamp of `reading`, in the precision's units: its meter time unless that is missing
-    /// or more than [`CLOCK_AHEAD_LIMIT`] ahead of the time received (then the time received),
-    /// and in any case one unit later than the previous stamp of the same meter at least.
-    /// Remembered for the meter's next reading.
+    /// or more than [`CLOCK_AHEAD_LIMIT`] ahead of the time received (then the time received);
+    /// when that is not later than the previous stamp of the same meter (or the floor), the
+    /// time received if that is later, else one unit after the previous stamp. Remembered for
+    /// the meter's next reading.
     pub fn stamp(&mut self, reading: &Reading) -> i128 {
         let (stamp, slot) = self.next_stamp(reading);
         self.remember(reading, slot, stamp);
@@ -196,13 +224,21 @@ impl LineEncoder {
             .last
             .iter()
             .position(|(meter, meter_id, _)| **meter == *reading.meter && meter_id == id);
-        match slot.map(|i| self.last[i].2) {
-            Some(last) if stamp <= last => (last + 1, slot),
+        match slot.map(|i| self.last[i].2).or(self.floor) {
+            // The meter's clock went back or stands still: the time received (the gateway's
+            // clock keeps the points in real time), unless that is not later either.
+            Some(last) if stamp <= last => {
+                let received = self.precision.timestamp(received);
+                (if received > last { received } else { last + 1 }, slot)
+            }
             _ => (stamp, slot),
         }
     }
 
     fn remember(&mut self, reading: &Reading, slot: Option<usize>, stamp: i128) {
+        let ns = stamp.saturating_mul(i128::from(self.precision.unit_ns()));
+        self.given
+            .fetch_max(u64::try_from(ns).unwrap_or(0), Ordering::Relaxed);
         match slot {
             Some(i) => self.last[i].2 = stamp,
             None => self

@@ -305,13 +305,79 @@ impl Sink for InfluxSink {
         input: broadcast::Receiver<Arc<Reading>>,
         cx: SinkContext,
     ) -> BoxFuture<'static, Result<(), SinkError>> {
-        let inner = &self.influx.inner;
-        let writer = self.influx.writer_reporting(&cx.name, cx.health.clone());
-        let mut worker = Pipelined::new(KIND, LineEncoder::new(inner.precision), writer);
-        if let Some((min, max)) = inner.backoff {
-            worker = worker.with_backoff(min, max);
+        let influx = self.influx;
+        Box::pin(async move {
+            let inner = &influx.inner;
+            // The latest stamp of the runs before (a restart of the sink or of p1gw).
+            let floor = match cx.spool.sink_state(LAST_STAMP).await {
+                Ok(floor) => floor,
+                Err(e) => {
+                    tracing::warn!(sink = %cx.name, error = %e, "Cannot read the latest timestamp of the last run; a meter clock that went back just before the restart may overwrite points.");
+                    None
+                }
+            };
+            let encoder = LineEncoder::new(inner.precision).with_floor(floor);
+            let given = encoder.given();
+            let keeper = tokio::spawn(keep_latest_stamp(
+                given.clone(),
+                floor,
+                cx.spool.clone(),
+                cx.name.clone(),
+            ));
+            let writer = influx.writer_reporting(&cx.name, cx.health.clone());
+            let mut worker = Pipelined::new(KIND, encoder, writer);
+            if let Some((min, max)) = inner.backoff {
+                worker = worker.with_backoff(min, max);
+            }
+            let result = Box::new(worker).run(input, cx.clone()).await;
+            keeper.abort();
+            let latest = given.load(Ordering::Relaxed);
+            if latest > floor.unwrap_or(0)
+                && let Err(e) = cx.spool.set_sink_state(vec![(LAST_STAMP, latest)]).await
+            {
+                tracing::debug!(sink = %cx.name, error = %e, "Cannot store the latest timestamp.");
+            }
+            result
+        })
+    }
+}
+
+/// The spool's sink-state key of the latest stamp given, in nanoseconds since the Unix epoch.
+const LAST_STAMP: &str = "influx.last_stamp_ns";
+
+/// How often the latest stamp given is stored beside the spool (when it moved). A crash loses
+/// at most this much of it; a meter clock would have to go back within that time, just before
+/// the crash, for a reading after the restart to land on an earlier point.
+const KEEP_STAMP_EVERY: Duration = Duration::from_secs(5);
+
+/// Stores the encoder's latest stamp in the spool file every [`KEEP_STAMP_EVERY`] while it
+/// moves, so that the next run stamps after it ([`LineEncoder::with_floor`]).
+async fn keep_latest_stamp(
+    given: Arc<std::sync::atomic::AtomicU64>,
+    mut stored: Option<u64>,
+    spool: p1_core::AsyncSpool,
+    sink: String,
+) {
+    let mut tick = tokio::time::interval(KEEP_STAMP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
+    loop {
+        tick.tick().await;
+        let latest = given.load(Ordering::Relaxed);
+        if stored.is_some_and(|s| latest <= s) || latest == 0 {
+            continue;
         }
-        Box::new(worker).run(input, cx)
+        match spool.set_sink_state(vec![(LAST_STAMP, latest)]).await {
+            Ok(()) => {
+                stored = Some(latest);
+                failed = false;
+            }
+            Err(e) if !failed => {
+                tracing::warn!(sink = %sink, error = %e, "Cannot store the latest timestamp beside the spool.");
+                failed = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

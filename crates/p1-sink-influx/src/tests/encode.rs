@@ -100,10 +100,10 @@ fn every_reading_is_its_own_point_when_the_meter_clock_jumps_back_or_stands_stil
     let records: Vec<Vec<u8>> = [
         at(Some(t), t),
         at(Some(t + 10), t + 10),
-        at(Some(t - 3600), t + 20), // an hour back
+        at(Some(t - 3600), t + 20), // an hour back: the time received
         at(Some(t - 3590), t + 30),
         at(Some(t + 40), t + 40), // right again
-        at(Some(t + 40), t + 41), // frozen
+        at(Some(t + 40), t + 41), // frozen: the time received
         at(Some(t + 40), t + 42),
         at(Some(t + 10 * 365 * 86400), t + 50), // years ahead: the time received
         at(Some(t + 60), t + 60),               // the meter clock again
@@ -117,8 +117,8 @@ fn every_reading_is_its_own_point_when_the_meter_clock_jumps_back_or_stands_stil
         [
             t,
             t + 10,
-            t + 11,
-            t + 12,
+            t + 20,
+            t + 30,
             t + 40,
             t + 41,
             t + 42,
@@ -142,6 +142,7 @@ fn stamps_are_kept_apart_per_meter_in_the_precision_unit() {
     let mut encoder = LineEncoder::new(Precision::Ms);
     let mut other = at(Some(t), t);
     other.meter = std::sync::Arc::from("cabin");
+    // The same meter twice with the same clock and the same time received: a unit apart.
     let records: Vec<Vec<u8>> = [at(Some(t), t), other, at(Some(t), t)]
         .iter()
         .map(|r| encoder.encode(r).expect("points"))
@@ -293,4 +294,27 @@ fn a_reading_without_numbers_is_skipped() {
     let text = "/ISk5\\2MIE5E-200\r\n\r\n0-0:96.1.1(36303836383138373123)\r\n!\r\n";
     let r = reading(text, 0);
     assert_eq!(LineEncoder::new(Precision::S).encode(&r), None);
+}
+
+#[test]
+fn a_floor_from_an_earlier_run_stamps_every_meter_after_it() {
+    let t = 1_707_776_474;
+    // The run before gave t + 10 s (in ns, whatever its precision); this one writes ms.
+    let mut encoder =
+        LineEncoder::new(Precision::Ms).with_floor(Some((t as u64 + 10) * 1_000_000_000));
+    let mut other = at(Some(t + 20), t + 20);
+    other.meter = std::sync::Arc::from("cabin");
+    let records: Vec<Vec<u8>> = [at(Some(t), t + 30), at(Some(t + 11), t + 31), other]
+        .iter()
+        .map(|r| encoder.encode(r).expect("points"))
+        .collect();
+    let ms = t * 1000;
+    // Before the floor: the time received; then the meter's clock is behind the last stamp
+    // (the time received again); the other meter's clock is past the floor.
+    assert_eq!(stamps(&records), [ms + 30_000, ms + 31_000, ms + 20_000]);
+    assert_eq!(
+        encoder.given().load(std::sync::atomic::Ordering::Relaxed),
+        (t as u64 + 31) * 1_000_000_000,
+        "the latest stamp given, to be stored"
+    );
 }

@@ -564,7 +564,11 @@ async fn worker(config: InfluxConfig) -> Worker {
 }
 
 async fn worker_of(influx: Influx) -> Worker {
-    let dir = tempfile::tempdir().expect("tempdir");
+    worker_in(influx, tempfile::tempdir().expect("tempdir")).await
+}
+
+/// A worker on the spool in `dir` (a restart keeps it).
+async fn worker_in(influx: Influx, dir: tempfile::TempDir) -> Worker {
     let registry = Registry::new();
     let spool = AsyncSpool::open(
         dir.path().join("influx.redb"),
@@ -609,6 +613,20 @@ impl Worker {
             r.meter_time = None;
             self.tx.send(Arc::new(r)).expect("worker listening");
         }
+    }
+
+    /// Ends the worker as the daemon does and starts a new one on the same spool, as after a
+    /// restart of the sink or of p1gw.
+    async fn restart(self, influx: Influx) -> Worker {
+        drop(self.tx);
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the worker drains and ends")
+            .expect("task")
+            .expect("worker ok");
+        drop(self.spool);
+        worker_in(influx, self._dir).await
     }
 
     async fn finish(self) {
@@ -871,6 +889,55 @@ async fn a_redirect_keeps_the_readings_and_readyz_says_where_the_url_points() {
     assert!(
         !readiness.reasons.iter().any(|r| r.contains("influx")),
         "{readiness:?}"
+    );
+    w.finish().await;
+}
+
+/// The stamps of the `electricity` lines of the next requests, until there are `n`.
+async fn next_stamps(server: &mut Server, n: usize) -> Vec<i64> {
+    let mut stamps = Vec::new();
+    while stamps.len() < n {
+        let request = server.request().await;
+        stamps.extend(
+            request
+                .body
+                .lines()
+                .filter(|l| l.starts_with("electricity,"))
+                .map(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .expect("stamp")
+                        .parse::<i64>()
+                        .expect("integer")
+                }),
+        );
+    }
+    stamps
+}
+
+#[tokio::test]
+async fn after_a_restart_a_meter_clock_that_went_back_still_gives_new_points() {
+    let mut server = Server::start().await;
+    let mut config = v1(&server.url);
+    config.batch_interval = Duration::ZERO;
+    let influx = Influx::new(config).expect("influx");
+    let t = 1_707_776_474;
+    let at = |meter: i64, received: i64| {
+        let mut r = reading(&veitur_heat(), received);
+        r.meter_time = Some(jiff::Timestamp::from_second(meter).expect("time"));
+        Arc::new(r)
+    };
+    let w = worker_of(influx.clone()).await;
+    w.tx.send(at(t, t)).expect("listening");
+    w.tx.send(at(t + 10, t + 10)).expect("listening");
+    assert_eq!(next_stamps(&mut server, 2).await, [t, t + 10]);
+    // The sink (or p1gw) restarts; the meter's clock is back at the first reading's time.
+    let w = w.restart(influx).await;
+    w.tx.send(at(t, t + 20)).expect("listening");
+    assert_eq!(
+        next_stamps(&mut server, 1).await,
+        [t + 20],
+        "after the last stamp of the run before (the time received), not onto its first point"
     );
     w.finish().await;
 }
