@@ -245,8 +245,10 @@ pub trait Batches: Send + Sync + 'static {
     }
 
     /// Sends one batch, whole. `Ok`: the backend acknowledged every record in it (p1-core then
-    /// deletes the batch). A [`DeliveryError::Permanent`] drops the whole batch (`records` is
-    /// ignored); `Transient` and `Refused` keep it spooled.
+    /// deletes the batch). A [`DeliveryError::Permanent`] ends the batch too: its `records`
+    /// (at most the batch's) are the ones the backend refused, dropped and counted as
+    /// `rejected`; the others it took and are counted as sent. `Transient` and `Refused` keep
+    /// the whole batch spooled.
     ///
     /// The future runs as its own task, beside the other batches in flight; it is dropped
     /// (cancelled) on the hard stop, which leaves its batch spooled.
@@ -421,9 +423,13 @@ async fn pipelined<B: Batches>(
                                 .increment(records as u64);
                         }
                     }
-                    Err(DeliveryError::Permanent { message, .. }) => {
-                        rejected(cx, records, message);
+                    Err(DeliveryError::Permanent { message, records: refused }) => {
+                        // The backend refused `refused` records of the batch and took the rest.
+                        let refused = refused.clamp(1, records.max(1));
                         cx.spool.ack_range(first, last).await?;
+                        rejected(cx, refused, message);
+                        metrics::counter!("p1gw_sink_sent_total", "sink" => cx.name.clone())
+                            .increment(records.saturating_sub(refused) as u64);
                     }
                     Err(error) => {
                         // The first failure of a round sets the wait; later ones only lengthen
@@ -825,7 +831,12 @@ impl FailureLog {
             tracing::warn!(sink = name, error = %message, backlog, retry_in = ?retry_in, "Delivery failed; readings stay spooled.");
         }
         cx.health.error(message.clone());
-        cx.health.degraded(format!("delivery failing: {message}"));
+        // A sink that found its backend misconfigured marks itself failed (an InfluxDB URL that
+        // redirects elsewhere), so /readyz names the problem; it stays so until it says
+        // otherwise or a delivery succeeds.
+        if !matches!(cx.health.status().state, crate::State::Failed(_)) {
+            cx.health.degraded(format!("delivery failing: {message}"));
+        }
     }
 
     /// How long to wait before the next attempt: the backend's `Retry-After`, else backoff

@@ -336,6 +336,15 @@ struct MemState {
     /// Seqs of records in the file that the backend acknowledged while the file could not be
     /// written: skipped by peeks, deleted from the file once it can be written again.
     acked: BTreeSet<u64>,
+    /// Sink state ([`Spool::set_sink_state`]) not yet in the file, by its key in `META`.
+    state: BTreeMap<String, u64>,
+}
+
+/// What memory holds for the file, copied for one commit.
+struct Pending {
+    held: Vec<(u64, Vec<u8>)>,
+    acked: Vec<u64>,
+    state: Vec<(String, u64)>,
 }
 
 /// Why an open attempt failed: corruption is handled by moving the file aside, anything else is
@@ -664,7 +673,7 @@ impl Spool {
         let mut st = self.lock();
         let nothing_pending = {
             let mem = self.lock_mem();
-            mem.held.is_empty() && mem.acked.is_empty()
+            mem.held.is_empty() && mem.acked.is_empty() && mem.state.is_empty()
         };
         if nothing_pending && self.current_db().is_some() {
             return 0;
@@ -704,19 +713,21 @@ impl Spool {
                 }
             }
         };
-        let (held, acked): (Vec<(u64, Vec<u8>)>, Vec<u64>) = {
+        let pending = {
             let mem = self.lock_mem();
-            (
-                mem.held.iter().cloned().collect(),
-                mem.acked.iter().copied().collect(),
-            )
+            Pending {
+                held: mem.held.iter().cloned().collect(),
+                acked: mem.acked.iter().copied().collect(),
+                state: mem.state.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            }
         };
+        let Pending { held, state, .. } = &pending;
         let budget = self.budget(
             st,
             held.iter().map(|(_, r)| r.len()).sum::<usize>()
                 + new.iter().map(|(_, r)| r.len()).sum::<usize>(),
         );
-        match self.commit_records(&db, st, &held, &acked, new, budget) {
+        match self.commit_records(&db, st, &pending, new, budget) {
             Ok((evicted, durable)) => {
                 let stored = (held.len() + new.len()) as u64;
                 {
@@ -726,6 +737,12 @@ impl Spool {
                     mem.held.clear();
                     mem.held_bytes = 0;
                     mem.acked.clear();
+                    // Sink state set meanwhile by another writer cannot be: writers hold `st`.
+                    for (key, value) in state {
+                        if mem.state.get(key) == Some(value) {
+                            mem.state.remove(key);
+                        }
+                    }
                 }
                 self.recovered(st, held.len() as u64);
                 self.publish(st);
@@ -793,11 +810,11 @@ impl Spool {
         &self,
         db: &Database,
         st: &mut WriteState,
-        held: &[(u64, Vec<u8>)],
-        acked: &[u64],
+        pending: &Pending,
         new: &[(u64, &[u8])],
         (budget, why): (u64, Eviction),
     ) -> std::result::Result<(u64, bool), redb::Error> {
+        let Pending { held, acked, state } = pending;
         let (txn, durable) = self.begin_write(db, st)?;
         // Work on copies; `st` is only updated after the commit succeeded, so a failed
         // transaction (dropped = rolled back by redb) leaves memory and file in agreement.
@@ -844,6 +861,9 @@ impl Spool {
             // crash the file holds both or neither, so a seq is never handed out twice.
             let mut meta = txn.open_table(META)?;
             meta.insert(NEXT_SEQ, st.next_seq)?;
+            for (key, value) in state {
+                meta.insert(key.as_str(), *value)?;
+            }
         }
         txn.commit()?;
         if durable {
@@ -1688,5 +1708,87 @@ impl AsyncSpool {
                 op,
                 source,
             })?
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Sink state: a few durable numbers a sink keeps beside its records, in the spool's file (the
+// sink crates touch no disk). Stored in `META` under keys prefixed `sink.`, so they never clash
+// with the spool's own. Used by the Azure IoT Hub sink for its daily message budget.
+
+/// The prefix of sink state keys in `META`.
+const SINK_STATE_PREFIX: &str = "sink.";
+
+impl Spool {
+    /// The number the sink stored under `key` with [`Spool::set_sink_state`], if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SpoolStorage`] if reading fails, or the file cannot be used and the number is
+    /// not in memory.
+    pub fn sink_state(&self, key: &str) -> Result<Option<u64>> {
+        let key = format!("{SINK_STATE_PREFIX}{key}");
+        if let Some(v) = self.lock_mem().state.get(&key) {
+            return Ok(Some(*v));
+        }
+        let Some(db) = self.current_db() else {
+            return Err(self.storage("state", redb::Error::PreviousIo));
+        };
+        let txn = db.begin_read().map_err(|e| self.storage("state", e))?;
+        let meta = txn.open_table(META).map_err(|e| self.storage("state", e))?;
+        let value = meta
+            .get(key.as_str())
+            .map_err(|e| self.storage("state", e))?;
+        Ok(value.map(|v| v.value()))
+    }
+
+    /// Stores `entries` (key, number) in one transaction, durably (fsynced before it returns,
+    /// whatever the spool's [`Durability`]): after a crash either all of them are there or the
+    /// previous values are. While the file cannot be written they are kept in memory (and
+    /// returned by [`Spool::sink_state`]) and written with the first commit that works, as
+    /// held records are.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` stays for errors to come.
+    pub fn set_sink_state(&self, entries: &[(&str, u64)]) -> Result<()> {
+        let mut st = self.lock();
+        {
+            let mut mem = self.lock_mem();
+            for (key, value) in entries {
+                mem.state
+                    .insert(format!("{SINK_STATE_PREFIX}{key}"), *value);
+            }
+        }
+        if self.current_db().is_some() {
+            // An fsynced commit of what memory holds (the state, and any held records).
+            let pending = st.pending;
+            st.pending = u32::MAX / 2;
+            let written = self.write_through(&mut st, &[]);
+            if written.is_none() {
+                st.pending = pending;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncSpool {
+    /// [`Spool::sink_state`] on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::sink_state`], plus [`Error::SpoolTask`].
+    pub async fn sink_state(&self, key: &'static str) -> Result<Option<u64>> {
+        self.run("state", move |s| s.sink_state(key)).await
+    }
+
+    /// [`Spool::set_sink_state`] on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::set_sink_state`], plus [`Error::SpoolTask`].
+    pub async fn set_sink_state(&self, entries: Vec<(&'static str, u64)>) -> Result<()> {
+        self.run("state", move |s| s.set_sink_state(&entries)).await
     }
 }

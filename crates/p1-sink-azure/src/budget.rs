@@ -1,8 +1,9 @@
 //! The daily message budget, counted per UTC day as IoT Hub counts its quota.
 //!
 //! A message costs what the hub meters for it ([`crate::encode::metered`]): one per started
-//! chunk of its size. The count lives in memory: a restart of p1gw starts it at zero again (the
-//! hub's own quota still applies; when it refuses, readings stay spooled as for any outage).
+//! chunk of its size. The count is kept beside the spool (p1-core's sink state in the spool
+//! file, written durably before each message goes): a restart of the sink or of p1gw goes on
+//! from it, so a sink that crashes in a loop cannot run past the hub's daily quota.
 
 /// Seconds in a day.
 const DAY: u64 = 86_400;
@@ -35,6 +36,24 @@ impl Budget {
             used: 0,
             reported: None,
         }
+    }
+
+    /// The budget as stored: `used` messages on UTC day `day` (days since the Unix epoch). The
+    /// thresholds already passed are not reported again.
+    pub(crate) fn resume(limit: u32, day: u64, used: u32) -> Budget {
+        let mut budget = Budget {
+            limit,
+            day,
+            used,
+            reported: None,
+        };
+        budget.check();
+        budget
+    }
+
+    /// What to store: the day counted and the messages used on it.
+    pub(crate) fn stored(&self) -> (u64, u32) {
+        (self.day, self.used)
     }
 
     /// Starts a new day when `now` (Unix seconds) is in one; true if it did.

@@ -20,6 +20,8 @@
 //! Before each message the budget ([`crate::budget`]) is asked; a message that does not fit
 //! waits, spooled, for the next UTC day (the budget is checked every second, so a clock that
 //! jumps is noticed). WARN at 80 % and at 100 %; `p1gw_azure_messages_today` shows the count.
+//! The count is stored in the spool file (p1-core's sink state) before each message and read at
+//! the start of each run, so restarts do not reset it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,10 +182,11 @@ async fn run(
         name: cx.name.clone(),
     };
 
+    let budget = stored_budget(&cx, settings.daily_message_budget).await;
     let deliver = AzureDeliver {
         max_body: settings.max_message_bytes - sink.topic.property_bytes,
         property_bytes: sink.topic.property_bytes,
-        budget: Budget::new(settings.daily_message_budget),
+        budget,
         settings: settings.clone(),
         jobs: ends.jobs,
         reports: ends.reports,
@@ -211,6 +214,30 @@ async fn run(
         "IoT Hub",
     )
     .await
+}
+
+/// The spool's sink-state keys of the budget: its UTC day and the messages used on it.
+const BUDGET_DAY: &str = "azure.budget_day";
+const BUDGET_USED: &str = "azure.budget_used";
+
+/// The budget as the last run left it in the spool file; a fresh one when none is stored or it
+/// cannot be read (logged).
+async fn stored_budget(cx: &SinkContext, limit: u32) -> Budget {
+    let read = async {
+        let day = cx.spool.sink_state(BUDGET_DAY).await?;
+        let used = cx.spool.sink_state(BUDGET_USED).await?;
+        Ok::<_, p1_core::Error>(day.zip(used))
+    };
+    match read.await {
+        Ok(Some((day, used))) => {
+            Budget::resume(limit, day, u32::try_from(used).unwrap_or(u32::MAX))
+        }
+        Ok(None) => Budget::new(limit),
+        Err(e) => {
+            tracing::warn!(sink = %cx.name, error = %e, "Cannot read the stored daily message budget; counting from zero.");
+            Budget::new(limit)
+        }
+    }
 }
 
 /// Batches spool records into messages, hands them to the connection task one at a time and
@@ -318,10 +345,21 @@ impl AzureDeliver {
         self.health.set_counter("messages_today", u64::from(used));
     }
 
-    /// Counts a message; WARN when it crosses 80 % or 100 %.
-    fn spend(&mut self, cost: u32) {
+    /// Counts a message, stored beside the spool before it goes (so that a restart goes on from
+    /// it); WARN when it crosses 80 % or 100 %.
+    async fn spend(&mut self, cost: u32) {
         let now = self.now();
-        match self.budget.spend(now, cost) {
+        let crossed = self.budget.spend(now, cost);
+        let (day, used) = self.budget.stored();
+        if let Err(e) = self
+            .spool
+            .set_sink_state(vec![(BUDGET_DAY, day), (BUDGET_USED, u64::from(used))])
+            .await
+        {
+            // The count in memory still holds for this run.
+            tracing::warn!(sink = %self.name, error = %e, "Cannot store the daily message budget beside the spool.");
+        }
+        match crossed {
             Some(Crossed::Most) => tracing::warn!(
                 sink = %self.name,
                 used = self.budget.used(now),
@@ -424,7 +462,7 @@ impl Deliver for AzureDeliver {
                     self.settings.message_chunk,
                 );
                 self.budget_for(cost).await;
-                self.spend(cost);
+                self.spend(cost).await;
                 let (last, readings) = (message.last, message.readings);
                 match self.send(epoch, last, message.body).await {
                     Ok(()) => {

@@ -128,6 +128,16 @@ impl Precision {
         }
     }
 
+    /// Nanoseconds in one unit of this precision.
+    pub fn unit_ns(self) -> u64 {
+        match self {
+            Precision::S => 1_000_000_000,
+            Precision::Ms => 1_000_000,
+            Precision::Us => 1_000,
+            Precision::Ns => 1,
+        }
+    }
+
     /// `t` as an integer count of this precision's units since the Unix epoch (finer parts
     /// cut off).
     pub fn timestamp(self, t: jiff::Timestamp) -> i128 {

@@ -10,12 +10,19 @@
 //!   unit of its quantity ([`p1_core::reading::canonical_scale`]: W → kW, Wh → kWh, …), the
 //!   first line of a name per point; left out are text values (messages, ids), timestamps, empty
 //!   values, event logs, and the names that identify rather than measure ([`IDENTITY_NAMES`]).
-//! * Timestamp: the meter's clock when the telegram has one, else the time received
-//!   ([`p1_core::Reading::timestamp`]), in the configured precision.
+//! * Timestamp: [`write_reading`] writes [`p1_core::Reading::timestamp`] (the meter's clock when
+//!   the telegram has one, else the time received). The spooling [`LineEncoder`] applies the
+//!   timestamp rule of `docs/influx.md` on top: the meter's clock unless it is more than
+//!   [`CLOCK_AHEAD_LIMIT`] ahead of the time received, and every reading of a meter strictly
+//!   later than the one before (when its clock went back or stood still: the time received,
+//!   or one unit of the precision after the one before), so each reading stays its own point.
 //!
-//! The same reading always gives the same bytes: InfluxDB keeps one point per series and
-//! timestamp, so writing a reading twice (a retry after a lost acknowledgement, a spool replayed
-//! after a crash) leaves one point.
+//! The stamp is fixed when the reading is encoded, i.e. when it is spooled: InfluxDB keeps one
+//! point per series and timestamp, so writing a record twice (a retry after a lost
+//! acknowledgement, a spool replayed after a crash) leaves one point.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use p1_core::Reading;
 use p1_core::reading::MeasuredValue;
@@ -38,10 +45,27 @@ pub const IDENTITY_NAMES: [&str; 7] = [
     "logical_device_name",
 ];
 
-/// Appends the points of `reading` to `out`, each ending in a line feed; returns how many.
-/// A reading without a single numeric value gives none.
+/// How far the meter's clock may run ahead of the time p1gw received the telegram before the
+/// [`LineEncoder`] stamps the reading with the time received instead: more than transmission
+/// delay and drift, less than a wrong time zone's hour (the reader flags the same readings as
+/// `future` clock anomalies).
+pub const CLOCK_AHEAD_LIMIT: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// Appends the points of `reading` to `out`, each ending in a line feed, stamped with
+/// [`Reading::timestamp`]; returns how many. A reading without a single numeric value gives
+/// none. (The spooling [`LineEncoder`] stamps by the rule in the module doc instead.)
 pub fn write_reading(out: &mut String, reading: &Reading, precision: Precision) -> usize {
-    write_reading_with(out, reading, precision, &mut Vec::new())
+    let timestamp = precision.timestamp(reading.timestamp());
+    write_reading_with(out, reading, timestamp, &mut Vec::new())
+}
+
+/// The `equipment_id` tag of a reading's `electricity` point (empty: none).
+fn meter_tag(reading: &Reading) -> &str {
+    reading
+        .meter_id
+        .as_deref()
+        .filter(|id| !id.contains('\\'))
+        .unwrap_or("")
 }
 
 /// A point's fields, in the order written.
@@ -52,10 +76,10 @@ type Fields = Vec<(&'static str, FieldValue<'static>)>;
 fn write_reading_with(
     out: &mut String,
     reading: &Reading,
-    precision: Precision,
+    timestamp: i128,
     fields: &mut Fields,
 ) -> usize {
-    let timestamp = Some(precision.timestamp(reading.timestamp()));
+    let timestamp = Some(timestamp);
 
     // The points in order: the meter (channel 0) first, then the channels in the order their
     // first value appears. Fields keep telegram order; the first line of a name wins.
@@ -92,7 +116,7 @@ fn write_reading_with(
             fields.push((name, FieldValue::Float(value)));
         }
         let (measurement, equipment_id) = if channel == 0 {
-            (ELECTRICITY, reading.meter_id.as_deref())
+            (ELECTRICITY, Some(meter_tag(reading)))
         } else {
             let submeter = reading.submeters.iter().find(|s| s.channel == channel);
             let kind = submeter.map(|s| s.kind).or_else(|| {
@@ -128,12 +152,22 @@ fn write_reading_with(
     written
 }
 
-/// The spool record of a reading: its points as line protocol.
+/// The spool record of a reading: its points as line protocol, stamped by the rule in the
+/// module doc. One encoder serves one run of the sink; it remembers the last stamp of each
+/// meter (its name and id: the `electricity` series) for that run, and, through
+/// [`LineEncoder::with_floor`], the latest stamp of the runs before.
 #[derive(Debug, Clone)]
 pub struct LineEncoder {
     precision: Precision,
     /// Kept from one reading to the next: the fields of the point being written.
     fields: Fields,
+    /// The last stamp given to each meter (name, id), in the precision's units.
+    last: Vec<(Arc<str>, String, i128)>,
+    /// The latest stamp of an earlier run, in the precision's units: a meter's first reading
+    /// in this run is stamped after it.
+    floor: Option<i128>,
+    /// The latest stamp given, in nanoseconds (shared with whoever stores it).
+    given: Arc<AtomicU64>,
 }
 
 impl LineEncoder {
@@ -142,15 +176,88 @@ impl LineEncoder {
         LineEncoder {
             precision,
             fields: Vec::new(),
+            last: Vec::new(),
+            floor: None,
+            given: Arc::default(),
+        }
+    }
+
+    /// Stamps every meter's readings after `latest_ns` (nanoseconds since the Unix epoch: the
+    /// latest stamp an earlier run gave, as [`LineEncoder::given`] kept it), so that a meter
+    /// clock that went back before a restart cannot land on a point written before it.
+    #[must_use]
+    pub fn with_floor(mut self, latest_ns: Option<u64>) -> Self {
+        self.floor = latest_ns.map(|ns| i128::from(ns / self.precision.unit_ns()));
+        if let Some(ns) = latest_ns {
+            self.given.fetch_max(ns, Ordering::Relaxed);
+        }
+        self
+    }
+
+    /// The latest stamp given so far (or the floor), in nanoseconds since the Unix epoch; it
+    /// moves as readings are encoded.
+    pub fn given(&self) -> Arc<AtomicU64> {
+        self.given.clone()
+    }
+
+    /// The stamp of `reading`, in the precision's units: its meter time unless that is missing
+    /// or more than [`CLOCK_AHEAD_LIMIT`] ahead of the time received (then the time received);
+    /// when that is not later than the previous stamp of the same meter (or the floor), the
+    /// time received if that is later, else one unit after the previous stamp. Remembered for
+    /// the meter's next reading.
+    pub fn stamp(&mut self, reading: &Reading) -> i128 {
+        let (stamp, slot) = self.next_stamp(reading);
+        self.remember(reading, slot, stamp);
+        stamp
+    }
+
+    /// The stamp [`LineEncoder::stamp`] would give, and where the meter's last one is kept.
+    fn next_stamp(&self, reading: &Reading) -> (i128, Option<usize>) {
+        let received = reading.received_at;
+        let time = match reading.meter_time {
+            Some(t) if t.duration_since(received) <= CLOCK_AHEAD_LIMIT => t,
+            _ => received,
+        };
+        let stamp = self.precision.timestamp(time);
+        let id = meter_tag(reading);
+        let slot = self
+            .last
+            .iter()
+            .position(|(meter, meter_id, _)| **meter == *reading.meter && meter_id == id);
+        match slot.map(|i| self.last[i].2).or(self.floor) {
+            // The meter's clock went back or stands still: the time received (the gateway's
+            // clock keeps the points in real time), unless that is not later either.
+            Some(last) if stamp <= last => {
+                let received = self.precision.timestamp(received);
+                (if received > last { received } else { last + 1 }, slot)
+            }
+            _ => (stamp, slot),
+        }
+    }
+
+    fn remember(&mut self, reading: &Reading, slot: Option<usize>, stamp: i128) {
+        let ns = stamp.saturating_mul(i128::from(self.precision.unit_ns()));
+        self.given
+            .fetch_max(u64::try_from(ns).unwrap_or(0), Ordering::Relaxed);
+        match slot {
+            Some(i) => self.last[i].2 = stamp,
+            None => self
+                .last
+                .push((reading.meter.clone(), meter_tag(reading).to_owned(), stamp)),
         }
     }
 }
 
 impl p1_core::Encode for LineEncoder {
-    /// The reading's points; `None` (skipped, not a drop) when it has no numeric value at all.
+    /// The reading's points; `None` (skipped, not a drop) when it has no numeric value at all
+    /// (such a reading takes no stamp).
     fn encode(&mut self, reading: &Reading) -> Option<Vec<u8>> {
         let mut out = String::with_capacity(1024);
-        (write_reading_with(&mut out, reading, self.precision, &mut self.fields) > 0)
-            .then(|| out.into_bytes())
+        let (stamp, slot) = self.next_stamp(reading);
+        if write_reading_with(&mut out, reading, stamp, &mut self.fields) == 0 {
+            return None;
+        }
+        self.remember(reading, slot, stamp);
+        Some(out.into_bytes())
     }
 }

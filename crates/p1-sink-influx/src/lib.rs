@@ -13,9 +13,11 @@
 //! * [`line`] is the line-protocol writer: escaping of measurements, tags, field keys and
 //!   string values.
 //!
-//! Delivery is at-least-once, and exact in InfluxDB: the same reading always encodes to the same
-//! bytes, and InfluxDB keeps one point per series and timestamp. (VictoriaMetrics keeps
-//! duplicates unless run with `-dedup.minScrapeInterval`.)
+//! Delivery is at-least-once, and exact in InfluxDB: a reading's stamp is fixed when it is
+//! spooled (each reading of a meter strictly later than the one before, see [`encode`]), a
+//! resend sends the spooled bytes again, and InfluxDB keeps one point per series and timestamp.
+//! (VictoriaMetrics keeps duplicates unless run with `-dedup.minScrapeInterval`.) Only
+//! InfluxDB's own 204 deletes readings and only its own refusal of points drops any.
 //!
 //! Place in the graph: `p1-core <- p1-sink-influx <- p1gw`. It never sees the reader or another
 //! sink, and reads no files or environment: p1gw hands it its validated section, secrets read,

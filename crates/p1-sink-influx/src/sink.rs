@@ -8,32 +8,46 @@
 //! concatenated into one buffer (each record is a reading's lines, encoded once at intake: the
 //! buffer is the request body). With fewer than `batch_size` waiting, p1-core waits up to
 //! `batch_interval` for more, or until the daemon stops. Up to `max_in_flight` requests run at
-//! once; each batch is deleted from the spool when its own request got a 2xx, in whatever order
+//! once; each batch is deleted from the spool when its own request got a 204, in whatever order
 //! they complete. That is safe because a write is idempotent in InfluxDB (one point per series
 //! and timestamp): a batch written twice, or after a newer one, leaves the same points.
 //!
 //! # Answers
 //!
+//! Only InfluxDB's own acknowledgement deletes readings, and only the database's own refusal of
+//! points drops any. An answer "comes from the database" when it carries InfluxDB's
+//! `X-Influxdb-Version` or `X-Influxdb-Build` header (InfluxDB 1.x and 2.x send them on every
+//! answer, and a proxy passes them on) or is VictoriaMetrics' own error (`X-Server-Hostname`
+//! and a body beginning `remoteAddr:`); a proxy's, load balancer's or captive portal's own
+//! answer has neither. Redirects are never followed.
+//!
 //! | answer | outcome |
 //! |---|---|
-//! | 2xx | acknowledged |
+//! | 204 | acknowledged |
+//! | other 2xx | refused (`unexpected_answer`): not a write's answer (a login or portal page?); kept, sink degraded |
+//! | 3xx | refused (`redirect`): kept; the sink shows as failed in /readyz with where the URL points |
 //! | 429, 503 | transient; wait as `Retry-After` says (seconds or HTTP date, 1 s to 15 min) |
 //! | 408, other 5xx, no answer, timeout | transient (p1-core's backoff) |
 //! | 401, 403 | refused (`auth`): kept, retried with backoff, logged once; the password or token is read again (through the [`SecretReader`]) before the next request |
 //! | 404 | refused (`not_found`): the database or bucket is missing; kept, retried, logged once |
-//! | 413 | the batch is split in halves at a line end and each half written (down to one line) |
-//! | other 4xx (400 parse error, a field type conflict, …) | permanent: the batch is dropped and counted (`p1gw_sink_dropped_total{reason="rejected"}`) |
+//! | 413 | the batch is split in halves between readings and each half written; one reading alone too large is dropped if the database said so, kept (`too_large`) if a proxy did |
+//! | other 4xx from InfluxDB refusing points ("partial write", "unable to parse", a field type conflict, 422) | the batch is bisected between readings until each refused reading stands alone; only those are dropped and counted (`p1gw_sink_dropped_total{reason="rejected"}`), with the refused line in the log; the rest is written |
+//! | other 4xx from the database | refused (`refused`): a request it refuses as a whole (405, bad gzip, …); kept |
+//! | other 4xx not from the database (nginx's 400 for plain HTTP to an HTTPS port, 407, 426, 431, …) | refused (`not_influxdb`): kept |
 //!
 //! Messages carry the status and the server's body, never a password or token (those travel
 //! only in the `Authorization` header, marked sensitive).
 
 use std::io::Write as _;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p1_core::sink::BoxFuture;
-use p1_core::{Batch, Batches, DeliveryError, Pipelined, Reading, Sink, SinkContext, SinkError};
+use p1_core::{
+    Batch, Batches, DeliveryError, HealthHandle, Pipelined, Reading, Sink, SinkContext, SinkError,
+};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
 use tokio::sync::broadcast;
@@ -196,6 +210,9 @@ impl Influx {
         }
         let client = reqwest::Client::builder()
             .user_agent(concat!("p1gw/", env!("CARGO_PKG_VERSION")))
+            // A redirect's target answers a GET without the body (301–303), or a login page
+            // answers 200: neither is a write. The 3xx itself is the answer (see the module doc).
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()
@@ -252,12 +269,23 @@ impl Influx {
 
     /// A writer: what the worker sends batches with.
     pub fn writer(&self, sink: &str) -> Writer {
+        self.writer_with(sink, None)
+    }
+
+    /// A writer that reports a redirecting URL in the sink's `health` (so /readyz names it).
+    pub fn writer_reporting(&self, sink: &str, health: HealthHandle) -> Writer {
+        self.writer_with(sink, Some(health))
+    }
+
+    fn writer_with(&self, sink: &str, health: Option<HealthHandle>) -> Writer {
         Writer {
             shared: Arc::new(Shared {
                 influx: self.clone(),
                 sink: sink.to_owned(),
                 auth: Mutex::new(self.inner.auth.clone()),
                 refused_auth: AtomicBool::new(false),
+                health,
+                redirected: AtomicBool::new(false),
             }),
         }
     }
@@ -277,13 +305,79 @@ impl Sink for InfluxSink {
         input: broadcast::Receiver<Arc<Reading>>,
         cx: SinkContext,
     ) -> BoxFuture<'static, Result<(), SinkError>> {
-        let inner = &self.influx.inner;
-        let writer = self.influx.writer(&cx.name);
-        let mut worker = Pipelined::new(KIND, LineEncoder::new(inner.precision), writer);
-        if let Some((min, max)) = inner.backoff {
-            worker = worker.with_backoff(min, max);
+        let influx = self.influx;
+        Box::pin(async move {
+            let inner = &influx.inner;
+            // The latest stamp of the runs before (a restart of the sink or of p1gw).
+            let floor = match cx.spool.sink_state(LAST_STAMP).await {
+                Ok(floor) => floor,
+                Err(e) => {
+                    tracing::warn!(sink = %cx.name, error = %e, "Cannot read the latest timestamp of the last run; a meter clock that went back just before the restart may overwrite points.");
+                    None
+                }
+            };
+            let encoder = LineEncoder::new(inner.precision).with_floor(floor);
+            let given = encoder.given();
+            let keeper = tokio::spawn(keep_latest_stamp(
+                given.clone(),
+                floor,
+                cx.spool.clone(),
+                cx.name.clone(),
+            ));
+            let writer = influx.writer_reporting(&cx.name, cx.health.clone());
+            let mut worker = Pipelined::new(KIND, encoder, writer);
+            if let Some((min, max)) = inner.backoff {
+                worker = worker.with_backoff(min, max);
+            }
+            let result = Box::new(worker).run(input, cx.clone()).await;
+            keeper.abort();
+            let latest = given.load(Ordering::Relaxed);
+            if latest > floor.unwrap_or(0)
+                && let Err(e) = cx.spool.set_sink_state(vec![(LAST_STAMP, latest)]).await
+            {
+                tracing::debug!(sink = %cx.name, error = %e, "Cannot store the latest timestamp.");
+            }
+            result
+        })
+    }
+}
+
+/// The spool's sink-state key of the latest stamp given, in nanoseconds since the Unix epoch.
+const LAST_STAMP: &str = "influx.last_stamp_ns";
+
+/// How often the latest stamp given is stored beside the spool (when it moved). A crash loses
+/// at most this much of it; a meter clock would have to go back within that time, just before
+/// the crash, for a reading after the restart to land on an earlier point.
+const KEEP_STAMP_EVERY: Duration = Duration::from_secs(5);
+
+/// Stores the encoder's latest stamp in the spool file every [`KEEP_STAMP_EVERY`] while it
+/// moves, so that the next run stamps after it ([`LineEncoder::with_floor`]).
+async fn keep_latest_stamp(
+    given: Arc<std::sync::atomic::AtomicU64>,
+    mut stored: Option<u64>,
+    spool: p1_core::AsyncSpool,
+    sink: String,
+) {
+    let mut tick = tokio::time::interval(KEEP_STAMP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
+    loop {
+        tick.tick().await;
+        let latest = given.load(Ordering::Relaxed);
+        if stored.is_some_and(|s| latest <= s) || latest == 0 {
+            continue;
         }
-        Box::new(worker).run(input, cx)
+        match spool.set_sink_state(vec![(LAST_STAMP, latest)]).await {
+            Ok(()) => {
+                stored = Some(latest);
+                failed = false;
+            }
+            Err(e) if !failed => {
+                tracing::warn!(sink = %sink, error = %e, "Cannot store the latest timestamp beside the spool.");
+                failed = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -301,6 +395,10 @@ struct Shared {
     auth: Mutex<Auth>,
     /// The server answered 401 or 403: read the secret again before the next request.
     refused_auth: AtomicBool,
+    /// The sink's health, where a redirect marks it failed.
+    health: Option<HealthHandle>,
+    /// The last answer was a redirect (the sink is marked failed).
+    redirected: AtomicBool,
 }
 
 impl std::fmt::Debug for Writer {
@@ -320,18 +418,20 @@ pub(crate) enum Failure {
         retry_after: Option<Duration>,
     },
     /// 401/403: the credentials.
-    Auth {
-        message: String,
-    },
+    Auth { message: String },
     /// 404: the database or bucket does not exist.
-    Missing {
-        message: String,
-    },
-    /// 413: the body is too large for the server.
-    TooLarge {
-        message: String,
-    },
-    Permanent {
+    Missing { message: String },
+    /// 413: the body is too large for the server; `database`: InfluxDB itself said so.
+    TooLarge { message: String, database: bool },
+    /// The database refused points of the body (a parse error, a field type conflict, a
+    /// partial write): they can never be written, and what it took stays written.
+    Points { message: String },
+    /// 3xx: the URL points elsewhere.
+    Redirect { message: String },
+    /// An answer that neither acknowledges nor refuses points: another 2xx, a proxy's 4xx, a
+    /// request the database refuses as a whole. The readings stay spooled.
+    Unexpected {
+        reason: &'static str,
         message: String,
     },
 }
@@ -356,40 +456,95 @@ impl Batches for Writer {
 }
 
 impl Shared {
-    /// Writes one batch; a 413 splits it (see the module doc).
+    /// Writes one batch; a 413 or a refusal of points bisects it (see the module doc).
     async fn write(&self, batch: Batch) -> Result<(), DeliveryError> {
         if self.refused_auth.swap(false, Ordering::Relaxed) {
             self.read_secret_again().await;
         }
         let records = batch.records;
-        // Bodies still to write; a 413 replaces one by its two halves.
-        let mut bodies = vec![batch.bytes];
-        while let Some(lines) = bodies.pop() {
-            let (result, lines) = self.post(lines).await;
-            match result {
-                Ok(()) => {}
-                Err(Failure::TooLarge { message }) => match split(lines) {
-                    Some((front, back)) => {
-                        tracing::debug!(sink = %self.sink, error = %message, "Batch too large; written in halves.");
-                        bodies.push(back);
-                        bodies.push(front);
-                    }
-                    None => {
-                        return Err(DeliveryError::Permanent {
-                            message: format!("{message} (one line alone is too large)"),
-                            records,
-                        });
-                    }
-                },
-                Err(failure) => return Err(self.outcome(failure, records)),
+        let lines = Arc::new(batch.bytes);
+        // Parts still to write, as byte ranges that begin and end between readings; a part
+        // that is too large or holds a refused point is replaced by its two halves. The batch
+        // is deleted only when every part is written or refused: a part not yet sent is never
+        // given up for another part's failure.
+        let mut parts: Vec<Range<usize>> = Vec::with_capacity(8);
+        parts.push(0..lines.len());
+        let mut refused = Refused::default();
+        while let Some(part) = parts.pop() {
+            let failure = match self.post(&lines, part.clone()).await {
+                Ok(()) => continue,
+                Err(failure) => failure,
+            };
+            let halves = match &failure {
+                Failure::TooLarge { .. } | Failure::Points { .. } => split(&lines, part.clone()),
+                _ => None,
+            };
+            match (failure, halves) {
+                (Failure::TooLarge { message, .. } | Failure::Points { message }, Some(cut)) => {
+                    tracing::debug!(sink = %self.sink, error = %message, "Batch written in halves.");
+                    parts.push(cut..part.end);
+                    parts.push(part.start..cut);
+                }
+                (Failure::Points { message }, None) => {
+                    refused.add(&lines[part], message);
+                }
+                (
+                    Failure::TooLarge {
+                        message,
+                        database: true,
+                    },
+                    None,
+                ) => refused.add(
+                    &lines[part],
+                    format!("{message} (one reading alone is too large)"),
+                ),
+                (
+                    Failure::TooLarge {
+                        message,
+                        database: false,
+                    },
+                    None,
+                ) => {
+                    return Err(self.outcome(Failure::Unexpected {
+                        reason: "too_large",
+                        message: format!(
+                            "{message}: one reading alone is larger than what is in front of InfluxDB takes (not InfluxDB's answer); raise its body size limit"
+                        ),
+                    }));
+                }
+                (failure, _) => return Err(self.outcome(failure)),
             }
         }
-        tracing::debug!(sink = %self.sink, readings = records, "Written.");
-        Ok(())
+        self.answered();
+        match refused.first {
+            None => {
+                tracing::debug!(sink = %self.sink, readings = records, "Written.");
+                Ok(())
+            }
+            Some((line, message)) => Err(DeliveryError::Permanent {
+                message: format!(
+                    "InfluxDB refused {} of {records} readings, dropped (the others are written): {message}; refused line: {line}",
+                    refused.readings
+                ),
+                records: refused.readings.min(records),
+            }),
+        }
     }
 
-    fn outcome(&self, failure: Failure, records: usize) -> DeliveryError {
+    /// An answer other than a redirect came: a sink marked failed for one is only degraded now.
+    fn answered(&self) {
+        if self.redirected.swap(false, Ordering::Relaxed)
+            && let Some(health) = &self.health
+        {
+            health.degraded("the InfluxDB URL no longer redirects");
+        }
+    }
+
+    fn outcome(&self, failure: Failure) -> DeliveryError {
         let target = &self.influx.inner.target;
+        if !matches!(failure, Failure::Redirect { .. }) {
+            self.answered();
+        }
         match failure {
             Failure::Transient {
                 message,
@@ -422,8 +577,23 @@ impl Shared {
                     "InfluxDB has no {target}: create it or correct the sink's configuration; {message}"
                 ),
             },
-            Failure::TooLarge { message } | Failure::Permanent { message } => {
-                DeliveryError::Permanent { message, records }
+            Failure::Redirect { message } => {
+                self.redirected.store(true, Ordering::Relaxed);
+                if let Some(health) = &self.health {
+                    health.failed(message.clone());
+                }
+                DeliveryError::Refused {
+                    reason: "redirect",
+                    message,
+                }
+            }
+            Failure::Unexpected { reason, message } => DeliveryError::Refused { reason, message },
+            // Only reached through `write`, which bisects these; kept spooled if ever not.
+            Failure::TooLarge { message, .. } | Failure::Points { message } => {
+                DeliveryError::Refused {
+                    reason: "refused",
+                    message,
+                }
             }
         }
     }
@@ -453,34 +623,30 @@ impl Shared {
         }
     }
 
-    /// One write request; gives `lines` back for a retry in halves.
-    async fn post(&self, lines: Vec<u8>) -> (Result<(), Failure>, Vec<u8>) {
+    /// One write request of `lines[part]`.
+    async fn post(&self, lines: &Arc<Vec<u8>>, part: Range<usize>) -> Result<(), Failure> {
         let inner = &self.influx.inner;
         let url = &inner.write_url;
         let mut request = inner
             .client
             .post(url.clone())
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-        let (body, lines) = if inner.gzip {
+        let body = if inner.gzip {
             request = request.header(header::CONTENT_ENCODING, "gzip");
-            if lines.len() > GZIP_INLINE {
+            if part.len() > GZIP_INLINE {
                 // Compressing megabytes takes milliseconds: not on the runtime's threads.
-                match tokio::task::spawn_blocking(move || (gzip(&lines), lines)).await {
-                    Ok(both) => both,
-                    Err(e) => {
-                        let failure = Failure::Transient {
-                            message: format!("compressing the batch failed: {e}"),
-                            retry_after: None,
-                        };
-                        return (Err(failure), Vec::new());
-                    }
-                }
+                let lines = lines.clone();
+                tokio::task::spawn_blocking(move || gzip(&lines[part]))
+                    .await
+                    .map_err(|e| Failure::Transient {
+                        message: format!("compressing the batch failed: {e}"),
+                        retry_after: None,
+                    })?
             } else {
-                (gzip(&lines), lines)
+                gzip(&lines[part])
             }
         } else {
-            // Without gzip the body is the lines themselves; a copy stays for a split.
-            (lines.clone(), lines)
+            lines[part].to_vec()
         };
         let auth = self
             .auth
@@ -494,79 +660,227 @@ impl Shared {
             }
             Auth::Token(token) => request = request.header(header::AUTHORIZATION, token),
         }
-        let response = match request.body(body).send().await {
-            Ok(response) => response,
-            Err(e) => {
-                let failure = Failure::Transient {
-                    message: format!("{}: {}", without_query(url), error_chain(&e)),
-                    retry_after: None,
-                };
-                return (Err(failure), lines);
-            }
-        };
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Failure::Transient {
+                message: format!("{}: {}", without_query(url), error_chain(&e)),
+                retry_after: None,
+            })?;
         let status = response.status();
-        if status.is_success() {
-            return (Ok(()), lines);
+        if status == StatusCode::NO_CONTENT {
+            return Ok(());
         }
-        let retry_after = response
-            .headers()
+        let headers = response.headers();
+        let retry_after = headers
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+        let influxdb = ["x-influxdb-version", "x-influxdb-build"]
+            .iter()
+            .any(|name| headers.contains_key(*name));
+        let server_hostname = headers.contains_key("x-server-hostname");
+        let location = headers
+            .get(header::LOCATION)
+            .map(|v| shown_location(url, &String::from_utf8_lossy(v.as_bytes())));
         let body = response.text().await.unwrap_or_default();
-        (
-            Err(classify(status, retry_after, &body, url.as_str())),
-            lines,
-        )
+        let origin = if server_hostname && body.starts_with("remoteAddr:") {
+            Origin::VictoriaMetrics
+        } else if influxdb {
+            Origin::InfluxDb
+        } else {
+            Origin::Other
+        };
+        Err(classify(
+            status,
+            origin,
+            retry_after,
+            location.as_deref(),
+            &body,
+            url.as_str(),
+        ))
+    }
+}
+
+/// Who answered, by the headers and body (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    InfluxDb,
+    VictoriaMetrics,
+    Other,
+}
+
+/// The refused readings of a batch: how many, and the first one's line and reason.
+#[derive(Default)]
+struct Refused {
+    readings: usize,
+    first: Option<(String, String)>,
+}
+
+impl Refused {
+    /// One reading (`lines`, its points) refused with `message`.
+    fn add(&mut self, lines: &[u8], message: String) {
+        self.readings += 1;
+        if self.first.is_none() {
+            self.first = Some((refused_line(lines, &message), message));
+        }
+    }
+}
+
+/// The line of `lines` (one reading's points) that InfluxDB's `message` names: the line it
+/// quotes as unparsable, else the first of the measurement it names, else the first line; at
+/// most [`MAX_BODY_QUOTED`] bytes.
+fn refused_line(lines: &[u8], message: &str) -> String {
+    let text = String::from_utf8_lossy(lines);
+    let quoted = message
+        .split_once("unable to parse '")
+        .and_then(|(_, rest)| rest.split_once("': ").map(|(line, _)| line.to_owned()));
+    let measurement = message
+        .split_once("on measurement \"")
+        .or_else(|| message.split_once("on measurement \\\""))
+        .and_then(|(_, rest)| rest.split(['"', '\\']).next())
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    let line = quoted
+        .or_else(|| {
+            let m = measurement?;
+            text.lines()
+                .find(|l| {
+                    l.strip_prefix(m.as_str())
+                        .is_some_and(|rest| rest.starts_with([',', ' ']))
+                })
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| text.lines().next().unwrap_or_default().to_owned());
+    quote(&line)
+}
+
+/// A redirect's target as shown in messages: resolved against the write URL, without
+/// credentials or query (a token could be in either).
+fn shown_location(url: &reqwest::Url, location: &str) -> String {
+    match url.join(location) {
+        Ok(mut target) => {
+            target.set_query(None);
+            target.set_fragment(None);
+            // Fails only for URLs that cannot have credentials, which then have none.
+            target.set_username("").unwrap_or(());
+            target.set_password(None).unwrap_or(());
+            target.to_string()
+        }
+        Err(_) => quote(location),
     }
 }
 
 /// Bodies up to this size are compressed on the calling thread.
 const GZIP_INLINE: usize = 64 * 1024;
 
-/// `lines` cut in two at the line end nearest its middle; `None` for a single line.
-fn split(mut lines: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
-    let middle = lines.len() / 2;
-    let cut = lines[..middle]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .or_else(|| {
-            lines[middle..lines.len().saturating_sub(1)]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| middle + i)
-        })?
-        + 1;
-    let back = lines.split_off(cut);
-    Some((lines, back))
+/// Where to cut `lines[part]` in two between readings, nearest its middle; `None` when it
+/// holds one reading. A reading's points are consecutive lines with the same timestamp (the
+/// encoder gives every point of a reading the reading's stamp, and each reading of a meter its
+/// own), so a reading ends where the timestamp changes.
+fn split(lines: &[u8], part: Range<usize>) -> Option<usize> {
+    let middle = part.start + part.len() / 2;
+    let mut best: Option<usize> = None;
+    let mut previous: Option<&[u8]> = None;
+    let mut start = part.start;
+    while start < part.end {
+        let end = lines[start..part.end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(part.end, |i| start + i + 1);
+        let line = lines[start..end].trim_ascii_end();
+        let stamp = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
+        if previous.is_some_and(|p| p != stamp)
+            && best.is_none_or(|b| b.abs_diff(middle) > start.abs_diff(middle))
+        {
+            best = Some(start);
+        }
+        previous = Some(stamp);
+        start = end;
+    }
+    best
 }
 
-/// Maps an unsuccessful answer.
+/// Phrases of InfluxDB's answers that refuse points rather than the request: 1.x and 2.x
+/// parse errors, partial writes (a field type conflict, points beyond the retention policy,
+/// series or tag value limits).
+const POINT_REFUSALS: [&str; 5] = [
+    "partial write",
+    "unable to parse",
+    "field type conflict",
+    "beyond retention policy",
+    "max-values-per-tag",
+];
+
+/// Maps an answer other than 204 from `origin`.
 pub(crate) fn classify(
     status: StatusCode,
+    origin: Origin,
     retry_after: Option<Duration>,
+    location: Option<&str>,
     body: &str,
     url: &str,
 ) -> Failure {
-    let message = format!(
-        "{} answered {status}: {}",
-        without_query_str(url),
-        quote(body)
-    );
+    let url = without_query_str(url);
+    let message = format!("{url} answered {status}: {}", quote(body));
     match status.as_u16() {
+        200..=299 => Failure::Unexpected {
+            reason: "unexpected_answer",
+            message: format!(
+                "{url} answered {status}, not InfluxDB's 204 for a write (a login page or a proxy?); the readings stay spooled: {}",
+                quote(body)
+            ),
+        },
+        300..=399 => Failure::Redirect {
+            message: format!(
+                "{url} redirects ({status}) to {}; p1gw does not follow redirects: set the sink's url to where InfluxDB is",
+                location.unwrap_or("(no Location)")
+            ),
+        },
         401 | 403 => Failure::Auth { message },
         404 => Failure::Missing { message },
-        413 => Failure::TooLarge { message },
+        413 => Failure::TooLarge {
+            message,
+            database: origin != Origin::Other,
+        },
         408 | 429 | 500..=599 => Failure::Transient {
             message,
             retry_after,
         },
-        400..=499 => Failure::Permanent { message },
+        400..=499 => match origin {
+            Origin::InfluxDb
+                if is_json_error(body) && POINT_REFUSALS.iter().any(|p| body.contains(p)) =>
+            {
+                Failure::Points { message }
+            }
+            Origin::InfluxDb | Origin::VictoriaMetrics => Failure::Unexpected {
+                reason: "refused",
+                message: format!(
+                    "the database refused the request; the readings stay spooled: {message}"
+                ),
+            },
+            Origin::Other => Failure::Unexpected {
+                reason: "not_influxdb",
+                message: format!(
+                    "{message}; not InfluxDB's answer (no X-Influxdb-Version header: a proxy in between?); the readings stay spooled"
+                ),
+            },
+        },
         _ => Failure::Transient {
             message,
             retry_after,
         },
     }
+}
+
+/// Whether `body` looks like InfluxDB's JSON error: `{"error":…}` (1.x) or
+/// `{"code":…,"message":…}` (2.x).
+fn is_json_error(body: &str) -> bool {
+    let body = body.trim();
+    body.starts_with('{')
+        && body.ends_with('}')
+        && (body.contains("\"error\"") || body.contains("\"message\""))
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date (how long from `now` until then); kept

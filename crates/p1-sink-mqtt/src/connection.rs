@@ -31,6 +31,11 @@
 //!   ([`Report::Refused`]).
 //! * A message larger than the largest packet the broker's CONNACK allows is never sent (it
 //!   never could be; rumqttc would end the connection over it): dropped.
+//!
+//! Over MQTT 3.1.1 a message larger than the largest packet p1gw sends
+//! ([`crate::config::MAX_PACKET_BYTES`], rumqttc's outgoing limit as we set it) is dropped the
+//! same way before it is handed to rumqttc, which would otherwise end the connection with
+//! `OutgoingPacketTooLarge` after every reconnect.
 //! * Mosquitto answers a message over its `message_size_limit` with PUBACK 0x95, a code
 //!   rumqttc 0.25 cannot decode: the connection ends with that decode error. Mosquitto acks
 //!   in order, so the refused message is the oldest one still in flight: dropped, the
@@ -530,6 +535,24 @@ impl Run {
                 Tag::Control => rumqttc::QoS::AtLeastOnce,
                 Tag::Data { .. } | Tag::Value => self.qos,
             };
+            if self.settings.protocol == Protocol::V311 {
+                let size = packet_size_v4(&out.topic, qos, &out.payload);
+                let max = crate::config::MAX_PACKET_BYTES as u64;
+                if size > max {
+                    // rumqttc would end the connection over it (`OutgoingPacketTooLarge`), on
+                    // every reconnect: it can never be sent.
+                    let sent = Sent {
+                        tag: out.tag,
+                        topic: out.topic,
+                        bytes: out.payload.len(),
+                    };
+                    let why = format!(
+                        "too large: a {size}-byte packet, an MQTT 3.1.1 packet p1gw sends is at most {max} bytes"
+                    );
+                    self.drop_message(sent, "too_large", &why, cx);
+                    continue;
+                }
+            }
             if let Some(max) = self.max_packet {
                 let size = packet_size_v5(&out.topic, qos, &out.payload);
                 if size > u64::from(max) {
@@ -949,4 +972,14 @@ pub(crate) fn describe(e: &ConnectionError, settings: &MqttSettings) -> String {
         }
         other => format!("connection to the broker {broker} failed: {other}"),
     }
+}
+
+/// The size of the MQTT 3.1.1 PUBLISH packet rumqttc makes of this message, as its
+/// outgoing packet limit counts it.
+pub(crate) fn packet_size_v4(topic: &str, qos: rumqttc::QoS, payload: &[u8]) -> u64 {
+    let mut publish = rumqttc::Publish::new(topic, qos, payload.to_vec());
+    if qos != rumqttc::QoS::AtMostOnce {
+        publish.pkid = 1;
+    }
+    u64::try_from(publish.size()).unwrap_or(u64::MAX)
 }

@@ -40,9 +40,19 @@ pub(crate) fn batch_for(backlog_rate: u32) -> usize {
 /// How long one delivery attempt waits for a connection before it reports a failure (it
 /// returns earlier when a connection attempt fails).
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
-/// How long one delivery attempt waits for the broker's next ack before giving up on the rest
-/// (they are sent again: a duplicate, never a loss).
+/// How long one delivery attempt waits for the broker's next ack, beyond the time the next
+/// record's messages need to pass the `backlog_rate` bucket ([`ack_wait`]), before giving up
+/// on the rest (they are sent again: a duplicate, never a loss).
 const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long to wait for the acks of a record of `messages` messages sent at `backlog_rate`
+/// messages/s: [`ACK_WAIT`] plus the time its messages take to pass the bucket. A fixed wait
+/// would give up on a reading of more messages than `backlog_rate` × 30 s every time and send
+/// it again from its first message, for ever.
+pub(crate) fn ack_wait(messages: usize, backlog_rate: u32) -> Duration {
+    let pacing = messages as f64 / f64::from(backlog_rate.max(1));
+    ACK_WAIT + Duration::from_secs_f64(pacing.min(86_400.0))
+}
 /// How long the sink waits for the connection task's clean stop (`offline`, DISCONNECT).
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
@@ -137,6 +147,7 @@ async fn run(
     let publisher = Publisher::new(settings.clone(), discovery).with_latest(latest);
     let deliver = MqttDeliver {
         batch: batch_for(settings.backlog_rate),
+        backlog_rate: settings.backlog_rate,
         jobs: ends.jobs,
         reports: ends.reports,
         state: ends.state,
@@ -163,6 +174,8 @@ async fn run(
 struct MqttDeliver {
     /// Records per delivery attempt ([`batch_for`]).
     batch: usize,
+    /// Messages per second while a backlog is sent: paces the wait for acks ([`ack_wait`]).
+    backlog_rate: u32,
     jobs: mpsc::Sender<Job>,
     reports: mpsc::Receiver<Report>,
     state: watch::Receiver<LinkState>,
@@ -190,6 +203,8 @@ impl Deliver for MqttDeliver {
             connected(&mut self.state, CONNECT_WAIT, "the broker").await?;
 
             let mut sent = Vec::with_capacity(records.len());
+            // Messages per record sent, for the wait for its acks.
+            let mut counts = Vec::with_capacity(records.len());
             for (seq, record) in records {
                 let messages = match decode_record(record) {
                     Ok(messages) => messages,
@@ -202,6 +217,7 @@ impl Deliver for MqttDeliver {
                     // Deliver the good ones first; the bad one leads the next batch.
                     Err(_) => break,
                 };
+                counts.push(messages.len());
                 let job = Job {
                     epoch,
                     seq: *seq,
@@ -223,7 +239,8 @@ impl Deliver for MqttDeliver {
                 if prefix == sent.len() {
                     return Ok(prefix);
                 }
-                match tokio::time::timeout(ACK_WAIT, self.reports.recv()).await {
+                let wait = ack_wait(counts[prefix], self.backlog_rate);
+                match tokio::time::timeout(wait, self.reports.recv()).await {
                     Ok(Some(Report::Acked { epoch: e, seq })) if e == epoch => {
                         acked.insert(seq);
                     }
@@ -245,7 +262,7 @@ impl Deliver for MqttDeliver {
                     Err(_) => {
                         break transient(format!(
                             "no acknowledgement from the broker within {} s",
-                            ACK_WAIT.as_secs()
+                            wait.as_secs()
                         ));
                     }
                 }

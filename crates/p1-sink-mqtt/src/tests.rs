@@ -894,3 +894,34 @@ async fn values_are_the_present_and_only_the_state_is_spooled() {
             .any(|(t, p, _)| t == "home/availability" && p == b"online")
     );
 }
+
+#[test]
+fn the_wait_for_acks_grows_with_the_messages_at_the_backlog_rate() {
+    use crate::sink::ack_wait;
+    // A three-phase reading with value topics: about 40 messages; at 1/s they take 40 s.
+    assert!(
+        ack_wait(40, 1) >= Duration::from_secs(70),
+        "{:?}",
+        ack_wait(40, 1)
+    );
+    assert_eq!(
+        ack_wait(40, 1000),
+        Duration::from_secs(30) + Duration::from_millis(40)
+    );
+    assert!(ack_wait(usize::MAX, 1) <= Duration::from_secs(30 + 86_400));
+}
+
+#[test]
+fn mqtt311_packet_size_is_counted_as_rumqttc_counts_it() {
+    use crate::connection::packet_size_v4;
+    // rumqttc's own codec test: topic "hello/world", QoS 1, 265 bytes is 281 bytes before it
+    // has a packet id; sent, it has one: 2 more.
+    assert_eq!(
+        packet_size_v4("hello/world", rumqttc::QoS::AtLeastOnce, &[1; 265]),
+        283
+    );
+    assert_eq!(
+        packet_size_v4("hello/world", rumqttc::QoS::AtMostOnce, &[1; 265]),
+        281
+    );
+}

@@ -459,9 +459,15 @@ async fn a_refusal_keeps_the_batch_and_a_rejection_drops_only_its_own() {
     ]);
     let (spool, registry) = run_pipe(&pipe, 6).await;
     assert!(spool.is_empty());
-    // [1,2] refused three times, then taken; [3,4] rejected whole (dropped, counted); [5,6].
+    // [1,2] refused three times, then taken; [3,4] ended with one of its records refused
+    // (dropped, counted) and the other taken; [5,6].
     assert_eq!(pipe.acked(), [1, 2, 5, 6]);
     let status = registry.statuses().into_iter().next().expect("sink");
+    assert_eq!(
+        status.counters.get("dropped"),
+        Some(&1),
+        "only the refused record counts as dropped"
+    );
     assert_eq!(
         status.last_error.map(|e| e.message),
         Some("bad point".to_owned())

@@ -1179,3 +1179,29 @@ fn below_the_free_space_reserve_the_spool_stops_growing() {
         assert_eq!(spool.fault(), None, "a reserve kept is not a fault");
     });
 }
+
+// Sink state (a separate block, like the code it tests).
+
+#[test]
+fn sink_state_survives_a_reopen_and_never_touches_the_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    {
+        let spool = open(&path, 1 << 20);
+        assert_eq!(spool.sink_state("budget.day").expect("read"), None);
+        spool.append(b"a").expect("append");
+        spool
+            .set_sink_state(&[("budget.day", 20_000), ("budget.used", 7)])
+            .expect("store");
+        spool.set_sink_state(&[("budget.used", 8)]).expect("store");
+        assert_eq!(spool.sink_state("budget.used").expect("read"), Some(8));
+        // A key like the spool's own is the sink's, apart from it.
+        spool.set_sink_state(&[("next_seq", 1)]).expect("store");
+    }
+    let spool = open(&path, 1 << 20);
+    assert_eq!(spool.sink_state("budget.day").expect("read"), Some(20_000));
+    assert_eq!(spool.sink_state("budget.used").expect("read"), Some(8));
+    assert_eq!(seqs(&spool), [1]);
+    spool.append(b"b").expect("append");
+    assert_eq!(seqs(&spool), [1, 2], "the spool's own counter untouched");
+}

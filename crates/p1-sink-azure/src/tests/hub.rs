@@ -108,8 +108,12 @@ struct Running {
 }
 
 async fn run(settings: AzureSettings) -> Running {
+    run_in(settings, tempfile::tempdir().expect("tempdir")).await
+}
+
+/// A sink on the spool in `dir` (a restart keeps it).
+async fn run_in(settings: AzureSettings, dir: tempfile::TempDir) -> Running {
     let sink = crate::build(via_localhost(settings)).expect("build");
-    let dir = tempfile::tempdir().expect("tempdir");
     let registry = Registry::new();
     let health = registry
         .register("sink:azure-iot", ComponentKind::Sink)
@@ -196,6 +200,21 @@ impl Running {
     /// the grace period is over at once too (what is not delivered stays spooled).
     async fn finish(self) {
         self.end(false).await;
+    }
+
+    /// Ends the sink as [`Running::finish`] does and starts a new one on the same spool, as
+    /// after a restart of the sink or of p1gw.
+    async fn restart(mut self, settings: AzureSettings) -> Running {
+        self.stop.cancel();
+        self.tx.take();
+        let result = tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("the sink ends")
+            .expect("no panic");
+        assert!(result.is_ok(), "{result:?}");
+        let Running { spool, _dir, .. } = self;
+        drop(spool);
+        run_in(settings, _dir).await
     }
 
     async fn end(mut self, hard: bool) {
@@ -622,4 +641,38 @@ async fn the_fake_hub_closes_on_qos_2_and_on_a_foreign_topic() {
             .await;
     }
     assert!(hub.log().messages.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_budget_survives_a_restart() {
+    let hub = hub(vec![FakeDevice::sas("meter-1", KEY)], Faults::default());
+    let budgeted = || {
+        let mut s = settings(&hub);
+        s.daily_message_budget = 2;
+        s.message_chunk = 64 * 1024;
+        s
+    };
+    let sink = run(budgeted()).await;
+    sink.send(0);
+    hub.wait_for(WAIT, "message 1", |log| log.acked().count() == 1)
+        .await;
+    sink.send(1);
+    hub.wait_for(WAIT, "message 2", |log| log.acked().count() == 2)
+        .await;
+    sink.drained("both sent").await;
+    // The sink (or p1gw) restarts on the same spool the same UTC day: the budget goes on.
+    let sink = sink.restart(budgeted()).await;
+    sink.send(2);
+    sink.health_says("daily message budget used up (2/2)").await;
+    assert_eq!(
+        hub.log().messages.len(),
+        2,
+        "nothing sent over the budget after the restart"
+    );
+    assert_eq!(sink.spool.len(), 1, "the reading stays spooled");
+    assert_eq!(
+        sink.health.status().counters.get("messages_today"),
+        Some(&2)
+    );
+    sink.end(true).await;
 }

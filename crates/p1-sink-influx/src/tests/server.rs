@@ -40,10 +40,14 @@ pub(crate) enum Reply {
     Hang,
 }
 
+/// How the server answers when no reply is scripted: a rule on the request, else 204.
+pub(crate) type Rule = Arc<dyn Fn(&Request) -> Option<Reply> + Send + Sync>;
+
 pub(crate) struct Server {
     pub(crate) url: String,
     requests: mpsc::UnboundedReceiver<Request>,
     replies: Arc<Mutex<VecDeque<Reply>>>,
+    rule: Arc<Mutex<Option<Rule>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,16 +58,23 @@ impl Server {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, requests) = mpsc::unbounded_channel();
         let replies: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
+        let rule: Arc<Mutex<Option<Rule>>> = Arc::default();
         let script = replies.clone();
+        let rules = rule.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
                 let script = script.clone();
+                let rules = rules.clone();
                 tokio::spawn(async move {
                     let mut stream = BufReader::new(stream);
                     // Keep-alive: requests one after another on the connection.
                     while let Some(request) = read_request(&mut stream).await {
-                        let reply = script.lock().expect("lock").pop_front();
+                        let scripted = script.lock().expect("lock").pop_front();
+                        let reply = scripted.or_else(|| {
+                            let rule = rules.lock().expect("lock").clone();
+                            rule.and_then(|rule| rule(&request))
+                        });
                         tx.send(request).ok();
                         match reply {
                             Some(Reply::Hang) => {
@@ -82,8 +93,14 @@ impl Server {
             url,
             requests,
             replies,
+            rule,
             task,
         }
+    }
+
+    /// Answers every request no scripted reply is left for by `rule` (204 when it gives none).
+    pub(crate) fn rule(&self, rule: impl Fn(&Request) -> Option<Reply> + Send + Sync + 'static) {
+        *self.rule.lock().expect("lock") = Some(Arc::new(rule));
     }
 
     /// Scripts the next answers, in order.

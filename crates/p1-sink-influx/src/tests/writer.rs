@@ -11,7 +11,7 @@ use p1_core::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::server::{Reply, Server};
+use super::server::{Reply, Request, Server};
 use super::{reading, veitur_heat};
 use crate::config::{InfluxConfig, Precision, Secret, Target};
 use crate::sink::{Influx, MAX_RETRY_AFTER, MIN_RETRY_AFTER, SecretReader, parse_retry_after};
@@ -112,28 +112,38 @@ async fn v1_without_credentials_sends_no_authorization() {
 /// Status, headers and body of an answer.
 type Case = (u16, Vec<(&'static str, String)>, &'static str);
 
+/// The headers InfluxDB 1.x puts on every answer.
+fn influxdb() -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Influxdb-Build", "OSS".into()),
+        ("X-Influxdb-Version", "1.8.10".into()),
+    ]
+}
+
+/// The reason of a refusal that keeps the batch spooled, or a panic naming what came instead.
+fn refused(status: u16, got: &Result<(), DeliveryError>) -> (&'static str, String) {
+    let Err(DeliveryError::Refused { reason, message }) = got else {
+        panic!("{status}: refused (kept, retried) expected, got {got:?}");
+    };
+    (reason, message.clone())
+}
+
 #[tokio::test]
-async fn answers_map_to_acks_retries_and_drops() {
+async fn answers_map_to_acks_retries_and_refusals() {
     let date_in_90_s = jiff::fmt::rfc2822::DateTimePrinter::new()
         .timestamp_to_rfc9110_string(
             &(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(90)),
         )
         .expect("date");
     let cases: Vec<Case> = vec![
-        (200, vec![], ""),
-        (204, vec![], ""),
-        (
-            400,
-            vec![],
-            r#"{"error":"unable to parse 'x': bad timestamp"}"#,
-        ),
+        (204, influxdb(), ""),
         (
             401,
-            vec![],
+            influxdb(),
             r#"{"code":"unauthorized","message":"unauthorized access"}"#,
         ),
         (403, vec![], r#"{"error":"forbidden"}"#),
-        (404, vec![], r#"{"error":"database not found: \"p1\""}"#),
+        (404, influxdb(), r#"{"error":"database not found: \"p1\""}"#),
         (408, vec![], ""),
         (429, vec![("Retry-After", "7".into())], "slow down"),
         (503, vec![("Retry-After", date_in_90_s)], "busy"),
@@ -149,25 +159,14 @@ async fn answers_map_to_acks_retries_and_drops() {
         let got = writer.send(batch(4)).await;
         server.request().await;
         match status {
-            200 | 204 => assert_eq!(got, Ok(())),
+            204 => assert_eq!(got, Ok(())),
             401 | 403 | 404 => {
-                let Err(DeliveryError::Refused { reason, message }) = &got else {
-                    panic!("{status}: refused (kept, retried) expected, got {got:?}");
-                };
+                let (reason, message) = refused(status, &got);
                 let want = if status == 404 { "not_found" } else { "auth" };
-                assert_eq!(*reason, want, "{status}");
+                assert_eq!(reason, want, "{status}");
                 assert!(message.contains(&status.to_string()), "{message}");
                 assert!(message.contains(body), "{status}: the body in {message}");
                 assert!(message.contains("token_file") || status == 404, "{message}");
-                assert!(!message.contains(TOKEN), "{message}");
-            }
-            400..=407 | 409..=428 => {
-                let Err(DeliveryError::Permanent { message, records }) = &got else {
-                    panic!("{status}: permanent expected, got {got:?}");
-                };
-                assert_eq!(*records, 4, "{status}: the whole batch");
-                assert!(message.contains(&status.to_string()), "{message}");
-                assert!(message.contains(body), "{status}: the body in {message}");
                 assert!(!message.contains(TOKEN), "{message}");
             }
             _ => {
@@ -194,6 +193,218 @@ async fn answers_map_to_acks_retries_and_drops() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn answers_not_from_the_database_keep_the_batch() {
+    let nginx = || vec![("Server", "nginx/1.22.1".into())];
+    let cases: Vec<(Case, &str)> = vec![
+        // A login page or a proxy's own success: not a write's acknowledgement.
+        (
+            (200, nginx(), "<html><body>Please log in</body></html>"),
+            "unexpected_answer",
+        ),
+        ((201, influxdb(), ""), "unexpected_answer"),
+        // nginx's answer to plain HTTP on its HTTPS port.
+        (
+            (
+                400,
+                nginx(),
+                "<html><head><title>400 The plain HTTP request was sent to HTTPS port</title></head></html>",
+            ),
+            "not_influxdb",
+        ),
+        (
+            (400, vec![], r#"{"error":"unable to parse 'x'"}"#),
+            "not_influxdb",
+        ),
+        (
+            (407, nginx(), "Proxy Authentication Required"),
+            "not_influxdb",
+        ),
+        ((426, nginx(), "Upgrade Required"), "not_influxdb"),
+        (
+            (431, nginx(), "Request Header Fields Too Large"),
+            "not_influxdb",
+        ),
+        // The database refusing the request as a whole (what a redirect's GET gets).
+        ((405, influxdb(), "Method Not Allowed"), "refused"),
+        (
+            (400, influxdb(), r#"{"error":"database is required"}"#),
+            "refused",
+        ),
+    ];
+    let mut server = Server::start().await;
+    let writer = Influx::new(v1(&server.url))
+        .expect("influx")
+        .writer("influx");
+    for ((status, headers, body), want) in cases {
+        server.reply(Reply::Answer(status, headers, body.to_owned()));
+        let got = writer.send(batch(4)).await;
+        server.request().await;
+        let (reason, message) = refused(status, &got);
+        assert_eq!(reason, want, "{status} {body}: {message}");
+        assert!(message.contains(&status.to_string()), "{message}");
+        assert!(server.try_request().is_none(), "{status}: one request");
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_says_where_it_points() {
+    let mut server = Server::start().await;
+    for status in [301, 302, 303, 307, 308] {
+        server.reply(Reply::Answer(
+            status,
+            vec![(
+                "Location",
+                "https://user:pw@portal.example/login?session=s3cret".into(),
+            )],
+            String::new(),
+        ));
+        let writer = Influx::new(v1(&server.url))
+            .expect("influx")
+            .writer("influx");
+        let got = writer.send(batch(2)).await;
+        let request = server.request().await;
+        assert_eq!(request.method, "POST");
+        let (reason, message) = refused(status, &got);
+        assert_eq!(reason, "redirect", "{status}");
+        assert!(
+            message.contains("https://portal.example/login"),
+            "{status}: {message}"
+        );
+        assert!(
+            !message.contains("s3cret") && !message.contains("pw@"),
+            "{message}"
+        );
+        assert!(
+            server.try_request().is_none(),
+            "{status}: the redirect was followed"
+        );
+    }
+}
+
+/// Answers like InfluxDB 1.x: 204, or its partial-write 400 when the body holds `needle`.
+fn refusing(needle: &'static str) -> impl Fn(&Request) -> Option<Reply> + Send + Sync {
+    move |request: &Request| {
+        request.body.contains(needle).then(|| {
+            Reply::Answer(
+                400,
+                influxdb(),
+                r#"{"error":"partial write: field type conflict: input field \"power_import\" on measurement \"electricity\" is type float, already exists as type string dropped=1"}"#.into(),
+            )
+        })
+    }
+}
+
+/// The lines of every request answered 204 (the test server's default).
+fn written(requests: &[Request], refused: &[&str]) -> Vec<String> {
+    let mut lines: Vec<String> = requests
+        .iter()
+        .filter(|r| !refused.iter().any(|n| r.body.contains(n)))
+        .flat_map(|r| r.body.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    lines
+}
+
+#[tokio::test]
+async fn a_refused_point_drops_only_its_reading_and_the_rest_is_written() {
+    let mut server = Server::start().await;
+    let needle = "power_import=6 6\n";
+    server.rule(refusing(needle));
+    let writer = Influx::new(v1(&server.url))
+        .expect("influx")
+        .writer("influx");
+    let got = writer.send(batch(8)).await;
+    let Err(DeliveryError::Permanent { message, records }) = &got else {
+        panic!("the refused reading dropped expected, got {got:?}");
+    };
+    assert_eq!(*records, 1, "only the refused reading: {message}");
+    assert!(message.contains("field type conflict"), "{message}");
+    assert!(
+        message.contains("electricity,meter=home power_import=6 6"),
+        "the refused line: {message}"
+    );
+    let mut requests = Vec::new();
+    while let Some(r) = server.try_request() {
+        requests.push(r);
+    }
+    let mut want: Vec<String> = String::from_utf8(batch(8).bytes)
+        .expect("utf-8")
+        .lines()
+        .filter(|l| !format!("{l}\n").ends_with(needle))
+        .map(str::to_owned)
+        .collect();
+    want.sort_unstable();
+    assert_eq!(
+        written(&requests, &[needle]),
+        want,
+        "every other reading written"
+    );
+    assert!(requests.len() <= 8, "bisected: {} requests", requests.len());
+}
+
+#[tokio::test]
+async fn a_too_large_batch_whose_half_is_refused_still_writes_the_other_half() {
+    let mut server = Server::start().await;
+    // More than two readings are too large; the first reading is refused.
+    let needle = "power_import=1 1\n";
+    let refuse = refusing(needle);
+    server.rule(move |request: &Request| {
+        if request.body.lines().count() > 2 {
+            Some(Reply::Answer(
+                413,
+                influxdb(),
+                r#"{"error":"Request Entity Too Large"}"#.into(),
+            ))
+        } else {
+            refuse(request)
+        }
+    });
+    let writer = Influx::new(v1(&server.url))
+        .expect("influx")
+        .writer("influx");
+    let got = writer.send(batch(4)).await;
+    assert!(
+        matches!(&got, Err(DeliveryError::Permanent { records: 1, .. })),
+        "one reading dropped, got {got:?}"
+    );
+    let mut requests = Vec::new();
+    while let Some(r) = server.try_request() {
+        requests.push(r);
+    }
+    let ok: Vec<Request> = requests
+        .into_iter()
+        .filter(|r| r.body.lines().count() <= 2)
+        .collect();
+    assert_eq!(
+        written(&ok, &[needle]),
+        [
+            "electricity,meter=home power_import=2 2",
+            "electricity,meter=home power_import=3 3",
+            "electricity,meter=home power_import=4 4"
+        ],
+        "the half never sent before is written, not deleted unsent"
+    );
+}
+
+#[tokio::test]
+async fn one_reading_too_large_for_a_proxy_is_kept() {
+    let server = Server::start().await;
+    server.rule(|_: &Request| {
+        Some(Reply::Answer(
+            413,
+            vec![("Server", "nginx".into())],
+            "<html>413 Request Entity Too Large</html>".into(),
+        ))
+    });
+    let writer = Influx::new(v1(&server.url))
+        .expect("influx")
+        .writer("influx");
+    let (reason, _) = refused(413, &writer.send(batch(1)).await);
+    assert_eq!(reason, "too_large");
 }
 
 #[tokio::test]
@@ -225,8 +436,8 @@ async fn a_batch_too_large_for_the_server_is_written_in_halves_at_line_ends() {
         "every line once, whole"
     );
 
-    // One line that is still too large: dropped as unwritable.
-    server.reply(Reply::Answer(413, vec![], "too large".into()));
+    // One reading that InfluxDB still finds too large: dropped as unwritable.
+    server.reply(Reply::Answer(413, influxdb(), "too large".into()));
     let got = writer.send(batch(1)).await;
     assert!(
         matches!(&got, Err(DeliveryError::Permanent { records: 1, .. })),
@@ -340,6 +551,7 @@ fn bad_settings_are_refused_and_debug_hides_the_token() {
 
 struct Worker {
     tx: broadcast::Sender<Arc<Reading>>,
+    registry: Registry,
     stop: CancellationToken,
     hard: CancellationToken,
     spool: AsyncSpool,
@@ -352,7 +564,11 @@ async fn worker(config: InfluxConfig) -> Worker {
 }
 
 async fn worker_of(influx: Influx) -> Worker {
-    let dir = tempfile::tempdir().expect("tempdir");
+    worker_in(influx, tempfile::tempdir().expect("tempdir")).await
+}
+
+/// A worker on the spool in `dir` (a restart keeps it).
+async fn worker_in(influx: Influx, dir: tempfile::TempDir) -> Worker {
     let registry = Registry::new();
     let spool = AsyncSpool::open(
         dir.path().join("influx.redb"),
@@ -379,6 +595,7 @@ async fn worker_of(influx: Influx) -> Worker {
     let run = tokio::spawn(sink.run(rx, cx));
     Worker {
         tx,
+        registry,
         stop,
         hard,
         spool,
@@ -396,6 +613,20 @@ impl Worker {
             r.meter_time = None;
             self.tx.send(Arc::new(r)).expect("worker listening");
         }
+    }
+
+    /// Ends the worker as the daemon does and starts a new one on the same spool, as after a
+    /// restart of the sink or of p1gw.
+    async fn restart(self, influx: Influx) -> Worker {
+        drop(self.tx);
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the worker drains and ends")
+            .expect("task")
+            .expect("worker ok");
+        drop(self.spool);
+        worker_in(influx, self._dir).await
     }
 
     async fn finish(self) {
@@ -510,8 +741,8 @@ async fn a_rejected_batch_is_dropped_and_the_next_goes_on() {
     let mut server = Server::start().await;
     server.reply(Reply::Answer(
         400,
-        vec![],
-        r#"{"error":"unable to parse"}"#.into(),
+        influxdb(),
+        r#"{"error":"unable to parse 'x': missing fields"}"#.into(),
     ));
     let mut config = v1(&server.url);
     config.batch_interval = Duration::ZERO;
@@ -611,4 +842,102 @@ async fn a_refused_token_keeps_the_readings_and_is_read_again_before_the_retry()
         server.try_request().is_none(),
         "nothing written twice after the 204"
     );
+}
+
+#[tokio::test]
+async fn a_redirect_keeps_the_readings_and_readyz_says_where_the_url_points() {
+    let mut server = Server::start().await;
+    let moved = || {
+        Reply::Answer(
+            301,
+            vec![("Location", "/influxdb/write?db=p1".into())],
+            String::new(),
+        )
+    };
+    server.reply(moved());
+    server.reply(moved());
+    let mut config = v1(&server.url);
+    config.batch_interval = Duration::ZERO;
+    let w = worker(config).await;
+    w.send(2);
+    let first = server.request().await;
+    server.request().await;
+    // While the URL redirects: kept, and /readyz names where it points.
+    let readiness = w
+        .registry
+        .ready(tokio::time::Instant::now(), Duration::from_secs(10));
+    let reasons = readiness.reasons.join("; ");
+    assert!(
+        reasons.contains("influx: failed") && reasons.contains("/influxdb/write"),
+        "{reasons}"
+    );
+    assert_eq!(w.spool.len(), 2, "kept");
+    // Once the server answers 204 (the URL corrected), they go, and the sink is well again.
+    let third = server.request().await;
+    assert_eq!(first.body, third.body);
+    let spool = w.spool.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !spool.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("written after the redirect is gone");
+    let readiness = w
+        .registry
+        .ready(tokio::time::Instant::now(), Duration::from_secs(10));
+    assert!(
+        !readiness.reasons.iter().any(|r| r.contains("influx")),
+        "{readiness:?}"
+    );
+    w.finish().await;
+}
+
+/// The stamps of the `electricity` lines of the next requests, until there are `n`.
+async fn next_stamps(server: &mut Server, n: usize) -> Vec<i64> {
+    let mut stamps = Vec::new();
+    while stamps.len() < n {
+        let request = server.request().await;
+        stamps.extend(
+            request
+                .body
+                .lines()
+                .filter(|l| l.starts_with("electricity,"))
+                .map(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .expect("stamp")
+                        .parse::<i64>()
+                        .expect("integer")
+                }),
+        );
+    }
+    stamps
+}
+
+#[tokio::test]
+async fn after_a_restart_a_meter_clock_that_went_back_still_gives_new_points() {
+    let mut server = Server::start().await;
+    let mut config = v1(&server.url);
+    config.batch_interval = Duration::ZERO;
+    let influx = Influx::new(config).expect("influx");
+    let t = 1_707_776_474;
+    let at = |meter: i64, received: i64| {
+        let mut r = reading(&veitur_heat(), received);
+        r.meter_time = Some(jiff::Timestamp::from_second(meter).expect("time"));
+        Arc::new(r)
+    };
+    let w = worker_of(influx.clone()).await;
+    w.tx.send(at(t, t)).expect("listening");
+    w.tx.send(at(t + 10, t + 10)).expect("listening");
+    assert_eq!(next_stamps(&mut server, 2).await, [t, t + 10]);
+    // The sink (or p1gw) restarts; the meter's clock is back at the first reading's time.
+    let w = w.restart(influx).await;
+    w.tx.send(at(t, t + 20)).expect("listening");
+    assert_eq!(
+        next_stamps(&mut server, 1).await,
+        [t + 20],
+        "after the last stamp of the run before (the time received), not onto its first point"
+    );
+    w.finish().await;
 }

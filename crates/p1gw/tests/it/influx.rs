@@ -314,6 +314,22 @@ fn vm_export(port: u16) -> BTreeMap<(String, i64, u8), BTreeMap<String, f64>> {
     points
 }
 
+/// The fixture telegrams that decode, copied into a directory in the order of their meter
+/// clocks, those without one last. Replayed as one meter, the fixtures (many meters) must not go
+/// back in time: that would be a meter clock jumping back, which the sink's timestamp rule
+/// answers with a stamp after the previous one (docs/influx.md), not the meter's time.
+fn in_clock_order() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut all = expected(&root().join("fixtures/telegrams"));
+    all.sort_by_key(|e| (e.time.is_none(), e.time));
+    for (i, e) in all.iter().enumerate() {
+        let from = root().join(&e.source);
+        let name = from.file_name().expect("a file name").to_string_lossy();
+        std::fs::copy(&from, dir.path().join(format!("{i:02}_{name}"))).expect("copy");
+    }
+    dir
+}
+
 fn replay_config(path: &Path, interval: &str, sink: &str) -> String {
     format!(
         r#"
@@ -344,7 +360,8 @@ dir = "{{dir}}/spool"
 fn influxdb_v1_holds_exactly_what_p1gw_parse_gives_across_a_database_restart() {
     let mut influx = Server::start("influxdb", &["--db", "p1"]);
     let port = influx.port("INFLUX_PORT");
-    let fixtures = root().join("fixtures/telegrams");
+    let ordered = in_clock_order();
+    let fixtures = ordered.path().to_path_buf();
     let want = expected(&fixtures);
     assert_eq!(want.len(), 23);
     let points: usize = want.iter().map(|e| e.points.len()).sum();
@@ -635,7 +652,8 @@ fn a_wrong_password_keeps_every_reading_spooled_until_the_password_file_is_corre
     let influx = Server::start("influxdb", &["--db", "p1", "--auth"]);
     let port = influx.port("INFLUX_PORT");
     let (user, password) = (influx.var("INFLUX_USER"), influx.var("INFLUX_PASSWORD"));
-    let fixtures = root().join("fixtures/telegrams");
+    let ordered = in_clock_order();
+    let fixtures = ordered.path().to_path_buf();
     let want = expected(&fixtures);
     let points: usize = want.iter().map(|e| e.points.len()).sum();
     let secrets = tempfile::tempdir().expect("tempdir");
@@ -878,4 +896,238 @@ fn the_compose_stacks_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers that are not InfluxDB's acknowledgement (issue 18).
+
+/// A recording of Veitur's telegram with the meter's clock at each of `at`, one file each.
+fn veitur_recording(dir: &Path, at: &[jiff::Timestamp]) {
+    std::fs::create_dir(dir).expect("mkdir");
+    let text = std::fs::read_to_string(
+        root().join("fixtures/telegrams/iceland_veitur_iskra_ie5e_antonp1.txt"),
+    )
+    .expect("fixture");
+    for (i, t) in at.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i:02}.txt")), veitur_at(&text, *t)).expect("write");
+    }
+}
+
+fn dropped(daemon: &Daemon) -> f64 {
+    metric(
+        &metrics(daemon),
+        "p1gw_sink_dropped_total",
+        &[("sink", "influx"), ("reason", "rejected")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn a_field_type_conflict_drops_only_the_refused_reading_and_the_rest_is_written() {
+    // Six readings a day or more apart; InfluxDB 1.x already holds a string `power_import` in
+    // the shard of the fourth (its week), so only that one can never be written.
+    let influx = Server::start("influxdb", &["--db", "p1"]);
+    let port = influx.port("INFLUX_PORT");
+    let now = jiff::Timestamp::now();
+    let days: [i64; 6] = [40, 39, 38, 20, 5, 4];
+    let at: Vec<jiff::Timestamp> = days
+        .iter()
+        .map(|d| now - jiff::SignedDuration::from_hours(24 * d))
+        .collect();
+    let conflict_ms = at[3].as_second() * 1000;
+    let status = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-XPOST"])
+        .arg(format!(
+            "{}/write?db=p1&precision=ms",
+            influx.var("INFLUX_URL")
+        ))
+        .arg("--data-binary")
+        .arg(format!(
+            "electricity,meter=other power_import=\"text\" {conflict_ms}"
+        ))
+        .output()
+        .expect("curl (Debian package curl)");
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "204");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("recording");
+    veitur_recording(&recording, &at);
+    // One batch of all six.
+    let sink = format!(
+        "url = \"{}\"\napi = \"v1\"\ndatabase = \"p1\"\nprecision = \"ms\"\nbatch_interval = \"2s\"",
+        influx.var("INFLUX_URL")
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&recording, "50ms", &sink), &[]);
+    wait_for(Duration::from_secs(30), "the batch settled", || {
+        let m = metrics(&daemon);
+        let spooled = metric(&m, "p1gw_sink_spooled_total", &[("sink", "influx")])?;
+        let left = metric(&m, "p1gw_spool_records", &[("sink", "influx")])?;
+        (spooled >= 6.0 && left == 0.0).then_some(())
+    });
+    assert_eq!(dropped(&daemon), 1.0, "only the refused reading dropped");
+    assert_eq!(sink_metric(&daemon, "p1gw_sink_sent_total"), 5.0);
+    let times: Vec<i64> = influx_rows(port)
+        .iter()
+        .filter(|r| r.measurement == "electricity")
+        .map(|r| r.time)
+        .collect();
+    let mut want: Vec<i64> = at.iter().map(|t| t.as_second() * 1000).collect();
+    want.remove(3);
+    assert_eq!(times, want, "every other reading is in InfluxDB");
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Backend rejected readings"))
+        .unwrap_or_else(|| panic!("the drop is logged:\n{log}"));
+    assert!(line.contains("field type conflict"), "{line}");
+    assert!(
+        line.contains("refused line: electricity,") && line.contains(&conflict_ms.to_string()),
+        "the refused line is in the log: {line}"
+    );
+    drop(daemon);
+}
+
+/// A server on 127.0.0.1 that answers every request with `301` to `location` (a proxy's or a
+/// moved site's answer); stops when the test process ends.
+fn redirector(location: String) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let location = location.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut stream = stream;
+                loop {
+                    // The request head, then its body (Content-Length).
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+                    );
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_redirect_keeps_the_readings_spooled_and_readyz_says_where_the_url_points() {
+    // VictoriaMetrics answers a GET of /write with 204 too: a followed redirect (POST turned
+    // into GET, body gone) would look delivered while nothing is written.
+    let vm = Server::start("victoria-metrics", &[]);
+    let port = vm.port("VM_PORT");
+    let target = format!("{}/write?db=p1", vm.var("VM_URL"));
+    let url = redirector(target);
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("recording");
+    let now = jiff::Timestamp::now();
+    let at: Vec<jiff::Timestamp> = (0..3)
+        .map(|i| now - jiff::SignedDuration::from_secs(300 - 10 * i))
+        .collect();
+    veitur_recording(&recording, &at);
+    let sink = format!(
+        "url = \"{url}\"\napi = \"v1\"\ndatabase = \"p1\"\nprecision = \"ms\"\nbatch_interval = \"100ms\""
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&recording, "50ms", &sink), &[]);
+    let body = wait_for(
+        Duration::from_secs(20),
+        "/readyz naming the redirect",
+        || {
+            let (status, body) = daemon.get("/readyz")?;
+            (status == 503 && body.contains("redirects")).then_some(body)
+        },
+    );
+    assert!(
+        body.contains(&format!("{}/write", vm.var("VM_URL"))),
+        "where the URL points: {body}"
+    );
+    wait_for(Duration::from_secs(20), "every reading spooled", || {
+        (sink_metric(&daemon, "p1gw_spool_records") >= 3.0).then_some(())
+    });
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(&m, "p1gw_sink_sent_total", &[("sink", "influx")]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(dropped(&daemon), 0.0);
+    assert!(
+        metric(
+            &m,
+            "p1gw_sink_failed_total",
+            &[("sink", "influx"), ("reason", "redirect")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    let (_, _) = get(port, "/internal/force_flush").expect("force_flush");
+    assert!(
+        vm_export(port).is_empty(),
+        "nothing reached VictoriaMetrics"
+    );
+    drop(daemon);
+}
+
+#[test]
+fn victoria_metrics_refusing_the_request_keeps_the_readings_spooled() {
+    // A URL with a path VictoriaMetrics does not serve: its own 400 "unsupported path"
+    // refuses the request, not the points.
+    let vm = Server::start("victoria-metrics", &[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let recording = work.path().join("recording");
+    let now = jiff::Timestamp::now();
+    let at: Vec<jiff::Timestamp> = (0..3)
+        .map(|i| now - jiff::SignedDuration::from_secs(300 - 10 * i))
+        .collect();
+    veitur_recording(&recording, &at);
+    let sink = format!(
+        "url = \"{}/influx-typo\"\napi = \"v1\"\ndatabase = \"p1\"\nprecision = \"ms\"\nbatch_interval = \"100ms\"",
+        vm.var("VM_URL")
+    );
+    let (daemon, _dir) = Daemon::start(&replay_config(&recording, "50ms", &sink), &[]);
+    wait_for(
+        Duration::from_secs(20),
+        "refused attempts with every reading spooled",
+        || {
+            let m = metrics(&daemon);
+            let failed = metric(
+                &m,
+                "p1gw_sink_failed_total",
+                &[("sink", "influx"), ("reason", "refused")],
+            )?;
+            let left = metric(&m, "p1gw_spool_records", &[("sink", "influx")])?;
+            (failed >= 2.0 && left >= 3.0).then_some(())
+        },
+    );
+    assert_eq!(dropped(&daemon), 0.0);
+    let log = daemon.log();
+    assert!(
+        log.contains("unsupported path"),
+        "VictoriaMetrics' answer in the log:\n{log}"
+    );
+    drop(daemon);
 }

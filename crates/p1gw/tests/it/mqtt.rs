@@ -1062,3 +1062,130 @@ fn a_silent_meter_goes_offline_while_the_other_stays_online() {
     });
     assert_eq!((be.payload.as_str(), be.retained), ("online", true));
 }
+
+/// A reading of more messages than `backlog_rate` × 30 s: a three-phase Dutch meter with its
+/// gas meter, about 40 messages with value topics, at `backlog_rate = 1`. Delivery waits for
+/// its acks as long as its messages take to pass the rate (not a fixed 30 s, after which it
+/// would send the reading again from its first message, for ever): it is acknowledged, once.
+#[test]
+fn a_reading_of_more_messages_than_the_backlog_rate_passes_in_30_s_is_delivered_once() {
+    let broker = Server::start("mosquitto", &[]);
+    let mut sub = Sub::start(&broker, None);
+    let fixture = root().join("fixtures/telegrams/netherlands_iskra_am550_dsmr50_gas_on_mbus2.txt");
+    let meters = format!(
+        "[meter]\nname = \"home\"\ntz = \"Europe/Amsterdam\"\n[source]\nkind = \"replay\"\npath = \"{}\"\ninterval = \"50ms\"",
+        fixture.display()
+    );
+    let sink = format!(
+        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\ndiscovery = false\nbacklog_rate = 1",
+        broker.port("MQTT_PORT")
+    );
+    let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+    wait_for(
+        Duration::from_secs(120),
+        "the reading acknowledged and the spool empty",
+        || {
+            let m = metrics(&daemon);
+            let sent = metric(&m, "p1gw_sink_sent_total", &[("sink", "mqtt")])?;
+            let left = metric(&m, "p1gw_spool_records", &[("sink", "mqtt")])?;
+            (sent >= 1.0 && left == 0.0).then_some(())
+        },
+    );
+    sub.drain();
+    let data: Vec<String> = sub
+        .seen
+        .iter()
+        .filter(|m| m.topic.starts_with("p1gw/home/") && m.topic != "p1gw/home/status")
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(
+        data.len() > 31,
+        "more messages than 30 s pass at 1/s: {}",
+        data.len()
+    );
+    let mut sorted = data.clone();
+    sorted.sort_unstable();
+    let twice: Vec<&String> = sorted
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "each message once, none sent again: {twice:?}"
+    );
+    assert_eq!(sub.states("home").len(), 1);
+}
+
+/// MQTT 3.1.1: reading 5 of 12 has a state message of about 300 KB, over the largest packet
+/// p1gw sends (256 KiB; rumqttc would end the connection with `OutgoingPacketTooLarge` on every
+/// reconnect). That message is dropped, counted and logged once; every other reading arrives,
+/// in order, and the spool empties. (A tcp source: a replay takes telegrams of 16 KiB at most.)
+#[test]
+fn a_reading_over_the_mqtt_3_1_1_packet_limit_is_dropped_counted_and_logged_once() {
+    let broker = Server::start("mosquitto", &[]);
+    let mut sub = Sub::start(&broker, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rec = recording(tmp.path(), 12);
+    // Reading 5 gets a 300 000-character text message.
+    let text = std::fs::read_to_string(&rec).expect("recording");
+    let mut telegrams: Vec<String> = text.split_inclusive("!\r\n").map(str::to_owned).collect();
+    telegrams[4] = telegrams[4].replace(
+        "!\r\n",
+        &format!("0-0:96.13.0({})\r\n!\r\n", "41".repeat(300_000)),
+    );
+    let bytes = telegrams.concat().into_bytes();
+    // The meter: a bridge that sends the telegrams once and holds the connection open.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        if let Ok((mut stream, _)) = listener.accept()
+            && stream.write_all(&bytes).is_ok()
+        {
+            // Until p1gw closes it.
+            let mut buf = [0u8; 64];
+            while stream.read(&mut buf).is_ok_and(|n| n > 0) {}
+        }
+    });
+    let meters = format!(
+        "[meter]\nname = \"home\"\ntz = \"UTC\"\n[source]\nkind = \"tcp\"\naddress = \"{address}\"\nmax_telegram_bytes = \"1MiB\""
+    );
+    let sink = format!(
+        "kind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nvalue_topics = false\ndiscovery = false",
+        broker.port("MQTT_PORT")
+    );
+    let (daemon, _dir) = Daemon::start(&config(&sink, &meters), &[]);
+    let states = wait_for(Duration::from_secs(30), "11 state messages", || {
+        let s = sub.states("home");
+        (s.len() >= 11).then_some(s)
+    });
+    let got: Vec<f64> = states.iter().map(energy).collect();
+    let want: Vec<f64> = (1..=12).filter(|i| *i != 5).map(f64::from).collect();
+    assert_eq!(got, want, "every other reading, once, in order");
+    wait_for(Duration::from_secs(10), "an empty spool", || {
+        metric(&metrics(&daemon), "p1gw_spool_records", &[("sink", "mqtt")]).filter(|n| *n == 0.0)
+    });
+    let m = metrics(&daemon);
+    assert_eq!(
+        metric(
+            &m,
+            "p1gw_sink_dropped_total",
+            &[("sink", "mqtt"), ("reason", "too_large")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let log = daemon.log();
+    let drops: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("dropped"))
+        .collect();
+    assert_eq!(drops.len(), 1, "logged once: {drops:?}");
+    assert!(
+        drops[0].contains("p1gw/home/state") && drops[0].contains("too large"),
+        "names topic and reason: {}",
+        drops[0]
+    );
+    assert_eq!(sub.states("home").len(), 11, "nothing repeated");
+}
