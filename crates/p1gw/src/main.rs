@@ -5,6 +5,7 @@ mod daemon;
 mod logging;
 mod parse;
 mod plan;
+mod ports;
 mod probe;
 mod record;
 mod signals;

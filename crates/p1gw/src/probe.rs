@@ -29,8 +29,25 @@ pub(crate) const NO_DATA: &str = "no data at any setting: check the request line
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
     /// The serial device, e.g. /dev/ttyUSB0 or a /dev/serial/by-id/ name.
-    #[arg(long, value_name = "DEV")]
-    port: PathBuf,
+    #[arg(long, value_name = "DEV", required_unless_present = "list")]
+    port: Option<PathBuf>,
+    /// List the serial ports (/dev/serial/by-id/) with their USB ids, marking Zigbee, Z-Wave
+    /// and Thread radios; opens no port.
+    #[arg(long, conflicts_with = "port")]
+    list: bool,
+    /// Once a preset yields telegrams, set `port` (as given) and `preset` in this
+    /// configuration file's [source] table (checked before it is replaced).
+    #[arg(long, value_name = "FILE")]
+    write_config: Option<PathBuf>,
+    /// Probe a port even though it looks like a Zigbee/Z-Wave/Thread radio (opening one can
+    /// reset it into its bootloader).
+    #[arg(long)]
+    force: bool,
+    /// Where /dev and /sys are (for tests).
+    #[arg(long, value_name = "DIR", default_value = "/dev", hide = true)]
+    dev_root: PathBuf,
+    #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
+    sys_root: PathBuf,
     /// Seconds to listen at each preset (at least 12).
     #[arg(long, value_name = "N", default_value_t = MIN_SECONDS)]
     seconds: u64,
@@ -140,6 +157,37 @@ pub(crate) fn open_error(e: p1_reader::Error) -> anyhow::Error {
 
 /// Runs `p1gw probe`; returns the exit code.
 pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<u8> {
+    if args.list {
+        print!(
+            "{}",
+            crate::ports::render(&crate::ports::list(&args.dev_root, &args.sys_root))
+        );
+        return Ok(Exit::OK);
+    }
+    let Some(port) = args.port.clone() else {
+        return Err(Coded::error(Exit::USAGE, "--port or --list is needed"));
+    };
+    let radio = port
+        .file_name()
+        .and_then(|n| crate::ports::radio_mark(&n.to_string_lossy()))
+        .or_else(|| {
+            let real = port.canonicalize().ok()?;
+            crate::ports::list(&args.dev_root, &args.sys_root)
+                .into_iter()
+                .find(|p| p.device == real)?
+                .radio
+        });
+    if let (Some(what), false) = (radio, args.force) {
+        return Err(Coded::error(
+            Exit::USAGE,
+            format!(
+                "{} looks like {what}, not a P1 cable: opening it or toggling its RTS/DTR lines \
+                 can reset the radio. `p1gw probe --list` shows the ports; --force probes it \
+                 anyway",
+                port.display()
+            ),
+        ));
+    }
     let listen = match args.listen_for {
         Some(d) => d,
         None if args.seconds < MIN_SECONDS => {
@@ -176,13 +224,13 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<u8> {
             }
             eprintln!(
                 "p1gw probe: {} at {} ({}) for {} ...",
-                args.port.display(),
+                port.display(),
                 preset.settings(),
                 preset.as_str(),
                 crate::config::value::format_duration(listen)
             );
             let report = probe_preset(
-                &args.port,
+                &port,
                 preset,
                 &request,
                 listen,
@@ -194,8 +242,11 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<u8> {
             reports.push(report);
         }
         signal_task.abort();
-        print!("{}", render(&args.port, &request, listen, &reports));
-        Ok(Exit::OK)
+        print!("{}", render(&port, &request, listen, &reports));
+        match &args.write_config {
+            Some(file) => write_config(file, &port, &reports),
+            None => Ok(Exit::OK),
+        }
     })
 }
 
@@ -293,4 +344,53 @@ pub(crate) fn render(
         )),
     }
     out
+}
+
+/// `--write-config`: the recommended preset and the port into `file`'s `[source]`, the
+/// result checked by the configuration loader before it replaces the file.
+fn write_config(
+    file: &std::path::Path,
+    port: &std::path::Path,
+    reports: &[PresetReport],
+) -> anyhow::Result<u8> {
+    let Some((preset, _)) = recommend(reports) else {
+        eprintln!(
+            "p1gw probe: no telegram at any setting: {} left unchanged",
+            file.display()
+        );
+        return Ok(Exit::DATA);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Coded::error(Exit::NO_INPUT, format!("{}: {e}", file.display())))?;
+    let edited = crate::ports::set_source(&text, port, preset.as_str())
+        .map_err(|e| Coded::error(Exit::CONFIG, format!("{}: {e}", file.display())))?;
+    // Checked in a file of its own beside the real one, then moved over it.
+    let tmp = file.with_extension("toml.probe");
+    std::fs::write(&tmp, &edited)
+        .map_err(|e| Coded::error(Exit::IO, format!("{}: {e}", tmp.display())))?;
+    if let Err(errors) = crate::config::load_valid(&tmp) {
+        if let Err(e) = std::fs::remove_file(&tmp) {
+            eprintln!("p1gw probe: {}: {e}", tmp.display());
+        }
+        for e in &errors {
+            eprintln!("p1gw probe: {e}");
+        }
+        return Err(Coded::error(
+            Exit::CONFIG,
+            format!(
+                "{} left unchanged: the edited configuration does not check out",
+                file.display()
+            ),
+        ));
+    }
+    std::fs::rename(&tmp, file)
+        .map_err(|e| Coded::error(Exit::IO, format!("{}: {e}", file.display())))?;
+    println!(
+        "wrote port = {:?} and preset = {:?} into {}; check it with `p1gw check-config {}`",
+        port.display().to_string(),
+        preset.as_str(),
+        file.display(),
+        file.display()
+    );
+    Ok(Exit::OK)
 }

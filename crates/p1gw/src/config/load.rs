@@ -220,9 +220,20 @@ impl<'a, 'i> Shape<'a, 'i> {
         if let Some(field) = message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.strip_suffix('`'))
+            .map(str::to_owned)
         {
+            let field = field.as_str();
             path = path.key(field);
             message = "missing required key".to_owned();
+            if field == "port" {
+                // The packaged configuration names no port on purpose (a Zigbee stick on the
+                // same chip must not be opened): say how to find the cable.
+                message.push_str(
+                    ": the P1 cable's serial device, best its /dev/serial/by-id/ name; \
+                     `p1gw probe --list` lists the ports and `p1gw probe --port DEV \
+                     --write-config FILE` fills this in",
+                );
+            }
         } else if message.starts_with("unknown field") {
             message = message.replacen("unknown field", "unknown key", 1);
             if path == KeyPath::root().key("meter").key("source") {

@@ -294,9 +294,16 @@ path = "{dir}"
 dir = "{dir}/spool"
 "#;
     let (mut daemon, _dir) = Daemon::start(config, &[]);
-    wait_for(Duration::from_secs(20), "readings flowing", || {
-        daemon.get("/readyz").filter(|(s, _)| *s == 200)
-    });
+    // The jsonl "file" is a directory: its writes fail, a storage fault /readyz names.
+    wait_for(
+        Duration::from_secs(20),
+        "readings flowing to a failing sink",
+        || {
+            daemon
+                .get("/readyz")
+                .filter(|(s, body)| *s == 503 && body.contains("cannot write"))
+        },
+    );
     daemon.signal("HUP");
     wait_for(Duration::from_secs(20), "the reload to start", || {
         daemon.log().contains("restarting with it").then_some(())

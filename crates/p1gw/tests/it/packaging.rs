@@ -4,7 +4,7 @@
 //! the packaged default config is valid except for the cable this machine does not have.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::root;
@@ -221,7 +221,7 @@ fn unit_passes_systemd_analyze_verify_and_security() {
 }
 
 #[test]
-fn udev_rule_is_well_formed_and_names_every_cable() {
+fn udev_rule_is_well_formed_tags_every_cable_and_names_no_device() {
     let rules = read("packaging/99-p1gw.rules");
     let mut labels = BTreeSet::new();
     let mut gotos = BTreeSet::new();
@@ -262,8 +262,17 @@ fn udev_rule_is_well_formed_and_names_every_cable() {
     .map(String::from)
     .into();
     assert_eq!(cables, want);
-    assert!(rules.contains(r#"GROUP="dialout", MODE="0660""#));
-    assert!(rules.contains(r#"SYMLINK+="p1""#));
+    assert!(rules.contains(r#"ENV{ID_P1GW_CANDIDATE}="1""#));
+    // Zigbee and Z-Wave sticks use the same chips: the rule must not hand any of them to p1gw
+    // (a /dev/p1 for "the first such port"), nor change their permissions or their lines.
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for forbidden in ["SYMLINK", "GROUP", "MODE", "OWNER", "RUN", "PROGRAM"] {
+            assert!(
+                !line.contains(forbidden),
+                "the rule must not set {forbidden}: {line}"
+            );
+        }
+    }
 
     // systemd 254 and later can check the syntax itself.
     if available("udevadm", "--version")
@@ -350,8 +359,22 @@ fn euid() -> Option<u32> {
 }
 
 #[test]
-fn packaged_config_is_valid_but_for_the_missing_cable() {
+fn packaged_config_names_no_port_and_says_how_to_find_the_cable() {
+    // After `apt install` nothing may open a serial port: the packaged config names none, so
+    // check-config fails (and postinst does not start the service) until the user names the
+    // cable; the error says how.
     let config = "config/p1gw.toml";
+    let text = read(config);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("port") && l.contains('=')),
+        "the packaged config must name no port"
+    );
+    assert!(
+        !text.contains("mode = \"poll\""),
+        "the default request line is raised once (hold), not toggled"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_p1gw"))
         .args(["check-config", config])
         .current_dir(root())
@@ -359,30 +382,31 @@ fn packaged_config_is_valid_but_for_the_missing_cable() {
         .expect("p1gw check-config");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p1gw: ")).collect();
-    // Only check-config's look at this machine may object: the cable (/dev/p1) is not plugged
-    // in here, and a user other than root may not create the package's spool directory.
-    let mut expected = 0;
-    if !Path::new("/dev/p1").exists() {
-        expected += 1;
-        let port_line = read(config)
-            .lines()
-            .position(|l| l.starts_with("port = \"/dev/p1\""))
-            .expect("port line")
-            + 1;
-        let want = format!("p1gw: {config}:{port_line}:8: source.port: /dev/p1: no such device");
-        assert!(
-            errors.iter().any(|e| e.starts_with(&want)),
-            "expected {want}, got: {stderr}"
-        );
-    }
-    let spool = PathBuf::from("/var/lib/p1gw");
-    if euid() != Some(0) && !spool.exists() {
-        expected += usize::from(errors.iter().any(|e| e.contains(": spool.dir: ")));
-    }
-    assert_eq!(errors.len(), expected, "unexpected errors: {stderr}");
-    assert_eq!(
-        out.status.code(),
-        Some(if expected == 0 { 0 } else { 78 }),
-        "{stderr}"
+    let source_line = text
+        .lines()
+        .position(|l| l.trim() == "[source]")
+        .expect("[source]")
+        + 1;
+    let want = format!("p1gw: {config}:{source_line}:1: source.port: missing required key: ");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&want) && e.contains("p1gw probe --list")),
+        "expected {want}… naming p1gw probe --list, got: {stderr}"
     );
+    // A user other than root may not create the package's spool directory.
+    let spool_error = euid() != Some(0)
+        && !Path::new("/var/lib/p1gw").exists()
+        && errors.iter().any(|e| e.contains(": spool.dir: "));
+    assert_eq!(
+        errors.len(),
+        1 + usize::from(spool_error),
+        "only the port is missing: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    // postinst starts the service only when check-config passes.
+    let postinst = read("packaging/debian/postinst");
+    let start = postinst.find("deb-systemd-invoke start").expect("a start");
+    let check = postinst.find("if check_config; then").expect("the check");
+    assert!(check < start, "the start is guarded by the check");
 }

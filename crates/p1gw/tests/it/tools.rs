@@ -376,3 +376,90 @@ fn probe_on_a_silent_pty_says_what_to_check() {
         socat.a().display()
     )));
 }
+
+/// `probe --write-config`: the packaged configuration (no port) gets the port and the
+/// recommended preset, checked before it is replaced, and then checks out; a port named like
+/// a Zigbee stick is refused without being opened (the simulator on it sees no reader).
+#[test]
+fn probe_writes_the_cable_into_the_config_and_refuses_a_zigbee_stick() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir
+        .path()
+        .join("usb-FTDI_FT232R_USB_UART_A10KZP45-if00-port0");
+    let _meter = simulator(&link, &["--profile", "veitur", "--interval", "100ms"]);
+    let config = dir.path().join("p1gw.toml");
+    let packaged =
+        std::fs::read_to_string(crate::support::root().join("config/p1gw.toml")).expect("read");
+    // The test's own spool directory, so that check-config passes as any user.
+    let spool = dir.path().join("spool");
+    std::fs::write(
+        &config,
+        packaged.replace(
+            "dir = \"/var/lib/p1gw\"",
+            &format!("dir = \"{}\"", spool.display()),
+        ),
+    )
+    .expect("write config");
+    let out = p1gw_output(&[
+        "probe",
+        "--port",
+        link.to_str().expect("utf-8"),
+        "--listen-for",
+        "700ms",
+        "--request",
+        "none",
+        "--write-config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("wrote port = "), "{stdout}");
+    let written = std::fs::read_to_string(&config).expect("read");
+    assert!(
+        written.contains(&format!(
+            "port = \"{}\"  # found by p1gw probe",
+            link.display()
+        )),
+        "{written}"
+    );
+    assert!(
+        written.contains("preset = \"dsmr4\"  # found by p1gw probe"),
+        "{written}"
+    );
+    let check = p1gw_output(&["check-config", config.to_str().expect("utf-8")]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // A Zigbee coordinator's by-id name: refused, the config untouched.
+    let radio = dir
+        .path()
+        .join("usb-ITead_Sonoff_Zigbee_3.0_USB_Dongle_Plus_186ff44c-if00-port0");
+    std::os::unix::fs::symlink(&link, &radio).expect("radio link");
+    let out = p1gw_output(&[
+        "probe",
+        "--port",
+        radio.to_str().expect("utf-8"),
+        "--write-config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("looks like a Zigbee coordinator"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("p1gw probe: "),
+        "nothing was probed: {stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), written);
+}

@@ -443,7 +443,7 @@ mod tests {
     fn defaults_of_the_mqtt_keys() {
         let m = mqtt(&[r#"url = "mqtt://broker.local""#]);
         assert_eq!(m.keep_alive, Duration::from_secs(30));
-        assert_eq!(m.backlog_rate, 50);
+        assert_eq!(m.backlog_rate, 200);
         assert!(m.value_topics);
         assert!(!m.only_on_change);
         assert!(m.discovery);
