@@ -109,6 +109,22 @@ fn within<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// Waits until `/readyz` answers 503 with `words` in its body; (status, body).
+fn readyz_naming(daemon: &Daemon, words: &str, limit: Duration) -> (u16, String) {
+    wait_for(limit, &format!("/readyz naming {words:?}"), || {
+        let (status, body) = readyz(daemon);
+        (status == 503 && body.contains(words)).then_some((status, body))
+    })
+}
+
+/// Records the recovery check: back within [`RECOVERY`] (`recovered`: at all within 30 s).
+fn check_recovery(row: &mut Row, recovered: bool, recovery: f64) {
+    row.check(
+        recovered && recovery <= RECOVERY.as_secs_f64(),
+        format!("recovery took {recovery:.1} s (30 s: not at all)"),
+    );
+}
+
 /// `/readyz`'s status and body.
 fn readyz(daemon: &Daemon) -> (u16, String) {
     daemon.get("/readyz").unwrap_or((0, String::new()))
@@ -164,14 +180,7 @@ fn a_full_disk_loses_nothing_keeps_live_readings_flowing_and_recovers_by_itself(
     let filler = fill(&disk.dir);
     let at_fill = produced(&daemon.metrics());
     // The fault is seen: counted, named in /readyz.
-    let (status, body) = wait_for(
-        Duration::from_secs(20),
-        "/readyz naming the full disk",
-        || {
-            let (status, body) = readyz(&daemon);
-            (status == 503 && body.contains("disk full")).then_some((status, body))
-        },
-    );
+    let (status, body) = readyz_naming(&daemon, "disk full", Duration::from_secs(20));
     // Live readings still reach the broker and the database while the disk is full.
     let live = wait_for(
         Duration::from_secs(20),
@@ -255,10 +264,7 @@ fn a_full_disk_loses_nothing_keeps_live_readings_flowing_and_recovers_by_itself(
     }
     row.check(errors("jsonl") > 0, "jsonl: no storage error counted");
     row.check(whole_lines(&jsonl), "the jsonl file has a torn line");
-    row.check(
-        recovered.is_some() && recovery <= RECOVERY.as_secs_f64(),
-        format!("recovery took {recovery:.1} s (30 s: not at all)"),
-    );
+    check_recovery(&mut row, recovered.is_some(), recovery);
     row.check(daemon.exited().is_none(), "p1gw exited");
     row.finish();
 }
@@ -292,14 +298,7 @@ fn a_disk_full_during_a_backend_outage_spools_again_once_both_are_back() {
     });
     let filler = fill(&disk.dir);
     let at_fill = produced(&daemon.metrics());
-    let (status, _) = wait_for(
-        Duration::from_secs(20),
-        "/readyz naming the full disk",
-        || {
-            let (status, body) = readyz(&daemon);
-            (status == 503 && body.contains("disk full")).then_some((status, body))
-        },
-    );
+    let (status, _) = readyz_naming(&daemon, "disk full", Duration::from_secs(20));
     wait_for(Duration::from_secs(30), "readings held in memory", || {
         let m = daemon.metrics();
         (produced(&m) >= at_fill + 30
@@ -509,10 +508,7 @@ fn a_file_system_turned_read_only_by_an_error_is_used_again_once_repaired() {
     );
     disk.error();
     let at_error = produced(&daemon.metrics());
-    let (status, body) = wait_for(Duration::from_secs(20), "/readyz naming it", || {
-        let (status, body) = readyz(&daemon);
-        (status == 503 && body.contains("read-only")).then_some((status, body))
-    });
+    let (status, body) = readyz_naming(&daemon, "read-only", Duration::from_secs(20));
     let live = wait_for(
         Duration::from_secs(20),
         "live readings at the broker",
@@ -581,10 +577,7 @@ fn a_file_system_turned_read_only_by_an_error_is_used_again_once_repaired() {
     for name in ["jsonl", "mqtt"] {
         row.check(lost(&end, name) == 0, format!("{name}: readings lost"));
     }
-    row.check(
-        recovered.is_some() && recovery <= RECOVERY.as_secs_f64(),
-        format!("recovery took {recovery:.1} s (30 s: not at all)"),
-    );
+    check_recovery(&mut row, recovered.is_some(), recovery);
     row.check(daemon.exited().is_none(), "p1gw exited");
     row.finish();
 }
@@ -608,10 +601,7 @@ fn a_jsonl_file_at_its_size_limit_keeps_readings_spooled_until_it_is_rotated() {
     // About 150 readings' worth of jsonl (~7 KB each); the spool's own file stays below it.
     let limit_kib = 1024;
     let daemon = Daemon::start_limited(work.path(), "p1gw", &config, limit_kib);
-    let (status, body) = wait_for(Duration::from_secs(30), "/readyz naming the limit", || {
-        let (status, body) = readyz(&daemon);
-        (status == 503 && body.contains("file too large")).then_some((status, body))
-    });
+    let (status, body) = readyz_naming(&daemon, "file too large", Duration::from_secs(30));
     let before = jsonl_ids(&jsonl);
     wait_for(Duration::from_secs(30), "more readings spooled", || {
         let m = daemon.metrics();
@@ -674,10 +664,7 @@ fn a_jsonl_file_at_its_size_limit_keeps_readings_spooled_until_it_is_rotated() {
     for f in &files {
         row.check(whole_lines(f), format!("{} has a torn line", f.display()));
     }
-    row.check(
-        recovered.is_some() && recovery <= RECOVERY.as_secs_f64(),
-        format!("recovery took {recovery:.1} s (30 s: not at all)"),
-    );
+    check_recovery(&mut row, recovered.is_some(), recovery);
     row.check(daemon.exited().is_none(), "p1gw exited (SIGXFSZ?)");
     row.finish();
 }
