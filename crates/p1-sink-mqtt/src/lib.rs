@@ -67,5 +67,14 @@ pub use error::BuildError;
 pub use p1_mqtt_transport::TlsError;
 pub use sink::{KIND, MqttSink, build};
 
+/// Registers the `# HELP` texts of the MQTT sink's own metrics with the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "p1gw_mqtt_values_superseded_total",
+        "Value-topic values replaced by a newer one before they were sent (the latest value \
+         wins; the state topic keeps every reading)."
+    );
+}
+
 #[cfg(test)]
 mod tests;

@@ -199,6 +199,7 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
         p1_core::sink::describe_metrics();
         p1_reader::describe_metrics();
         p1_http::describe_metrics();
+        p1_sink_mqtt::describe_metrics();
         let upkeep = {
             let metrics = metrics.clone();
             tokio::spawn(async move {
