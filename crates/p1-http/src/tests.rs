@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::timeout;
 use tower::ServiceExt;
 
-use crate::exposition::{canonical_unit, render_own};
+use crate::exposition::render_own;
 use crate::{BearerToken, Error, History, HttpState, Point, router, serve, spawn_recorder};
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -752,26 +752,6 @@ fn meter_labels_are_escaped() {
         "{text}"
     );
     promtool_check(&text);
-}
-
-#[test]
-fn canonical_units_match_the_scale_p1_core_applies() {
-    for unit in [
-        "W", "kW", "Wh", "kWh", "var", "kvar", "varh", "kvarh", "VA", "VAh", "V", "kV", "A", "kA",
-        "Hz", "kHz", "m3", "m3/h", "degC", "GJ", "s",
-    ] {
-        let scale = p1_core::reading::canonical_scale(Some("x"), Some(unit));
-        let canonical = canonical_unit(Some("x"), Some(unit));
-        assert_eq!(
-            scale != 1.0,
-            canonical != unit,
-            "{unit}: scale {scale}, canonical {canonical}"
-        );
-    }
-    assert_eq!(canonical_unit(Some("power_import"), Some("W")), "kW");
-    assert_eq!(canonical_unit(Some("voltage_l1"), Some("kV")), "V");
-    assert_eq!(canonical_unit(Some("heat_energy"), Some("Wh")), "Wh");
-    assert_eq!(canonical_unit(Some("x"), None), "");
 }
 
 // ---- /api/v1/status

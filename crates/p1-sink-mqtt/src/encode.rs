@@ -10,9 +10,10 @@
 //! | `<meter>/<name>` | one value of the meter, e.g. `home/energy_import_total` → `1988.284` |
 //! | `<meter>/<kind>_<channel>/<name>` | one value of an M-Bus submeter, e.g. `home/gas_1/gas_volume`, `home/hot_water_1/hot_water_volume` |
 //!
-//! Only lines with a canonical name (docs/obis.md) get a value topic; unknown codes are in the
-//! state message. Numbers are in the canonical unit (W → kW, Wh → kWh, …; Veitur's heat "Wh"
-//! as sent), written as the shortest decimal that reads back as the same `f64`; text as text;
+//! Only lines with a name (docs/obis.md, or the user's from `[meter.codes]`) get a value topic;
+//! codes nobody named are in the state message only, and lines the user set `publish = false`
+//! get none. Numbers are in the canonical unit (W → kW, Wh → kWh, …; Veitur's heat "Wh" as
+//! sent) or the user's unit and scale, written as the shortest decimal that reads back as the same `f64`; text as text;
 //! `meter_time` as RFC 3339 UTC. `<kind>` is `gas`, `water`, `heat`, `hot_water`, `cooling` or
 //! `unknown` (docs/markets.md §b: by device type, else by unit); two submeters of one kind differ by
 //! channel.
@@ -131,22 +132,23 @@ pub struct ValueItem {
     pub unit: Option<String>,
     /// Whether the value is a number.
     pub numeric: bool,
+    /// The unit of the payload (after conversion), as [`p1_core::Measurement::unit_label`].
+    pub display_unit: Option<String>,
+    /// The rule of the meter's code table for the line, if one applies.
+    pub rule: Option<Arc<p1_core::CodeRule>>,
 }
 
 /// The values of `reading` that get a topic, in telegram order, each path once (the first
 /// line wins), and `meter_time` from the reading's clock.
 pub fn values(reading: &Reading) -> Vec<ValueItem> {
     let mut out: Vec<ValueItem> = Vec::new();
-    for m in &reading.objects {
+    for m in reading.objects.iter().filter(|m| m.published()) {
         let Some(name) = m.name else { continue };
         if name == "meter_time" {
             continue;
         }
         let (payload, numeric) = match &m.value {
-            MeasuredValue::Number(d) => {
-                let scale = p1_core::reading::canonical_scale(m.name, m.unit.as_deref());
-                (format_number(scaled(d.to_f64(), scale)), true)
-            }
+            MeasuredValue::Number(d) => (format_number(m.number().unwrap_or(d.to_f64())), true),
             MeasuredValue::Text(t) => (t.clone(), false),
             MeasuredValue::Time(t) => (t.to_string(), false),
             MeasuredValue::None => continue,
@@ -168,6 +170,8 @@ pub fn values(reading: &Reading) -> Vec<ValueItem> {
             payload,
             unit: m.unit.clone(),
             numeric,
+            display_unit: m.unit_label().map(|u| u.into_owned()),
+            rule: m.rule.clone(),
         });
     }
     if let Some(t) = reading.meter_time {
@@ -178,18 +182,11 @@ pub fn values(reading: &Reading) -> Vec<ValueItem> {
             payload: t.to_string(),
             unit: None,
             numeric: false,
+            display_unit: None,
+            rule: None,
         });
     }
     out
-}
-
-/// `v` times `scale`, dividing for 0.001 so that 588 W gives exactly the `f64` nearest 0.588.
-fn scaled(v: f64, scale: f64) -> f64 {
-    if scale == 0.001 {
-        v / 1000.0
-    } else {
-        v * scale
-    }
 }
 
 /// The shortest decimal that reads back as `v` (`1988.284`, `2`, `-0.5`).

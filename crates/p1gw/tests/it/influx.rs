@@ -89,6 +89,20 @@ fn scale(name: &str, unit: Option<&str>) -> f64 {
     }
 }
 
+/// `obis_A_B_C_D_E` for an OBIS code as the JSON writes it (`0-1:24.2.10`, perhaps with an F
+/// group after `*` or `.`); `None` for a code that is not one.
+fn raw_name(obis: &Value) -> Option<String> {
+    let groups: Vec<u8> = obis
+        .as_str()?
+        .split(['-', ':', '.', '*'])
+        .map(|g| g.parse().ok())
+        .collect::<Option<_>>()?;
+    match groups[..] {
+        [a, b, c, d, e] | [a, b, c, d, e, _] => Some(format!("obis_{a}_{b}_{c}_{d}_{e}")),
+        _ => None,
+    }
+}
+
 fn expected(path: &Path) -> Vec<Expected> {
     let out = Command::new(env!("CARGO_BIN_EXE_p1gw"))
         .args(["parse", "--tz", "Atlantic/Reykjavik"])
@@ -109,7 +123,11 @@ fn expected(path: &Path) -> Vec<Expected> {
             let mut device_types = BTreeMap::new();
             for o in t["objects"].as_array().expect("objects") {
                 let channel = o["channel"].as_u64().map_or(0, |c| c as u8);
-                let (Some(name), Some(value)) = (o["name"].as_str(), o["value"].as_f64()) else {
+                // A code nobody named is written under `obis_A_B_C_D_E` (docs/obis.md).
+                let raw = o["name"].is_null().then(|| raw_name(&o["obis"])).flatten();
+                let (Some(name), Some(value)) =
+                    (o["name"].as_str().or(raw.as_deref()), o["value"].as_f64())
+                else {
                     continue;
                 };
                 if o.get("events").is_some() {

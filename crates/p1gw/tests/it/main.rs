@@ -8,6 +8,7 @@
 
 mod azure;
 mod check_config;
+mod codes;
 mod daemon;
 mod influx;
 mod live_page;
