@@ -15,6 +15,7 @@ mod live_page;
 mod meters;
 mod mqtt;
 mod notify;
+mod obis_docs;
 mod packaging;
 mod parse;
 mod serial;
