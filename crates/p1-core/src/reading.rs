@@ -321,14 +321,17 @@ impl Reading {
         match Telegram::parse(&self.json.frame, ParseOptions { check_crc: false }) {
             Ok(telegram) => match &self.codes {
                 None => json::write_telegram_fields(&mut out, &telegram, &self.json.tz),
-                Some(codes) => {
-                    json::write_telegram_fields_named(&mut out, &telegram, &self.json.tz, &|o| {
+                Some(codes) => json::write_telegram_fields_named(
+                    &mut out,
+                    &telegram,
+                    &self.json.tz,
+                    |o: &p1_telegram::Object<'_>| {
                         o.code
                             .and_then(|c| codes.rule(&c))
                             .and_then(|r| r.name)
                             .or(o.name)
-                    })
-                }
+                    },
+                ),
             },
             Err(_) => {
                 out.push_str(",\"header\":");

@@ -100,7 +100,7 @@ pub fn write_telegram(out: &mut String, source: &str, telegram: &Telegram<'_>, t
 /// Writes `,"header":…,"crc":…,"meter_time":…,"objects":[…]`: the §4 fields
 /// after `source`, for callers that put their own fields first.
 pub fn write_telegram_fields(out: &mut String, telegram: &Telegram<'_>, tz: &TimeZone) {
-    write_telegram_fields_named(out, telegram, tz, &|object| object.name);
+    write_telegram_fields_named(out, telegram, tz, |object| object.name);
 }
 
 /// [`write_telegram_fields`] with each object's `name` chosen by `name_of` (the parser's
@@ -110,7 +110,7 @@ pub fn write_telegram_fields_named(
     out: &mut String,
     telegram: &Telegram<'_>,
     tz: &TimeZone,
-    name_of: &dyn Fn(&Object<'_>) -> Option<&'static str>,
+    name_of: impl Fn(&Object<'_>) -> Option<&'static str>,
 ) {
     out.push_str(",\"header\":");
     write_bytes(out, telegram.header);
