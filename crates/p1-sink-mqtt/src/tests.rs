@@ -828,6 +828,22 @@ fn a_rule_of_the_meters_code_table_names_scales_and_classes_a_value() {
     assert_eq!(mains.payload, "0.2313");
     let spec = crate::discovery::item_spec(mains).expect("an entity");
     assert_eq!(spec.unit.as_deref(), Some("kV"));
+    // A code nobody named (Veitur's 24.2.10): a value topic under its code, no entity.
+    let raw = reading_at(
+        &format!(
+            "{}!\r\n",
+            fixture("iceland_veitur_iskra_ie5e_heat_submeter_raw.txt")
+        ),
+        "home",
+        0,
+    );
+    let raw_items = values(&raw);
+    let unnamed = raw_items
+        .iter()
+        .find(|v| v.path == "hot_water_1/obis_0_1_24_2_10")
+        .expect("a value topic for the unnamed code");
+    assert_eq!(unnamed.payload, "0");
+    assert!(crate::discovery::item_spec(unnamed).is_none());
     // The JSON has the rule's name, the digits and the unit sent.
     let json: Value = serde_json::from_str(r.json()).expect("JSON");
     let objects = json["objects"].as_array().expect("objects");

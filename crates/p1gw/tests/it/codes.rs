@@ -1,6 +1,6 @@
 //! A code p1gw has never seen, named by the user, through every view (issue 20): a Veitur
 //! telegram with two extra registers, `0-1:24.2.11` (a rule names and scales it) and
-//! `0-1:24.2.12` (no rule), replayed into `p1gw run` with Mosquitto (value topics and Home
+//! `0-1:24.2.12` (no rule: under its code wherever a raw value goes), replayed into `p1gw run` with Mosquitto (value topics and Home
 //! Assistant discovery, retained), InfluxDB 1.x, jsonl and `/metrics`.
 
 use std::process::{Command, Stdio};
@@ -140,9 +140,16 @@ dir = "{{dir}}/spool"
         (&heat["device_class"], &heat["unit_of_measurement"]),
         (&Value::from("energy"), &Value::from("MWh"))
     );
-    // A code nobody named gets no value topic (the state message has it).
+    // A code nobody named: a value topic under its code, as sent, and no entity.
     assert_eq!(
-        retained(&broker, "p1gw/home/hot_water_1/obis_0_1_24_2_12"),
+        retained(&broker, "p1gw/home/hot_water_1/obis_0_1_24_2_12").as_deref(),
+        Some("42")
+    );
+    assert_eq!(
+        retained(
+            &broker,
+            "homeassistant/sensor/p1gw_home/hot_water_1_obis_0_1_24_2_12/config"
+        ),
         None
     );
 
