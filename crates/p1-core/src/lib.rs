@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod codes;
 pub mod error;
 pub mod health;
 pub mod reading;
@@ -52,6 +53,7 @@ pub mod spool;
 pub mod storage;
 
 pub use backoff::Backoff;
+pub use codes::{CodePattern, CodeRule, CodeTable, Quantity};
 pub use error::{Error, Result};
 pub use health::{ComponentKind, HealthHandle, Readiness, Registry, Snapshot, State};
 pub use reading::{MeasuredValue, Measurement, Reading, SubmeterInfo};

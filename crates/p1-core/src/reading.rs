@@ -1,8 +1,10 @@
 //! [`Reading`]: one telegram of one meter, owned and normalised, as every sink
 //! and the HTTP layer see it.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+use crate::codes::{CodeRule, CodeTable, raw_name};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use p1_telegram::{Decimal, ObisCode, ParseOptions, Stamp, SubmeterKind, Telegram, Value, json};
@@ -35,6 +37,8 @@ pub struct Reading {
     /// The M-Bus submeters, by channel.
     pub submeters: Vec<SubmeterInfo>,
     json: LazyJson,
+    /// The meter's code table, once applied ([`Reading::with_codes`]): the JSON's names.
+    codes: Option<Arc<CodeTable>>,
 }
 
 /// What [`Reading::json`] is rendered from, and the rendering once done.
@@ -62,7 +66,10 @@ pub struct Measurement {
     pub obis: String,
     /// The M-Bus channel for `0-n:` lines.
     pub channel: Option<u8>,
-    /// The canonical name, when the code is known.
+    /// The code, when the line's code is an OBIS code.
+    pub code: Option<ObisCode>,
+    /// The canonical name, when the code is known (to the parser, or by a rule of the
+    /// meter's [`CodeTable`]).
     pub name: Option<&'static str>,
     /// The kind of the submeter this line belongs to.
     pub kind: Option<SubmeterKind>,
@@ -72,6 +79,58 @@ pub struct Measurement {
     pub unit: Option<String>,
     /// The capture time of a `(time)(value)` line.
     pub time: Option<Timestamp>,
+    /// The rule of the meter's [`CodeTable`] for this line, if one applies.
+    pub rule: Option<Arc<CodeRule>>,
+}
+
+impl Measurement {
+    /// The name every value view uses: the canonical name, or for a line nobody named
+    /// [`crate::codes::raw_name`] of its code (`obis_0_1_24_2_10`); `None` for a line
+    /// whose code is not an OBIS code.
+    pub fn label(&self) -> Option<Cow<'static, str>> {
+        match (self.name, &self.code) {
+            (Some(name), _) => Some(Cow::Borrowed(name)),
+            (None, Some(code)) => Some(Cow::Owned(raw_name(code))),
+            (None, None) => None,
+        }
+    }
+
+    /// The factor from the number sent to the value in [`Measurement::unit_label`]: the
+    /// rule's, else [`canonical_scale`].
+    pub fn scale(&self) -> f64 {
+        match &self.rule {
+            Some(rule) if rule.scale.is_some() || rule.unit.is_some() => rule.scale.unwrap_or(1.0),
+            _ => canonical_scale(self.name, self.unit.as_deref()),
+        }
+    }
+
+    /// The value as a number in [`Measurement::unit_label`]'s unit, if it is a number.
+    pub fn number(&self) -> Option<f64> {
+        let v = self.value.as_f64()?;
+        let scale = self.scale();
+        // Divide for 0.001, so that 588 W gives exactly the `f64` nearest 0.588.
+        Some(if scale == 0.001 {
+            v / 1000.0
+        } else {
+            v * scale
+        })
+    }
+
+    /// The unit of [`Measurement::number`]: the rule's, else [`canonical_unit`] of the unit
+    /// sent; `None` when there is none.
+    pub fn unit_label(&self) -> Option<Cow<'_, str>> {
+        if let Some(unit) = self.rule.as_ref().and_then(|r| r.unit.as_deref()) {
+            return Some(Cow::Borrowed(unit));
+        }
+        let unit = self.unit.as_deref()?;
+        Some(canonical_unit(self.name, unit))
+    }
+
+    /// Whether the value views (MQTT value topics and discovery, InfluxDB, `/metrics`)
+    /// show the line; only a rule's `publish = false` hides it.
+    pub fn published(&self) -> bool {
+        self.rule.as_ref().is_none_or(|r| r.publish)
+    }
 }
 
 /// The value of a [`Measurement`].
@@ -168,6 +227,7 @@ impl Reading {
                     | Value::BillingSnapshot { .. } => (MeasuredValue::None, None, None),
                 };
                 Measurement {
+                    code: o.code,
                     obis: o.code.map_or_else(
                         || String::from_utf8_lossy(o.code_text).into_owned(),
                         obis_text,
@@ -178,6 +238,7 @@ impl Reading {
                     value,
                     unit: unit.map(str::to_owned),
                     time,
+                    rule: None,
                 }
             })
             .collect();
@@ -210,7 +271,28 @@ impl Reading {
                 tz: tz.clone(),
                 rendered: OnceLock::new(),
             },
+            codes: None,
         }
+    }
+
+    /// The reading with the meter's code table applied: each line a rule is for takes the
+    /// rule's name (if it gives one) and keeps the rule ([`Measurement::rule`]), and the JSON
+    /// uses those names. An empty table changes nothing.
+    pub fn with_codes(mut self, codes: &Arc<CodeTable>) -> Reading {
+        if codes.is_empty() {
+            return self;
+        }
+        for m in &mut self.objects {
+            let Some(rule) = m.code.as_ref().and_then(|c| codes.rule(c)) else {
+                continue;
+            };
+            if let Some(name) = rule.name {
+                m.name = Some(name);
+            }
+            m.rule = Some(rule.clone());
+        }
+        self.codes = Some(codes.clone());
+        self
     }
 
     /// The reading as docs/contracts.md §4 JSON, with `meter`, `source`, `meter_id` and
@@ -237,7 +319,20 @@ impl Reading {
         // was made; parsing is deterministic, so it cannot fail now. If it
         // ever did, the reading's own fields still make valid JSON.
         match Telegram::parse(&self.json.frame, ParseOptions { check_crc: false }) {
-            Ok(telegram) => json::write_telegram_fields(&mut out, &telegram, &self.json.tz),
+            Ok(telegram) => match &self.codes {
+                None => json::write_telegram_fields(&mut out, &telegram, &self.json.tz),
+                Some(codes) => json::write_telegram_fields_named(
+                    &mut out,
+                    &telegram,
+                    &self.json.tz,
+                    |o: &p1_telegram::Object<'_>| {
+                        o.code
+                            .and_then(|c| codes.rule(&c))
+                            .and_then(|r| r.name)
+                            .or(o.name)
+                    },
+                ),
+            },
             Err(_) => {
                 out.push_str(",\"header\":");
                 json::write_str(&mut out, &self.header);
@@ -261,9 +356,7 @@ impl Reading {
     /// canonical unit of docs/obis.md: W, Wh, var, varh ÷ 1000 (to kW, kWh,
     /// kvar, kvarh); kV, kA, kHz × 1000. Veitur's heat "Wh" is left as sent.
     pub fn number(&self, name: &str) -> Option<f64> {
-        let m = self.get(name)?;
-        let v = m.value.as_f64()?;
-        Some(canonical_scale(m.name, m.unit.as_deref()) * v)
+        self.get(name)?.number()
     }
 
     /// The meter's time, or the time received when the meter sends none: the
@@ -299,6 +392,27 @@ pub fn canonical_scale(name: Option<&str>, unit: Option<&str>) -> f64 {
         b"kv" | b"ka" | b"khz" => 1000.0,
         _ => 1.0,
     }
+}
+
+/// The unit [`canonical_scale`] converts a value of `name` sent in `unit` to (`W` → `kW`,
+/// `kV` → `V`); other units as sent. Veitur's heat "Wh" is kept (unit unverified).
+pub fn canonical_unit<'a>(name: Option<&str>, unit: &'a str) -> Cow<'a, str> {
+    if matches!(name, Some("heat_energy" | "heat_energy_2")) {
+        return Cow::Borrowed(unit);
+    }
+    let canonical = match unit.to_ascii_lowercase().as_str() {
+        "w" => "kW",
+        "wh" => "kWh",
+        "var" => "kvar",
+        "varh" => "kvarh",
+        "va" => "kVA",
+        "vah" => "kVAh",
+        "kv" => "V",
+        "ka" => "A",
+        "khz" => "Hz",
+        _ => return Cow::Borrowed(unit),
+    };
+    Cow::Borrowed(canonical)
 }
 
 #[cfg(test)]

@@ -11,11 +11,13 @@
 //!   meter's latest reading, in the canonical unit of its quantity — kW, kWh, kvar, kvarh,
 //!   kVA, kVAh, V, A, Hz, m3, m3/h, degC; other units as the meter sends them, `""` when it
 //!   sends none (Veitur's heat "Wh" registers are kept as sent, their unit being unverified).
-//!   `name` is the canonical name (`energy_import_total`, `hot_water_volume`, …), `channel` the
-//!   M-Bus channel, `"0"` for the meter itself. One family rather than one per quantity, so
-//!   that a new quantity needs no new metric; select with `{name="power_import"}`. Lines
-//!   without a canonical name are left out; when a name occurs twice on one channel, the first
-//!   counts (as [`p1_core::Reading::number`]).
+//!   `name` is the name in the meter's code table (`energy_import_total`, `hot_water_volume`,
+//!   the user's name from `[meter.codes]`, or `obis_0_1_24_2_10` for a code nobody named:
+//!   [`p1_core::Measurement::label`]), `channel` the M-Bus channel, `"0"` for the meter
+//!   itself; a user's rule sets the unit and scale. One family rather than one per quantity,
+//!   so that a new quantity needs no new metric; select with `{name="power_import"}`. Lines
+//!   the user set `publish = false` are left out; when a name occurs twice on one channel,
+//!   the first counts (as [`p1_core::Reading::number`]).
 //! * `p1gw_last_reading_age_seconds{meter}` (gauge): seconds since the latest reading was
 //!   received, on the wall clock (as `received_at`).
 //! * `p1gw_build_info{version}` (gauge, always 1).
@@ -76,30 +78,6 @@ pub fn describe_metrics() {
     metrics::counter!(HISTORY_LAGGED).increment(0);
 }
 
-/// The canonical unit of a value of `name` sent in `unit`: the unit that
-/// [`p1_core::reading::canonical_scale`] converts to.
-pub(crate) fn canonical_unit(name: Option<&str>, unit: Option<&str>) -> String {
-    let Some(unit) = unit else {
-        return String::new();
-    };
-    if matches!(name, Some("heat_energy" | "heat_energy_2")) {
-        return unit.to_owned();
-    }
-    let canonical = match unit.to_ascii_lowercase().as_str() {
-        "w" => "kW",
-        "wh" => "kWh",
-        "var" => "kvar",
-        "varh" => "kvarh",
-        "va" => "kVA",
-        "vah" => "kVAh",
-        "kv" => "V",
-        "ka" => "A",
-        "khz" => "Hz",
-        _ => unit,
-    };
-    canonical.to_owned()
-}
-
 /// The scrape-time families for `state`'s meters, as of `now`; empty before any reading
 /// (only `p1gw_build_info`).
 pub(crate) fn render_own(state: &HttpState, now: Timestamp) -> String {
@@ -156,30 +134,29 @@ pub(crate) fn render_own(state: &HttpState, now: Timestamp) -> String {
 }
 
 fn meter_values(out: &mut String, reading: &Reading) {
-    let mut seen: Vec<(&str, u8)> = Vec::new();
-    for m in &reading.objects {
-        let (Some(name), Some(value)) = (m.name, m.value.as_f64()) else {
+    let mut seen: Vec<(std::borrow::Cow<'static, str>, u8)> = Vec::new();
+    for m in reading.objects.iter().filter(|m| m.published()) {
+        let (Some(name), Some(value)) = (m.label(), m.number()) else {
             continue;
         };
         let channel = m.channel.unwrap_or(0);
-        if seen.contains(&(name, channel)) {
+        if seen.iter().any(|(n, c)| *n == name && *c == channel) {
             continue;
         }
-        seen.push((name, channel));
-        let value = p1_core::reading::canonical_scale(Some(name), m.unit.as_deref()) * value;
-        let unit = canonical_unit(Some(name), m.unit.as_deref());
-        let channel = channel.to_string();
+        let unit = m.unit_label();
+        let channel_text = channel.to_string();
         sample(
             out,
             METER_VALUE,
             &[
                 ("meter", &reading.meter),
-                ("name", name),
-                ("unit", &unit),
-                ("channel", &channel),
+                ("name", &name),
+                ("unit", unit.as_deref().unwrap_or("")),
+                ("channel", &channel_text),
             ],
             value,
         );
+        seen.push((name, channel));
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::timeout;
 use tower::ServiceExt;
 
-use crate::exposition::{canonical_unit, render_own};
+use crate::exposition::render_own;
 use crate::{BearerToken, Error, History, HttpState, Point, router, serve, spawn_recorder};
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -755,23 +755,36 @@ fn meter_labels_are_escaped() {
 }
 
 #[test]
-fn canonical_units_match_the_scale_p1_core_applies() {
-    for unit in [
-        "W", "kW", "Wh", "kWh", "var", "kvar", "varh", "kvarh", "VA", "VAh", "V", "kV", "A", "kA",
-        "Hz", "kHz", "m3", "m3/h", "degC", "GJ", "s",
+fn metrics_follow_the_meters_code_table_and_carry_unnamed_codes() {
+    use p1_core::{CodePattern, CodeRule, CodeTable, Quantity};
+    let mut heat =
+        CodeRule::new(CodePattern::parse("0-n:24.2.5").expect("code")).named("heat_energy_total");
+    heat.unit = Some("MWh".to_owned());
+    heat.kind = Some(Quantity::Energy);
+    let mut hidden = CodeRule::new(CodePattern::parse("0-1:24.2.3").expect("code"));
+    hidden.publish = false;
+    let codes = Arc::new(CodeTable::new([heat, hidden]));
+    let (latest_tx, latest_rx) = watch::channel(None);
+    let (tx, _) = broadcast::channel(1);
+    let state = HttpState::builder(Registry::new(), &tx, History::new(1))
+        .meter("home", latest_rx)
+        .build();
+    let reading = Reading::clone(&reading_at("home", "t", Timestamp::now())).with_codes(&codes);
+    latest_tx.send_replace(Some(Arc::new(reading)));
+    let text = render_own(&state, Timestamp::now());
+    for line in [
+        "p1gw_meter_value{meter=\"home\",name=\"heat_energy_total\",unit=\"MWh\",channel=\"1\"} 19.078",
+        // Veitur's 24.2.10: no name anywhere, so under its code, as sent.
+        "p1gw_meter_value{meter=\"home\",name=\"obis_0_1_24_2_10\",unit=\"\",channel=\"1\"} 0",
     ] {
-        let scale = p1_core::reading::canonical_scale(Some("x"), Some(unit));
-        let canonical = canonical_unit(Some("x"), Some(unit));
-        assert_eq!(
-            scale != 1.0,
-            canonical != unit,
-            "{unit}: scale {scale}, canonical {canonical}"
-        );
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
-    assert_eq!(canonical_unit(Some("power_import"), Some("W")), "kW");
-    assert_eq!(canonical_unit(Some("voltage_l1"), Some("kV")), "V");
-    assert_eq!(canonical_unit(Some("heat_energy"), Some("Wh")), "Wh");
-    assert_eq!(canonical_unit(Some("x"), None), "");
+    assert!(
+        !text.contains("heat_supply_temperature"),
+        "publish = false: {text}"
+    );
+    assert!(!text.contains("name=\"heat_energy\""), "renamed: {text}");
+    promtool_check(&text);
 }
 
 // ---- /api/v1/status

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
-use p1_core::{HealthHandle, Reading};
+use p1_core::{CodeTable, HealthHandle, Reading};
 use p1_telegram::{Decoder, ParseOptions, Telegram};
 use tokio::sync::{broadcast, watch};
 
@@ -16,6 +16,8 @@ pub struct Pipeline {
     meter: Arc<str>,
     source: Arc<str>,
     tz: Option<TimeZone>,
+    /// The meter's code table, applied to each reading.
+    codes: Arc<CodeTable>,
     zones: HashMap<&'static str, TimeZone>,
     decoder: Decoder,
     tx: broadcast::Sender<Arc<Reading>>,
@@ -148,6 +150,7 @@ impl Pipeline {
             meter,
             source,
             tz,
+            codes: Arc::default(),
             zones: HashMap::new(),
             decoder: Decoder::new(max_telegram_bytes),
             tx,
@@ -162,6 +165,14 @@ impl Pipeline {
             held_back: 0,
             guard_logged: OncePerMinute::default(),
         }
+    }
+
+    /// Sets the meter's code table (the user's names, units and scales), applied to every
+    /// reading ([`Reading::with_codes`]).
+    #[must_use]
+    pub fn with_codes(mut self, codes: Arc<CodeTable>) -> Pipeline {
+        self.codes = codes;
+        self
     }
 
     /// Sets the spike guard's bounds, or turns it off (`None`): then every reading is forwarded.
@@ -223,6 +234,7 @@ impl Pipeline {
                 &self.meter,
                 &self.source,
                 self.tz.as_ref(),
+                &self.codes,
                 &mut self.zones,
             );
             self.settle(outcome);
@@ -241,6 +253,7 @@ impl Pipeline {
                 &self.meter,
                 &self.source,
                 self.tz.as_ref(),
+                &self.codes,
                 &mut self.zones,
             );
             self.settle(outcome);
@@ -278,10 +291,11 @@ impl Pipeline {
         meter: &Arc<str>,
         source: &Arc<str>,
         tz: Option<&TimeZone>,
+        codes: &Arc<CodeTable>,
         zones: &mut HashMap<&'static str, TimeZone>,
     ) -> Result<(Arc<Reading>, bool), (p1_telegram::Error, u64)> {
         match result {
-            Ok(frame) => Self::publish_frame(frame.bytes, meter, source, tz, zones)
+            Ok(frame) => Self::publish_frame(frame.bytes, meter, source, tz, codes, zones)
                 .map_err(|e| (e, frame.offset)),
             Err(e) => Err((e, 0)),
         }
@@ -292,6 +306,7 @@ impl Pipeline {
         meter: &Arc<str>,
         source: &Arc<str>,
         tz: Option<&TimeZone>,
+        codes: &Arc<CodeTable>,
         zones: &mut HashMap<&'static str, TimeZone>,
     ) -> Result<(Arc<Reading>, bool), p1_telegram::Error> {
         let telegram = Telegram::parse(bytes, ParseOptions::default())?;
@@ -304,13 +319,16 @@ impl Pipeline {
                     .or_insert_with(|| jiff::tz::db().get(name).unwrap_or(TimeZone::UTC))
             }
         };
-        let reading = Arc::new(Reading::from_telegram(
-            meter.clone(),
-            source.clone(),
-            &telegram,
-            tz,
-            jiff::Timestamp::now(),
-        ));
+        let reading = Arc::new(
+            Reading::from_telegram(
+                meter.clone(),
+                source.clone(),
+                &telegram,
+                tz,
+                jiff::Timestamp::now(),
+            )
+            .with_codes(codes),
+        );
         Ok((reading, dst_contradicts(&telegram, tz)))
     }
 

@@ -103,6 +103,8 @@ pub struct ReaderConfig {
     pub expected_interval: Duration,
     /// The spike guard's bounds; `None` turns it off (see [`crate::guard`]).
     pub guard: Option<GuardConfig>,
+    /// The meter's code table (`[meter.codes]`), applied to every reading.
+    pub codes: Arc<p1_core::CodeTable>,
 }
 
 /// Runs a meter's reader until its source ends (a recording without
@@ -148,7 +150,8 @@ pub(crate) async fn run(
         latest.clone(),
         health.clone(),
     )
-    .with_guard(cfg.guard);
+    .with_guard(cfg.guard)
+    .with_codes(cfg.codes.clone());
     tracing::info!(meter = %cfg.meter, source = %source, "Reader started.");
     match &cfg.source {
         SourceConfig::Simulate { profile, interval } => {

@@ -34,6 +34,7 @@ fn start(source: SourceConfig) -> Harness {
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
         guard: Some(crate::GuardConfig::default()),
+        codes: Default::default(),
     };
     let task = tokio::spawn(run_reader(cfg, tx, latest_tx, health, stop.clone()));
     Harness {
@@ -337,6 +338,7 @@ async fn the_handle_reports_status_and_the_reader_stops_with_its_last_handle() {
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
         guard: Some(crate::GuardConfig::default()),
+        codes: Default::default(),
     };
     let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, CancellationToken::new());
     assert_eq!(handle.meter(), "sim");
@@ -384,6 +386,7 @@ async fn a_stopped_reader_answers_reader_gone() {
         max_telegram_bytes: 16 * 1024,
         expected_interval: Duration::from_secs(10),
         guard: Some(crate::GuardConfig::default()),
+        codes: Default::default(),
     };
     let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health, CancellationToken::new());
     task.await.expect("the replay ends");

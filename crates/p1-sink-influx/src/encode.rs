@@ -6,10 +6,14 @@
 //! * Tags: `meter` (the configured name), `equipment_id` (the meter's id on `electricity`, the
 //!   submeter's on its point; left out when the telegram has none, or when it holds a backslash,
 //!   which InfluxDB 1.x cannot always store), `channel` (the M-Bus channel, submeters only).
-//! * Fields: every line with a canonical name and a numeric value, as a float in the canonical
-//!   unit of its quantity ([`p1_core::reading::canonical_scale`]: W → kW, Wh → kWh, …), the
-//!   first line of a name per point; left out are text values (messages, ids), timestamps, empty
-//!   values, event logs, and the names that identify rather than measure ([`IDENTITY_NAMES`]).
+//! * Fields: every line with a numeric value, under its name in the meter's code table
+//!   ([`p1_core::Measurement::label`]: the canonical name, the user's name from
+//!   `[meter.codes]`, or `obis_A_B_C_D_E` for a code nobody named), as a float in the unit of
+//!   [`p1_core::Measurement::number`] (the canonical unit of its quantity, W → kW, Wh → kWh, …,
+//!   or the user's unit and scale), the first line of a name per point; left out are text
+//!   values (messages, ids), timestamps, empty values, event logs, lines whose code is not an
+//!   OBIS code, lines the user set `publish = false`, and the names that identify rather than
+//!   measure ([`IDENTITY_NAMES`]).
 //! * Timestamp: [`write_reading`] writes [`p1_core::Reading::timestamp`] (the meter's clock when
 //!   the telegram has one, else the time received). The spooling [`LineEncoder`] applies the
 //!   timestamp rule of `docs/influx.md` on top: the meter's clock unless it is more than
@@ -24,8 +28,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::borrow::Cow;
+
 use p1_core::Reading;
-use p1_core::reading::MeasuredValue;
+use p1_core::reading::{MeasuredValue, Measurement};
 
 use crate::config::Precision;
 use crate::line::{FieldValue, write_point};
@@ -69,7 +75,7 @@ fn meter_tag(reading: &Reading) -> &str {
 }
 
 /// A point's fields, in the order written.
-type Fields = Vec<(&'static str, FieldValue<'static>)>;
+type Fields = Vec<(Cow<'static, str>, FieldValue<'static>)>;
 
 /// [`write_reading`] with a buffer for the fields that the caller keeps from one reading to the
 /// next (one allocation fewer per reading; the encoder runs for every reading).
@@ -83,8 +89,10 @@ fn write_reading_with(
 
     // The points in order: the meter (channel 0) first, then the channels in the order their
     // first value appears. Fields keep telegram order; the first line of a name wins.
-    let numeric = |m: &p1_core::reading::Measurement| match (m.name, &m.value) {
+    let numeric = |m: &Measurement| match (m.name, &m.value) {
+        (_, MeasuredValue::Number(_)) if !m.published() || m.code.is_none() => false,
         (Some(name), MeasuredValue::Number(_)) => !IDENTITY_NAMES.contains(&name),
+        (None, MeasuredValue::Number(_)) => true,
         _ => false,
     };
     let mut channels: Vec<u8> = Vec::new();
@@ -106,13 +114,12 @@ fn write_reading_with(
             if m.channel.unwrap_or(0) != channel || !numeric(m) {
                 continue;
             }
-            let (Some(name), Some(value)) = (m.name, m.value.as_f64()) else {
+            let (Some(name), Some(value)) = (m.label(), m.number()) else {
                 continue;
             };
             if fields.iter().any(|(n, _)| *n == name) {
                 continue;
             }
-            let value = p1_core::reading::canonical_scale(Some(name), m.unit.as_deref()) * value;
             fields.push((name, FieldValue::Float(value)));
         }
         let (measurement, equipment_id) = if channel == 0 {

@@ -157,11 +157,14 @@ pub fn write_point(
     out: &mut String,
     measurement: &str,
     tags: &[(&str, &str)],
-    fields: &[(&str, FieldValue<'_>)],
+    fields: &[(impl AsRef<str>, FieldValue<'_>)],
     timestamp: Option<i128>,
 ) -> bool {
     debug_assert!(!measurement.is_empty() && !measurement.starts_with('#'));
-    if !fields.iter().any(|(k, v)| !k.is_empty() && v.is_writable()) {
+    if !fields
+        .iter()
+        .any(|(k, v)| !k.as_ref().is_empty() && v.is_writable())
+    {
         return false;
     }
     escape_measurement(out, measurement);
@@ -183,6 +186,7 @@ pub fn write_point(
     }
     let mut first = true;
     for (key, value) in fields {
+        let key = key.as_ref();
         if key.is_empty() || !value.is_writable() {
             continue;
         }

@@ -111,6 +111,9 @@ pub fn ha_unit(unit: &str) -> String {
         ("a", "A"),
         ("hz", "Hz"),
         ("gj", "GJ"),
+        ("mj", "MJ"),
+        ("mwh", "MWh"),
+        ("gwh", "GWh"),
         ("s", "s"),
     ];
     let lower = unit.to_ascii_lowercase();
@@ -205,6 +208,25 @@ pub fn spec(name: &str, unit: Option<&str>, numeric: bool) -> Option<Spec> {
         // p1_version, equipment ids, serials, text messages, device type, status: text.
         _ => Spec::new(None, None, None).diagnostic(),
     };
+    Some(s)
+}
+
+/// How Home Assistant should show `item`: by the user's rule where it says how (a kind, a
+/// class, a unit), else by [`spec`] of its name.
+pub fn item_spec(item: &ValueItem) -> Option<Spec> {
+    if !item.named {
+        return None; // a code nobody named: a value topic, no entity until a rule names it
+    }
+    let rule = item.rule.as_deref();
+    if let Some(rule) = rule.filter(|r| r.has_ha_classes() && item.numeric) {
+        let mut s = Spec::new(rule.ha_device_class(), rule.ha_state_class(), Some(3));
+        s.unit = item.display_unit.as_deref().map(ha_unit);
+        return Some(s);
+    }
+    let mut s = spec(&item.name, item.unit.as_deref(), item.numeric)?;
+    if let Some(unit) = rule.and_then(|r| r.unit.as_deref()) {
+        s.unit = Some(ha_unit(unit));
+    }
     Some(s)
 }
 
@@ -362,7 +384,7 @@ impl Discovery {
         }
         let mut present: BTreeMap<String, (String, String)> = BTreeMap::new();
         for item in items {
-            let Some(spec) = spec(item.name, item.unit.as_deref(), item.numeric) else {
+            let Some(spec) = item_spec(item) else {
                 continue;
             };
             let device = match item.submeter {
@@ -431,8 +453,8 @@ impl Discovery {
         device: Value,
     ) -> String {
         let name = match item.submeter {
-            Some(_) => title(item.name),
-            None => title(item.name),
+            Some(_) => title(&item.name),
+            None => title(&item.name),
         };
         let mut c = Map::new();
         c.insert("name".into(), json!(name));

@@ -13,9 +13,11 @@
 //! | `<meter>/<name>` | one value of the meter, e.g. `home/energy_import_total` → `1988.284` |
 //! | `<meter>/<kind>_<channel>/<name>` | one value of an M-Bus submeter, e.g. `home/gas_1/gas_volume`, `home/hot_water_1/hot_water_volume` |
 //!
-//! Only lines with a canonical name (docs/obis.md) get a value topic; unknown codes are in the
-//! state message. Numbers are in the canonical unit (W → kW, Wh → kWh, …; Veitur's heat "Wh"
-//! as sent), written as the shortest decimal that reads back as the same `f64`; text as text;
+//! Every numeric line gets a value topic, under its name (docs/obis.md, or the user's from
+//! `[meter.codes]`) or, for a code nobody named, `obis_A_B_C_D_E` (no Home Assistant entity
+//! for those); lines the user set `publish = false` get none. Unnamed text is in the state
+//! message only. Numbers are in the canonical unit (W → kW, Wh → kWh, …; Veitur's heat "Wh" as
+//! sent) or the user's unit and scale, written as the shortest decimal that reads back as the same `f64`; text as text;
 //! `meter_time` as RFC 3339 UTC. `<kind>` is `gas`, `water`, `heat`, `hot_water`, `cooling` or
 //! `unknown` (docs/markets.md §b: by device type, else by unit); two submeters of one kind differ by
 //! channel.
@@ -28,6 +30,7 @@
 //! retain), the topic (u16 big-endian length + UTF-8, relative to the prefix) and the payload
 //! (u32 big-endian length + bytes).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -127,30 +130,38 @@ pub struct ValueItem {
     pub path: String,
     /// The submeter, for values of one: its kind and channel.
     pub submeter: Option<(&'static str, u8)>,
-    /// The canonical name.
-    pub name: &'static str,
+    /// The name ([`p1_core::Measurement::label`]): canonical, the user's, or for a code nobody
+    /// named `obis_A_B_C_D_E`.
+    pub name: Cow<'static, str>,
+    /// Whether a table names the line (the parser's or the user's); a line nobody named gets
+    /// a value topic but no Home Assistant entity.
+    pub named: bool,
     /// The payload.
     pub payload: String,
     /// The unit as sent (before conversion to the canonical unit).
     pub unit: Option<String>,
     /// Whether the value is a number.
     pub numeric: bool,
+    /// The unit of the payload (after conversion), as [`p1_core::Measurement::unit_label`].
+    pub display_unit: Option<String>,
+    /// The rule of the meter's code table for the line, if one applies.
+    pub rule: Option<Arc<p1_core::CodeRule>>,
 }
 
 /// The values of `reading` that get a topic, in telegram order, each path once (the first
 /// line wins), and `meter_time` from the reading's clock.
 pub fn values(reading: &Reading) -> Vec<ValueItem> {
     let mut out: Vec<ValueItem> = Vec::new();
-    for m in &reading.objects {
-        let Some(name) = m.name else { continue };
+    for m in reading.objects.iter().filter(|m| m.published()) {
+        let Some(name) = m.label() else { continue };
         if name == "meter_time" {
             continue;
         }
+        if m.name.is_none() && !matches!(m.value, MeasuredValue::Number(_)) {
+            continue; // an unnamed text, time or log: the state message has it
+        }
         let (payload, numeric) = match &m.value {
-            MeasuredValue::Number(d) => {
-                let scale = p1_core::reading::canonical_scale(m.name, m.unit.as_deref());
-                (format_number(scaled(d.to_f64(), scale)), true)
-            }
+            MeasuredValue::Number(d) => (format_number(m.number().unwrap_or(d.to_f64())), true),
             MeasuredValue::Text(t) => (t.clone(), false),
             MeasuredValue::Time(t) => (t.to_string(), false),
             MeasuredValue::None => continue,
@@ -160,7 +171,7 @@ pub fn values(reading: &Reading) -> Vec<ValueItem> {
             .map(|c| (m.kind.map_or("unknown", |k| k.as_str()), c));
         let path = match submeter {
             Some((kind, channel)) => format!("{kind}_{channel}/{name}"),
-            None => name.to_owned(),
+            None => name.clone().into_owned(),
         };
         if out.iter().any(|v| v.path == path) {
             continue;
@@ -168,32 +179,29 @@ pub fn values(reading: &Reading) -> Vec<ValueItem> {
         out.push(ValueItem {
             path,
             submeter,
+            named: m.name.is_some(),
             name,
             payload,
             unit: m.unit.clone(),
             numeric,
+            display_unit: m.unit_label().map(|u| u.into_owned()),
+            rule: m.rule.clone(),
         });
     }
     if let Some(t) = reading.meter_time {
         out.push(ValueItem {
             path: "meter_time".to_owned(),
             submeter: None,
-            name: "meter_time",
+            name: Cow::Borrowed("meter_time"),
+            named: true,
             payload: t.to_string(),
             unit: None,
             numeric: false,
+            display_unit: None,
+            rule: None,
         });
     }
     out
-}
-
-/// `v` times `scale`, dividing for 0.001 so that 588 W gives exactly the `f64` nearest 0.588.
-fn scaled(v: f64, scale: f64) -> f64 {
-    if scale == 0.001 {
-        v / 1000.0
-    } else {
-        v * scale
-    }
 }
 
 /// The shortest decimal that reads back as `v` (`1988.284`, `2`, `-0.5`).

@@ -925,3 +925,66 @@ fn mqtt311_packet_size_is_counted_as_rumqttc_counts_it() {
         281
     );
 }
+
+#[test]
+fn a_rule_of_the_meters_code_table_names_scales_and_classes_a_value() {
+    use p1_core::{CodePattern, CodeRule, CodeTable, Quantity};
+    let mut heat =
+        CodeRule::new(CodePattern::parse("0-1:24.2.5").expect("code")).named("heat_energy_total");
+    heat.unit = Some("MWh".to_owned());
+    heat.kind = Some(Quantity::Energy);
+    let mut temperature = CodeRule::new(CodePattern::parse("0-n:24.2.3").expect("code"));
+    temperature.publish = false;
+    let mut rename = CodeRule::new(CodePattern::parse("1-0:32.7.0").expect("code")).named("mains");
+    rename.unit = Some("kV".to_owned());
+    rename.scale = Some(0.001);
+    let codes = Arc::new(CodeTable::new([heat, temperature, rename]));
+    let r = reading_at(&veitur(1988.284, true), "home", 0).with_codes(&codes);
+    let items = values(&r);
+    let item = |path: &str| items.iter().find(|v| v.path == path);
+
+    let heat = item("hot_water_1/heat_energy_total").expect("the named register");
+    assert_eq!(heat.payload, "19.078");
+    let spec = crate::discovery::item_spec(heat).expect("an entity");
+    assert_eq!(
+        (spec.device_class, spec.state_class, spec.unit.as_deref()),
+        (Some("energy"), Some("total_increasing"), Some("MWh"))
+    );
+    assert!(item("hot_water_1/heat_energy").is_none(), "renamed");
+    assert!(
+        item("hot_water_1/heat_supply_temperature").is_none(),
+        "publish = false"
+    );
+    // A rule without classes keeps the name's spec, in the rule's unit.
+    let mains = item("mains").expect("renamed voltage");
+    assert_eq!(mains.payload, "0.2313");
+    let spec = crate::discovery::item_spec(mains).expect("an entity");
+    assert_eq!(spec.unit.as_deref(), Some("kV"));
+    // A code nobody named (Veitur's 24.2.10): a value topic under its code, no entity.
+    let raw = reading_at(
+        &format!(
+            "{}!\r\n",
+            fixture("iceland_veitur_iskra_ie5e_heat_submeter_raw.txt")
+        ),
+        "home",
+        0,
+    );
+    let raw_items = values(&raw);
+    let unnamed = raw_items
+        .iter()
+        .find(|v| v.path == "hot_water_1/obis_0_1_24_2_10")
+        .expect("a value topic for the unnamed code");
+    assert_eq!(unnamed.payload, "0");
+    assert!(crate::discovery::item_spec(unnamed).is_none());
+    // The JSON has the rule's name, the digits and the unit sent.
+    let json: Value = serde_json::from_str(r.json()).expect("JSON");
+    let objects = json["objects"].as_array().expect("objects");
+    let line = objects
+        .iter()
+        .find(|o| o["obis"] == "0-1:24.2.5")
+        .expect("the line");
+    assert_eq!(
+        (&line["name"], &line["unit"]),
+        (&Value::from("heat_energy_total"), &Value::from("Wh"))
+    );
+}

@@ -100,6 +100,18 @@ pub fn write_telegram(out: &mut String, source: &str, telegram: &Telegram<'_>, t
 /// Writes `,"header":…,"crc":…,"meter_time":…,"objects":[…]`: the §4 fields
 /// after `source`, for callers that put their own fields first.
 pub fn write_telegram_fields(out: &mut String, telegram: &Telegram<'_>, tz: &TimeZone) {
+    write_telegram_fields_named(out, telegram, tz, |object| object.name);
+}
+
+/// [`write_telegram_fields`] with each object's `name` chosen by `name_of` (the parser's
+/// name is [`Object::name`]): how a caller with names of its own (the user's, for codes the
+/// parser does not know) puts them into the JSON.
+pub fn write_telegram_fields_named(
+    out: &mut String,
+    telegram: &Telegram<'_>,
+    tz: &TimeZone,
+    name_of: impl Fn(&Object<'_>) -> Option<&'static str>,
+) {
     out.push_str(",\"header\":");
     write_bytes(out, telegram.header);
     out.push_str(",\"crc\":\"");
@@ -111,7 +123,7 @@ pub fn write_telegram_fields(out: &mut String, telegram: &Telegram<'_>, tz: &Tim
         if i > 0 {
             out.push(',');
         }
-        write_object(out, object, tz);
+        write_named_object(out, object, name_of(object), tz);
     }
     out.push(']');
 }
@@ -131,6 +143,10 @@ fn push_obis(out: &mut String, code: &crate::ObisCode) {
 
 /// Writes one data line as its §4 object.
 pub fn write_object(out: &mut String, object: &Object<'_>, tz: &TimeZone) {
+    write_named_object(out, object, object.name, tz);
+}
+
+fn write_named_object(out: &mut String, object: &Object<'_>, name: Option<&str>, tz: &TimeZone) {
     out.push_str("{\"obis\":");
     match object.code {
         Some(code) => {
@@ -144,7 +160,9 @@ pub fn write_object(out: &mut String, object: &Object<'_>, tz: &TimeZone) {
         out.push_str(",\"channel\":");
         push_u8(out, channel);
     }
-    if let Some(name) = object.name {
+    // Names need no escaping: the parser's are ASCII identifiers, and so are the user's
+    // (the configuration accepts nothing else).
+    if let Some(name) = name {
         out.push_str(",\"name\":\"");
         out.push_str(name);
         out.push('"');

@@ -290,4 +290,39 @@ mod tests {
         }
         assert_eq!(found, METER_NAMES.len(), "every listed code is reachable");
     }
+
+    /// docs/obis.md's table of the meter's own codes is this file's `METER_NAMES`, row for
+    /// row: every code the docs list has the name they give, and every name p1gw gives is
+    /// listed. A name added, renamed or dropped here fails until the docs say so too.
+    #[test]
+    fn docs_obis_md_lists_every_meter_code_with_its_name() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/obis.md");
+        let text = std::fs::read_to_string(path).expect("docs/obis.md");
+        let section = text
+            .split("\n## ")
+            .find(|s| s.starts_with("Codes on the meter itself"))
+            .expect("the section of the meter's codes");
+        let cell = |c: &str| c.trim().trim_matches('`').to_owned();
+        let mut listed: Vec<([u8; 5], String)> = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').collect();
+            let (code, name) = (cell(cells[1]), cell(cells[2]));
+            let parsed = ObisCode::parse(code.as_bytes())
+                .unwrap_or_else(|| panic!("docs/obis.md: {code} is not a code"));
+            let key = [parsed.a, parsed.b, parsed.c, parsed.d, parsed.e];
+            assert_eq!(
+                meter_name(&parsed),
+                Some(name.as_str()),
+                "docs/obis.md lists {code} as {name}"
+            );
+            listed.push((key, name));
+        }
+        for (code, name) in METER_NAMES {
+            let [a, b, c, d, e] = *code;
+            assert!(
+                listed.iter().any(|(k, n)| k == code && n == name),
+                "{a}-{b}:{c}.{d}.{e} ({name}) is named by p1gw but not in docs/obis.md"
+            );
+        }
+    }
 }

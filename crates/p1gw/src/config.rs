@@ -36,6 +36,7 @@
 //!   one kind need names. The name is for logs and the spool file; metrics label the kind.
 
 pub mod check;
+pub mod codes;
 pub mod daemon;
 pub mod error;
 mod load;

@@ -345,20 +345,40 @@ fn write_table(
         "obis", "name", "value", "unit"
     )
     .unwrap_or(()); // a String never fails
+    let mut unnamed: Vec<String> = Vec::new();
     for o in &telegram.objects {
         let code = o.code.map_or_else(
             || String::from_utf8_lossy(o.code_text).into_owned(),
             |c| c.to_string(),
         );
         let (value, unit) = table_value(o, tz);
+        // A code no table names: marked, under the name InfluxDB and /metrics give it.
+        let name = match (o.name, o.code) {
+            (Some(name), _) => name.to_owned(),
+            (None, Some(c)) => {
+                unnamed.push(code.clone());
+                format!("? {}", p1_core::codes::raw_name(&c))
+            }
+            (None, None) => "-".to_owned(),
+        };
         writeln!(
             out,
             "  {:<14} {:<28} {:>16}  {:<6} {}",
             code,
-            o.name.unwrap_or("-"),
+            name,
             value,
             unit,
             String::from_utf8_lossy(o.raw)
+        )
+        .unwrap_or(()); // a String never fails
+    }
+    if let Some(first) = unnamed.first() {
+        writeln!(
+            out,
+            "  ? = a code p1gw has no name for ({}); name it in the meter's configuration:\n      \
+             [meter.codes.\"{first}\"]  name = \"…\"  unit = \"…\"  kind = \"…\"   \
+             (docs/obis.md, \"Your own codes\")",
+            unnamed.join(", ")
         )
         .unwrap_or(()); // a String never fails
     }

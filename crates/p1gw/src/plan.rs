@@ -82,6 +82,7 @@ pub(crate) fn plan(config: &ValidConfig, overrides: &Overrides) -> anyhow::Resul
             max_telegram_bytes,
             expected_interval,
             guard: meter.spike_guard,
+            codes: meter.codes.clone(),
         });
     }
 

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use super::{ObisCode, canonical_scale, obis_text};
+use super::{ObisCode, canonical_scale, canonical_unit, obis_text};
 
 /// The scale as it was written before (a list compared case-insensitively): the reference.
 fn scale_reference(name: Option<&str>, unit: Option<&str>) -> f64 {
@@ -138,4 +138,23 @@ fn lazy_json_is_the_eager_rendering_for_every_fixture() {
         }
     }
     assert!(checked >= 20, "only {checked} telegrams checked");
+}
+
+#[test]
+fn canonical_units_match_the_scale_applied() {
+    for unit in [
+        "W", "kW", "Wh", "kWh", "var", "kvar", "varh", "kvarh", "VA", "VAh", "V", "kV", "A", "kA",
+        "Hz", "kHz", "m3", "m3/h", "degC", "GJ", "s",
+    ] {
+        let scale = canonical_scale(Some("x"), Some(unit));
+        let canonical = canonical_unit(Some("x"), unit);
+        assert_eq!(
+            scale != 1.0,
+            canonical != unit,
+            "{unit}: scale {scale}, canonical {canonical}"
+        );
+    }
+    assert_eq!(canonical_unit(Some("power_import"), "W"), "kW");
+    assert_eq!(canonical_unit(Some("voltage_l1"), "kV"), "V");
+    assert_eq!(canonical_unit(Some("heat_energy"), "Wh"), "Wh");
 }

@@ -673,6 +673,7 @@ async fn a_real_pty_is_opened_exclusively_read_and_reopened_after_an_unplug() {
         max_telegram_bytes: 16 * 1024,
         expected_interval: 10 * S,
         guard: Some(crate::GuardConfig::default()),
+        codes: Default::default(),
     };
     let (handle, task) = crate::ReaderHandle::spawn(cfg, tx, latest, health, stop.clone());
     let telegram = fixture("netherlands_iskra_am550_dsmr50.txt");

@@ -229,6 +229,7 @@ impl Reader {
             max_telegram_bytes: 16 * 1024,
             expected_interval: Duration::from_secs(10),
             guard: Some(p1_reader::GuardConfig::default()),
+            codes: Default::default(),
         };
         let (handle, task) = ReaderHandle::spawn(cfg, tx, latest, health.clone(), stop.clone());
         Reader {

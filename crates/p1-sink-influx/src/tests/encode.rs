@@ -46,9 +46,35 @@ fn veitur_heat_telegram_gives_an_electricity_and_a_hot_water_point() {
          energy_import_total=1988.284,energy_export_total=0,power_import_l1=0.583,power_export_l1=0 \
          1707776474\n\
          hot_water,channel=1,meter=home \
-         hot_water_volume=366.475,heat_flow=0.09,heat_supply_temperature=74.8,\
+         hot_water_volume=366.475,obis_0_1_24_2_10=0,heat_flow=0.09,heat_supply_temperature=74.8,\
          heat_return_temperature=31.3,heat_energy=19.078,heat_energy_2=19.078 \
          1707776474\n"
+    );
+}
+
+#[test]
+fn the_meters_code_table_names_scales_and_hides_fields() {
+    use p1_core::{CodePattern, CodeRule, CodeTable, Quantity};
+    let rule = |code: &str| CodeRule::new(CodePattern::parse(code).expect("code"));
+    let mut heat = rule("0-1:24.2.5").named("heat_energy_total");
+    heat.unit = Some("MWh".to_owned());
+    heat.kind = Some(Quantity::Energy);
+    let mut flow = rule("0-n:24.2.2");
+    flow.scale = Some(1000.0);
+    flow.unit = Some("l/h".to_owned());
+    let mut hidden = rule("0-1:24.2.10");
+    hidden.publish = false;
+    let codes = std::sync::Arc::new(CodeTable::new([heat, flow, hidden]));
+    let r = reading(&veitur_heat(), 1_700_000_000).with_codes(&codes);
+    let mut out = String::new();
+    write_reading(&mut out, &r, Precision::S);
+    let hot_water = out.lines().nth(1).expect("a hot-water point");
+    assert_eq!(
+        hot_water,
+        "hot_water,channel=1,meter=home \
+         hot_water_volume=366.475,heat_flow=90,heat_supply_temperature=74.8,\
+         heat_return_temperature=31.3,heat_energy_total=19.078,heat_energy_2=19.078 \
+         1707776474"
     );
 }
 

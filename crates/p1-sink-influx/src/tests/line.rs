@@ -165,7 +165,13 @@ fn floats_are_written_as_display_writes_them() {
 #[test]
 fn a_point_without_a_writable_field_writes_nothing() {
     let mut out = String::from("before\n");
-    assert!(!write_point(&mut out, "m", &[("t", "v")], &[], Some(1)));
+    assert!(!write_point(
+        &mut out,
+        "m",
+        &[("t", "v")],
+        &[] as &[(&str, FieldValue<'_>)],
+        Some(1)
+    ));
     assert!(!write_point(
         &mut out,
         "m",

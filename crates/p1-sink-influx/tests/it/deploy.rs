@@ -212,7 +212,8 @@ fn grafana_is_provisioned_from_the_repository() {
         std::fs::canonicalize(deploy().join("grafana/dashboards")).expect("dir"),
         "the provider reads the mounted dashboards"
     );
-    assert_eq!(dashboards().len(), 2, "InfluxQL and Flux");
+    // No Flux dashboard: none could be run against a server here (docs/influx.md, "Grafana").
+    assert_eq!(dashboards().len(), 1, "InfluxQL");
     for ds in datasources() {
         let url = ds["url"].as_str().expect("url");
         assert!(services.contains_key(host(url)), "{url}: no such service");
@@ -247,41 +248,44 @@ fn datasource_refs(dashboard: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn dashboards_use_the_provisioned_datasources_and_define_their_variables() {
+fn dashboards_choose_their_datasource_by_variable_and_define_their_variables() {
     let sources = datasources();
-    let uids: Vec<&str> = sources
-        .iter()
-        .map(|d| d["uid"].as_str().expect("uid"))
-        .collect();
-    let unique: BTreeSet<&str> = uids.iter().copied().collect();
-    assert_eq!(unique.len(), uids.len(), "datasource uids are unique");
-    let flux_of = |uid: &str| {
-        let ds = sources
-            .iter()
-            .find(|d| d["uid"] == uid)
-            .unwrap_or_else(|| panic!("datasource {uid} is not provisioned"));
-        assert_eq!(ds["type"], "influxdb");
-        ds["jsonData"]["version"] == "Flux"
-    };
+    assert_eq!(sources.len(), 1, "one InfluxQL datasource");
+    assert_eq!(sources[0]["type"], "influxdb");
+    assert_eq!(sources[0]["isDefault"], true, "the variable's default");
+    assert!(
+        sources[0]["jsonData"]["version"].is_null(),
+        "InfluxQL, not Flux"
+    );
     let mut dashboard_uids = BTreeSet::new();
     for (path, dashboard) in dashboards() {
         let name = path.display().to_string();
         assert!(dashboard_uids.insert(dashboard["uid"].as_str().expect("uid").to_owned()));
-        let is_flux = path
-            .file_name()
-            .is_some_and(|f| f.to_string_lossy().ends_with("-flux.json"));
+        // Any Grafana: no datasource is named by uid; a `datasource` variable offers every
+        // InfluxDB datasource, and the import lists what the dashboard needs.
+        let list = dashboard["templating"]["list"].as_array().expect("list");
+        let ds_var = list
+            .iter()
+            .find(|v| v["type"] == "datasource")
+            .unwrap_or_else(|| panic!("{name}: a datasource variable"));
+        assert_eq!(ds_var["query"], "influxdb", "{name}");
+        let ds_ref = format!("${{{}}}", ds_var["name"].as_str().expect("name"));
         let refs = datasource_refs(&dashboard);
         assert!(!refs.is_empty(), "{name}");
         for (at, uid) in &refs {
-            assert_eq!(flux_of(uid), is_flux, "{name}: {at} uses {uid}");
+            assert_eq!(uid, &ds_ref, "{name}: {at} must use the variable");
         }
-        let variables: BTreeSet<&str> = dashboard["templating"]["list"]
-            .as_array()
-            .expect("list")
+        let requires = dashboard["__requires"].as_array().expect("__requires");
+        assert!(
+            requires.iter().any(|r| r["id"] == "influxdb"),
+            "{name}: __requires names the InfluxDB plugin"
+        );
+        let variables: BTreeSet<&str> = list
             .iter()
             .map(|v| v["name"].as_str().expect("name"))
             .collect();
         let mut ids = BTreeSet::new();
+        let mut queried = String::new();
         for panel in dashboard["panels"].as_array().expect("panels") {
             assert!(
                 ids.insert(panel["id"].as_u64().expect("id")),
@@ -292,9 +296,8 @@ fn dashboards_use_the_provisioned_datasources_and_define_their_variables() {
             for target in targets {
                 let query = target["query"].as_str().expect("query");
                 assert!(!query.trim().is_empty());
-                if !is_flux {
-                    assert_eq!(target["rawQuery"], true, "{query}");
-                }
+                assert_eq!(target["rawQuery"], true, "{query}");
+                queried.push_str(query);
                 for var in used_variables(query) {
                     assert!(
                         variables.contains(var.as_str())
@@ -304,6 +307,28 @@ fn dashboards_use_the_provisioned_datasources_and_define_their_variables() {
                     );
                 }
             }
+        }
+        // A panel for every measurement the sink writes (docs/influx.md), per-phase power and
+        // the tariffs.
+        for measurement in [
+            "electricity",
+            "gas",
+            "water",
+            "heat",
+            "hot_water",
+            "cooling",
+        ] {
+            assert!(
+                queried.contains(&format!("FROM \"{measurement}\"")),
+                "{name}: no panel reads {measurement}"
+            );
+        }
+        for field in [
+            "power_import_l1",
+            "energy_import_tariff1",
+            "tariff_indicator",
+        ] {
+            assert!(queried.contains(field), "{name}: no panel shows {field}");
         }
     }
 }

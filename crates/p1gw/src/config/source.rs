@@ -1,6 +1,8 @@
 //! `[meter]` + `[source]`, or `[[meters]]`: which meters to read and how.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +11,7 @@ pub use p1_reader::{
     GuardConfig, LineKind, LineSettings, Pace, Parity, Preset, Profile, RequestMode,
 };
 
+use super::codes::CodeOverride;
 use super::locate::{KeyPath, Problems};
 use super::value::{
     RawDuration, RawSize, check_name, format_duration, parse_duration, parse_flow, parse_host_port,
@@ -40,6 +43,10 @@ pub struct MeterTable {
     /// `spike_guard = { enabled = false }` turns it off.
     #[serde(default)]
     pub spike_guard: SpikeGuardConfig,
+    /// `[meter.codes."0-1:24.2.5"]`: the user's rules for the meter's codes, by code
+    /// (`A-B:C.D.E`, or `A-n:C.D.E` for any M-Bus channel).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub codes: BTreeMap<String, CodeOverride>,
 }
 
 /// `spike_guard = { … }` of a meter: the bounds beyond which a reading's cumulative totals are
@@ -337,6 +344,8 @@ pub struct ValidMeter {
     pub source: ValidSource,
     /// The spike guard's bounds; `None` when it is turned off.
     pub spike_guard: Option<GuardConfig>,
+    /// The meter's code table (`[meter.codes]`).
+    pub codes: Arc<p1_core::CodeTable>,
     /// Where it was written, to locate `check` errors.
     pub form: MeterForm,
 }
@@ -470,8 +479,10 @@ impl MeterConfig {
             .meter
             .spike_guard
             .validate(&at.key("spike_guard"), problems);
+        let codes = super::codes::validate(&self.meter.codes, &at.key("codes"), problems);
         let source = self.source.validate(&self.form.source_path(), problems);
         Some(ValidMeter {
+            codes: codes?,
             name: name?,
             tz: tz?,
             source: source?,

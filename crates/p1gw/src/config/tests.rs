@@ -1376,6 +1376,14 @@ fn example_configs_say_what_their_names_promise() {
     assert!(!serial.request.invert, "a P1 cable with a transistor stage");
     let kinds: Vec<&str> = veitur.sinks.iter().map(|s| s.kind.kind()).collect();
     assert_eq!(kinds, ["mqtt", "influx"]);
+    let heat = veitur.meters[0]
+        .codes
+        .rule(&p1_telegram::ObisCode::new(0, 1, 24, 2, 5))
+        .expect("a rule for Veitur's heat register");
+    assert_eq!(
+        (heat.name, heat.unit.as_deref(), heat.ha_device_class()),
+        (Some("heat_energy_total"), Some("MWh"), Some("energy"))
+    );
     assert_eq!(veitur.spool.dir, Path::new("/var/lib/p1gw"));
     assert_eq!(veitur.spool.max_bytes, 64 << 20);
     assert_eq!(
@@ -2085,7 +2093,7 @@ fn a_source_inside_meter_gets_a_hint() {
         error::report(&errors),
         [
             r#"test.toml:1:1: source: missing required table: add [source] with kind = "serial", "tcp", "replay" or "simulate""#,
-            "test.toml:4:1: meter.source: unknown key `source`, expected one of `name`, `tz`, `spike_guard`; [source] is a table of its own, after [meter] (or use [[meters]] entries, which hold their source)",
+            "test.toml:4:1: meter.source: unknown key `source`, expected one of `name`, `tz`, `spike_guard`, `codes`; [source] is a table of its own, after [meter] (or use [[meters]] entries, which hold their source)",
         ]
         .join("\n")
     );

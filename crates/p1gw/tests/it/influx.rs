@@ -89,6 +89,20 @@ fn scale(name: &str, unit: Option<&str>) -> f64 {
     }
 }
 
+/// `obis_A_B_C_D_E` for an OBIS code as the JSON writes it (`0-1:24.2.10`, perhaps with an F
+/// group after `*` or `.`); `None` for a code that is not one.
+fn raw_name(obis: &Value) -> Option<String> {
+    let groups: Vec<u8> = obis
+        .as_str()?
+        .split(['-', ':', '.', '*'])
+        .map(|g| g.parse().ok())
+        .collect::<Option<_>>()?;
+    match groups[..] {
+        [a, b, c, d, e] | [a, b, c, d, e, _] => Some(format!("obis_{a}_{b}_{c}_{d}_{e}")),
+        _ => None,
+    }
+}
+
 fn expected(path: &Path) -> Vec<Expected> {
     let out = Command::new(env!("CARGO_BIN_EXE_p1gw"))
         .args(["parse", "--tz", "Atlantic/Reykjavik"])
@@ -109,7 +123,11 @@ fn expected(path: &Path) -> Vec<Expected> {
             let mut device_types = BTreeMap::new();
             for o in t["objects"].as_array().expect("objects") {
                 let channel = o["channel"].as_u64().map_or(0, |c| c as u8);
-                let (Some(name), Some(value)) = (o["name"].as_str(), o["value"].as_f64()) else {
+                // A code nobody named is written under `obis_A_B_C_D_E` (docs/obis.md).
+                let raw = o["name"].is_null().then(|| raw_name(&o["obis"])).flatten();
+                let (Some(name), Some(value)) =
+                    (o["name"].as_str().or(raw.as_deref()), o["value"].as_f64())
+                else {
                     continue;
                 };
                 if o.get("events").is_some() {
@@ -744,8 +762,9 @@ fn a_wrong_password_keeps_every_reading_spooled_until_the_password_file_is_corre
 // ---------------------------------------------------------------------------------------------
 // The InfluxQL dashboard.
 
-/// Three days of hourly telegrams of a Veitur meter (hot water) and a DSMR 5 meter (tariffs,
-/// three phases, gas), values rising, from 2024-02-10T00:00Z.
+/// Three days of hourly telegrams of a Veitur meter (hot water and its heat register) and a
+/// DSMR 5 meter (tariffs, three phases with power per phase, gas, water, a heat meter in GJ and
+/// a cooling meter), values rising, from 2024-02-10T00:00Z: a value for every panel.
 fn three_days() -> String {
     let start: jiff::Timestamp = "2024-02-10T00:00:00Z".parse().expect("time");
     let mut out = String::new();
@@ -760,7 +779,8 @@ fn three_days() -> String {
              1-0:31.7.0(002*A)\r\n1-0:32.7.0({:05.1}*V)\r\n\
              1-0:1.8.0({:010.3}*kWh)\r\n1-0:2.8.0({:010.3}*kWh)\r\n\
              0-1:24.2.1({:08.3}*m3)\r\n0-1:24.2.2(0000.090*m3/h)\r\n\
-             0-1:24.2.3({:08.1}*degC)\r\n0-1:24.2.4(000031.3*degC)\r\n!\r\n",
+             0-1:24.2.3({:08.1}*degC)\r\n0-1:24.2.4(000031.3*degC)\r\n\
+             0-1:24.2.5({:08.3}*Wh)\r\n!\r\n",
             at.strftime("%H%M%S"),
             at.strftime("%y%m%d"),
             0.2 + (h % 7) as f64 * 0.1,
@@ -769,6 +789,7 @@ fn three_days() -> String {
             x * 0.05,
             366.475 + x * 0.02,
             70.0 + (h % 4) as f64,
+            19.078 + x * 0.001,
         ));
         let half = at + jiff::SignedDuration::from_mins(30);
         out.push_str(&format!(
@@ -779,8 +800,13 @@ fn three_days() -> String {
              1-0:1.7.0(00.500*kW)\r\n1-0:2.7.0(00.000*kW)\r\n\
              1-0:32.7.0(230.1*V)\r\n1-0:52.7.0(231.2*V)\r\n1-0:72.7.0(229.9*V)\r\n\
              1-0:31.7.0(001*A)\r\n1-0:51.7.0(002*A)\r\n1-0:71.7.0(003*A)\r\n\
+             1-0:21.7.0(00.100*kW)\r\n1-0:41.7.0(00.150*kW)\r\n1-0:61.7.0(00.250*kW)\r\n\
+             1-0:22.7.0(00.000*kW)\r\n1-0:42.7.0(00.010*kW)\r\n1-0:62.7.0(00.000*kW)\r\n\
              0-1:24.1.0(003)\r\n0-1:96.1.0(4730303139333430333231313139313139)\r\n\
-             0-1:24.2.1({}W)({:09.3}*m3)\r\n!\r\n",
+             0-1:24.2.1({}W)({:09.3}*m3)\r\n\
+             0-2:24.1.0(007)\r\n0-2:24.2.1({}W)({:09.3}*m3)\r\n\
+             0-3:24.1.0(004)\r\n0-3:24.2.1({}W)({:09.3}*GJ)\r\n\
+             0-4:24.1.0(010)\r\n0-4:24.2.1({}W)({:09.3}*GJ)\r\n!\r\n",
             half.strftime("%y%m%d%H%M%S"),
             1234.567 + x * 0.3,
             2345.678 + x * 0.2,
@@ -788,6 +814,12 @@ fn three_days() -> String {
             2.0 + x * 0.05,
             half.strftime("%y%m%d%H%M%S"),
             123.456 + x * 0.04,
+            half.strftime("%y%m%d%H%M%S"),
+            45.678 + x * 0.01,
+            half.strftime("%y%m%d%H%M%S"),
+            12.345 + x * 0.002,
+            half.strftime("%y%m%d%H%M%S"),
+            1.234 + x * 0.001,
         ));
     }
     out
@@ -861,7 +893,7 @@ fn every_influxql_query_of_the_dashboard_returns_data() {
             .replace("$tz", &tz)
     };
     let queries = dashboard_queries(&substitute);
-    assert!(queries.len() >= 15, "{}", queries.len());
+    assert!(queries.len() >= 22, "{}", queries.len());
     for (what, query) in queries {
         assert!(
             !query.replace("$/", "").contains('$'),

@@ -8,12 +8,14 @@
 
 mod azure;
 mod check_config;
+mod codes;
 mod daemon;
 mod influx;
 mod live_page;
 mod meters;
 mod mqtt;
 mod notify;
+mod obis_docs;
 mod packaging;
 mod parse;
 mod serial;

@@ -257,6 +257,13 @@ fn table_format_is_readable() {
     );
     assert!(text.contains("hot_water_volume"));
     assert!(text.contains("366.475"));
+    // Veitur's 0-1:24.2.10 has no name: marked, with the key that names it.
+    assert!(text.contains("? obis_0_1_24_2_10"), "{text}");
+    assert!(
+        text.contains("? = a code p1gw has no name for (0-1:24.2.10)")
+            && text.contains("[meter.codes.\"0-1:24.2.10\"]"),
+        "{text}"
+    );
 }
 
 #[test]
