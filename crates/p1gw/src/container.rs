@@ -360,14 +360,19 @@ impl Generated {
 
     /// A loader error told as an error of the option its line came from, where it has one.
     fn locate(&self, options_file: &str, error: &config::error::ConfigError) -> String {
-        let option = error
-            .location()
-            .and_then(|l| self.origin.get(l.line.saturating_sub(1)).copied().flatten());
-        match option {
-            Some(option) => format!(
-                "{options_file}: option `{option}`: {} (generated {})",
+        let located = error.location().and_then(|location| {
+            let option = self
+                .origin
+                .get(location.line.saturating_sub(1))
+                .copied()??;
+            Some((location, option))
+        });
+        match located {
+            Some((location, option)) => format!(
+                "{options_file}: option `{option}`: {} (at {}:{location}, {})",
                 error.message(),
-                error
+                error.file(),
+                error.key()
             ),
             None => error.to_string(),
         }
