@@ -1,6 +1,7 @@
 //! `p1gw`: the smart-meter P1 gateway binary. See README.md and
 //! ARCHITECTURE.md; the CLI contract is docs/contracts.md §3.
 
+mod container;
 mod daemon;
 mod logging;
 mod parse;
@@ -46,6 +47,11 @@ enum Command {
     /// A fake meter for testing without hardware: telegrams on stdout, a
     /// pseudo-terminal or TCP.
     Simulate(simulate::SimulateArgs),
+    /// Home Assistant add-on: its options (and the Supervisor's MQTT service) to a checked
+    /// configuration; with --run, then run the gateway with it.
+    AddonConfig(container::AddonArgs),
+    /// Exit 0 when the health endpoint answers 200 (a container's health check).
+    Healthcheck(container::HealthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +124,17 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe::run(&args),
         Command::Record(args) => record::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::AddonConfig(args) => container::addon_config(&args).and_then(|config| {
+            config.map_or(Ok(Exit::OK), |config| {
+                run(&RunArgs {
+                    config: Some(config),
+                    interval: None,
+                    listen: None,
+                    log_format: None,
+                })
+            })
+        }),
+        Command::Healthcheck(args) => container::healthcheck(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,6 +6,7 @@
     reason = "these blocking tests run no tokio runtime: deadlines use std::time::Instant"
 )]
 
+mod addon;
 mod azure;
 mod check_config;
 mod codes;

@@ -410,3 +410,63 @@ fn packaged_config_names_no_port_and_says_how_to_find_the_cable() {
     let check = postinst.find("if check_config; then").expect("the check");
     assert!(check < start, "the start is guarded by the check");
 }
+
+/// The release workflow builds with the scripts that run here (scripts/package, then
+/// scripts/release-dist): every script it names exists and is executable, the publishing steps
+/// run only for a tag, and the container files it relies on are in place.
+#[test]
+fn release_workflow_runs_the_scripts_tested_here() {
+    let text = read(".github/workflows/release.yml");
+    let workflow: serde_json::Value = serde_norway::from_str(&text).expect("release.yml parses");
+    let steps = workflow["jobs"]["release"]["steps"]
+        .as_array()
+        .expect("jobs.release.steps");
+    let runs: Vec<(&str, &str)> = steps
+        .iter()
+        .filter_map(|s| Some((s["name"].as_str()?, s["run"].as_str()?)))
+        .collect();
+    let position = |script: &str| {
+        runs.iter()
+            .position(|(_, run)| {
+                run.trim_start().starts_with(script) || run.contains(&format!(" {script}"))
+            })
+            .unwrap_or_else(|| panic!("no step runs {script}"))
+    };
+    assert!(position("scripts/package") < position("scripts/release-dist"));
+    for (_, run) in &runs {
+        for word in run.split(|c: char| c.is_whitespace() || c == '"') {
+            if let Some(script) = word.strip_prefix("scripts/") {
+                let path = root().join("scripts").join(script);
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&path)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                        .permissions(),
+                );
+                assert!(mode & 0o111 != 0, "{} is not executable", path.display());
+            }
+        }
+    }
+    for step in steps {
+        let name = step["name"].as_str().unwrap_or_default();
+        if name.starts_with("Publish") {
+            assert_eq!(
+                step["if"].as_str(),
+                Some("startsWith(github.ref, 'refs/tags/v')"),
+                "{name} must run for tags only"
+            );
+        }
+    }
+    for file in [
+        "packaging/container/Containerfile",
+        "packaging/container/passwd",
+        "packaging/container/group",
+        "deploy/home-assistant-addon/Dockerfile",
+    ] {
+        assert!(root().join(file).is_file(), "{file} missing");
+    }
+    let passwd = read("packaging/container/passwd");
+    assert!(
+        passwd.lines().any(|l| l.starts_with("p1gw:x:1000:1000:")),
+        "{passwd}"
+    );
+}
