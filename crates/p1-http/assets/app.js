@@ -198,6 +198,34 @@ function onReading(r, live) {
   addPoint({ t: pointTime(r), power_import: kilo(m.power_import), power_export: kilo(m.power_export), hot_water_flow: num(m.heat_flow) });
   render(r);
   tick();
+  fetchValues();
+}
+// Every value the meter sends, through the meter's code table (names, units and scales of
+// [meter.codes] rules; codes nobody named as obis_…): /api/v1/values.
+async function fetchValues() {
+  try {
+    const res = await fetch(api('/api/v1/values'), { cache: 'no-store' });
+    if (res.ok) renderValues(await res.json());
+  } catch (_) { /* the next reading tries again */ }
+}
+function renderValues(v) {
+  const body = $('values');
+  if (!body || !v || !Array.isArray(v.values)) return;
+  const rows = [];
+  let unnamed = false;
+  for (const x of v.values) {
+    const tr = el('tr');
+    tr.append(el('th', x.named ? '' : 'unnamed', x.name));
+    tr.lastChild.setAttribute('scope', 'row');
+    const val = String(x.value);
+    tr.append(el('td', typeof x.value === 'number' ? 'num' : 'txt', x.unit ? val + ' ' + x.unit : val));
+    tr.append(el('td', 'code', x.obis));
+    if (!x.named) unnamed = true;
+    rows.push(tr);
+  }
+  body.replaceChildren(...rows);
+  show('sec-values', rows.length > 0);
+  show('values-note', unnamed);
 }
 async function fetchReading() {
   try {

@@ -130,6 +130,78 @@ pub(crate) async fn reading(
     }
 }
 
+/// One value in `/api/v1/values`.
+#[derive(Debug, Serialize)]
+struct ValueView {
+    /// The name every value view uses ([`p1_core::Measurement::label`]).
+    name: String,
+    /// The code as normalised.
+    obis: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<u8>,
+    /// A number in `unit`, or text.
+    value: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<String>,
+    /// Whether a name table or a rule names the code (false: `obis_…`).
+    named: bool,
+}
+
+/// `GET /api/v1/values[?meter=NAME]`: the latest reading's values as the value views show
+/// them (MQTT value topics, InfluxDB fields, `/metrics`), through the meter's code table: a
+/// rule's name, unit and scale applied, codes nobody named as `obis_…`, lines a rule hides
+/// left out. What the live page's table of every value reads.
+pub(crate) async fn values(
+    State(state): State<HttpState>,
+    query: Result<Query<MeterQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => return bad_query(&rejection),
+    };
+    let latest = match state.meter(query.meter.as_deref()) {
+        Ok(Some((_, latest))) => latest.borrow().clone(),
+        Ok(None) => None,
+        Err(name) => return unknown_meter(&name),
+    };
+    let Some(reading) = latest else {
+        return error_json(StatusCode::NOT_FOUND, "no reading yet");
+    };
+    let values: Vec<ValueView> = reading
+        .objects
+        .iter()
+        .filter(|m| m.published())
+        .filter_map(|m| {
+            let name = m.label()?.into_owned();
+            let value = match (&m.value, m.number()) {
+                (_, Some(n)) => serde_json::Number::from_f64(n).map(serde_json::Value::Number)?,
+                (p1_core::MeasuredValue::Text(t), None) => serde_json::Value::String(t.clone()),
+                (p1_core::MeasuredValue::Time(t), None) => serde_json::Value::String(t.to_string()),
+                _ => return None,
+            };
+            Some(ValueView {
+                named: m.name.is_some(),
+                obis: m.obis.clone(),
+                channel: m.channel,
+                unit: m
+                    .number()
+                    .and_then(|_| m.unit_label())
+                    .map(|u| u.into_owned()),
+                value,
+                name,
+            })
+        })
+        .collect();
+    to_json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "meter": &*reading.meter,
+            "received_at": reading.received_at.to_string(),
+            "values": values,
+        }),
+    )
+}
+
 /// `/api/v1/status`.
 #[derive(Debug, Serialize)]
 struct Status<'a> {

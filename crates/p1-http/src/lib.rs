@@ -12,6 +12,7 @@
 //! | `/readyz` | 200 `{"ready":true}`, or 503 `{"ready":false,"reasons":[…]}` ([`p1_core::Registry::ready`]) |
 //! | `/metrics` | Prometheus text: the installed recorder's metrics plus the meter gauges ([`exposition`]) |
 //! | `/api/v1/reading` | the latest reading's docs/contracts.md §4 JSON ([`p1_core::Reading::json`]); `?meter=NAME` |
+//! | `/api/v1/values` | every value of the latest reading the value views show, through the meter's code table: name (or `obis_…`), the number in its unit (the rule's unit and scale, else the canonical unit), text as text; `?meter=NAME` |
 //! | `/api/v1/events` | server-sent events: one `event: reading` per reading; `?meter=NAME` |
 //! | `/api/v1/status` | version, readiness, per-meter and per-sink status, the registry snapshot |
 //! | `/api/v1/history` | `?minutes=N` (default 60): the recent power/flow points of [`History`] |
@@ -92,6 +93,7 @@ pub fn router(state: HttpState) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/api/v1/reading", get(handlers::reading))
+        .route("/api/v1/values", get(handlers::values))
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/status", get(handlers::status))
         .route("/api/v1/history", get(handlers::history))

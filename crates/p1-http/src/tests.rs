@@ -787,6 +787,60 @@ fn metrics_follow_the_meters_code_table_and_carry_unnamed_codes() {
     promtool_check(&text);
 }
 
+/// `/api/v1/values`, what the live page's table of every value shows: the code table applied
+/// (a rule's name, unit and scale; `publish = false` left out), a code nobody named under
+/// `obis_…`, text as text; 404 before the first reading.
+#[tokio::test]
+async fn values_are_every_value_through_the_meters_code_table() {
+    use p1_core::{CodePattern, CodeRule, CodeTable, Quantity};
+    let mut heat =
+        CodeRule::new(CodePattern::parse("0-n:24.2.5").expect("code")).named("heat_energy_total");
+    heat.unit = Some("MWh".to_owned());
+    heat.kind = Some(Quantity::Energy);
+    let mut hidden = CodeRule::new(CodePattern::parse("0-1:24.2.3").expect("code"));
+    hidden.publish = false;
+    let codes = Arc::new(CodeTable::new([heat, hidden]));
+    let (latest_tx, latest_rx) = watch::channel(None);
+    let (tx, _) = broadcast::channel(1);
+    let state = HttpState::builder(Registry::new(), &tx, History::new(1))
+        .meter("home", latest_rx)
+        .build();
+    assert_eq!(
+        get(&state, "/api/v1/values").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reading = Reading::clone(&reading_at("home", "t", Timestamp::now())).with_codes(&codes);
+    latest_tx.send_replace(Some(Arc::new(reading)));
+    let answer = get(&state, "/api/v1/values").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(json["meter"], "home");
+    let values = json["values"].as_array().expect("values");
+    let find = |name: &str| values.iter().find(|v| v["name"] == name);
+    let heat = find("heat_energy_total").expect("the rule's name");
+    assert_eq!(
+        (
+            &heat["value"],
+            &heat["unit"],
+            &heat["channel"],
+            &heat["named"]
+        ),
+        (
+            &serde_json::json!(19.078),
+            &serde_json::json!("MWh"),
+            &serde_json::json!(1),
+            &serde_json::json!(true)
+        )
+    );
+    let unnamed = find("obis_0_1_24_2_10").expect("a code nobody named");
+    assert_eq!(unnamed["named"], false);
+    assert_eq!(unnamed["obis"], "0-1:24.2.10");
+    assert!(find("heat_supply_temperature").is_none(), "publish = false");
+    assert!(find("heat_energy").is_none(), "renamed");
+    let energy = find("energy_import_total").expect("a known value");
+    assert_eq!(energy["unit"], "kWh");
+}
+
 // ---- /api/v1/status
 
 #[tokio::test]

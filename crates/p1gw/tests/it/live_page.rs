@@ -115,6 +115,23 @@ fn live_page_shows_the_demo_meter_and_updates() {
     }
     let water = text_of(&dom, "hot-water-volume").expect("water");
     assert!(water.contains("m³"), "{water:?}");
+    // Every value the meter sends, in the table of all values (from /api/v1/values): the
+    // demo's Veitur meter has a hot-water register nobody named (0-1:24.2.10), shown under
+    // its code with the hint how to name it.
+    let table = dom
+        .split("id=\"values\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</tbody>").next())
+        .expect("the table of every value");
+    assert!(
+        table.contains(">energy_import_total<") && table.contains(" kWh<"),
+        "{table}"
+    );
+    assert!(table.contains(">obis_0_1_24_2_10<"), "{table}");
+    assert!(
+        !dom.contains("id=\"values-note\" hidden"),
+        "the hint for unnamed codes is shown"
+    );
     let shown_time = text_of(&dom, "meter-time").expect("meter time");
 
     // A newer reading arrives: the page shows it.
