@@ -115,19 +115,28 @@ pub(crate) async fn reading(
     State(state): State<HttpState>,
     query: Result<Query<MeterQuery>, QueryRejection>,
 ) -> Response {
+    match latest_reading(&state, query) {
+        Ok(reading) => json_body(StatusCode::OK, reading.json().to_string()),
+        Err(answer) => *answer,
+    }
+}
+
+/// The latest reading of the meter `?meter=` names (the only one without it), or the answer
+/// to give instead: 400 for a bad query, 404 for an unknown meter or before the first reading.
+fn latest_reading(
+    state: &HttpState,
+    query: Result<Query<MeterQuery>, QueryRejection>,
+) -> Result<std::sync::Arc<p1_core::Reading>, Box<Response>> {
     let query = match query {
         Ok(Query(q)) => q,
-        Err(rejection) => return bad_query(&rejection),
+        Err(rejection) => return Err(Box::new(bad_query(&rejection))),
     };
     let latest = match state.meter(query.meter.as_deref()) {
         Ok(Some((_, latest))) => latest.borrow().clone(),
         Ok(None) => None,
-        Err(name) => return unknown_meter(&name),
+        Err(name) => return Err(Box::new(unknown_meter(&name))),
     };
-    match latest {
-        Some(reading) => json_body(StatusCode::OK, reading.json().to_string()),
-        None => error_json(StatusCode::NOT_FOUND, "no reading yet"),
-    }
+    latest.ok_or_else(|| Box::new(error_json(StatusCode::NOT_FOUND, "no reading yet")))
 }
 
 /// One value in `/api/v1/values`.
@@ -155,17 +164,9 @@ pub(crate) async fn values(
     State(state): State<HttpState>,
     query: Result<Query<MeterQuery>, QueryRejection>,
 ) -> Response {
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(rejection) => return bad_query(&rejection),
-    };
-    let latest = match state.meter(query.meter.as_deref()) {
-        Ok(Some((_, latest))) => latest.borrow().clone(),
-        Ok(None) => None,
-        Err(name) => return unknown_meter(&name),
-    };
-    let Some(reading) = latest else {
-        return error_json(StatusCode::NOT_FOUND, "no reading yet");
+    let reading = match latest_reading(&state, query) {
+        Ok(reading) => reading,
+        Err(answer) => return *answer,
     };
     let values: Vec<ValueView> = reading
         .objects
