@@ -815,10 +815,13 @@ impl Spool {
         (budget, why): (u64, Eviction),
     ) -> std::result::Result<(u64, bool), redb::Error> {
         let Pending { held, acked, state } = pending;
-        let (txn, durable) = self.begin_write(db, st)?;
-        // Work on copies; `st` is only updated after the commit succeeded, so a failed
-        // transaction (dropped = rolled back by redb) leaves memory and file in agreement.
-        let mut index = st.index.clone();
+        // Sink state is promised durable whatever the spool's durability.
+        let (txn, durable) = self.begin_write(db, st, !state.is_empty())?;
+        // `st` is only updated after the commit succeeded, so a failed transaction (dropped =
+        // rolled back by redb) leaves memory and file in agreement: what changes is noted here
+        // and applied to the index afterwards.
+        let mut gone: Vec<u64> = Vec::new();
+        let mut added: Vec<(u64, u64)> = Vec::new();
         let mut bytes = st.disk_bytes;
         let mut evicted = 0u64;
         let mut evicted_max = 0u64;
@@ -846,7 +849,7 @@ impl Spool {
                     };
                     let (old_seq, old_len) = (k.value(), v.value().len() as u64);
                     drop((k, v));
-                    index.remove(&old_seq);
+                    gone.push(old_seq);
                     bytes -= old_len;
                     evicted += 1;
                     if over_max {
@@ -854,7 +857,7 @@ impl Spool {
                     }
                 }
                 table.insert(seq, record)?;
-                index.insert(seq, size);
+                added.push((seq, size));
                 bytes += size;
             }
             // The counter lives in the same transaction as the records it numbered: after any
@@ -871,7 +874,13 @@ impl Spool {
         } else {
             st.pending += 1;
         }
-        st.index = index;
+        for seq in gone {
+            // A record of this very commit may be evicted by a later one of it.
+            if st.index.remove(&seq).is_none() {
+                added.retain(|(s, _)| *s != seq);
+            }
+        }
+        st.index.extend(added);
         st.disk_bytes = bytes;
         self.note_evictions(st, evicted_max, Eviction::MaxBytes);
         self.note_evictions(st, evicted - evicted_max, why);
@@ -1025,7 +1034,7 @@ impl Spool {
     /// None today: a file that cannot be written keeps the ack in memory (see
     /// [`Spool::ack_range`]). The `Result` stays for errors to come.
     pub fn ack_up_to(&self, seq: u64) -> Result<u64> {
-        self.delete(|s| s <= seq)
+        self.delete(0..=seq, |_| true)
     }
 
     /// Delete every record with `first ≤ seq ≤ last` (a [`Batch`] the backend acknowledged, in
@@ -1043,7 +1052,7 @@ impl Spool {
         if first > last {
             return Ok(0);
         }
-        self.delete(|s| (first..=last).contains(&s))
+        self.delete(first..=last, |_| true)
     }
 
     /// Delete exactly the given seqs (e.g. out-of-order acks); returns how many existed.
@@ -1053,7 +1062,10 @@ impl Spool {
     /// None today; see [`Spool::ack_up_to`].
     pub fn ack(&self, seqs: &[u64]) -> Result<u64> {
         let set: BTreeSet<u64> = seqs.iter().copied().collect();
-        self.delete(|s| set.contains(&s))
+        let (Some(&first), Some(&last)) = (set.first(), set.last()) else {
+            return Ok(0);
+        };
+        self.delete(first..=last, |s| set.contains(&s))
     }
 
     /// Make every commit so far durable (fsync). A no-op with [`Durability::Immediate`].
@@ -1088,9 +1100,15 @@ impl Spool {
         }
     }
 
-    /// Deletes the records whose seq matches `which`: held ones from memory, the file's in a
-    /// transaction, or remembered as acked while the file cannot be written.
-    fn delete(&self, which: impl Fn(u64) -> bool) -> Result<u64> {
+    /// Deletes the records in `range` whose seq matches `which`: held ones from memory, the
+    /// file's in a transaction (found through the index's range, not a scan of it), or
+    /// remembered as acked while the file cannot be written.
+    fn delete(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+        which: impl Fn(u64) -> bool,
+    ) -> Result<u64> {
+        let which = |s: u64| range.contains(&s) && which(s);
         let mut st = self.lock();
         let mut removed = 0u64;
         {
@@ -1107,7 +1125,12 @@ impl Spool {
             mem.held_bytes -= freed;
             removed += (before - mem.held.len()) as u64;
         }
-        let seqs: Vec<u64> = st.index.keys().copied().filter(|s| which(*s)).collect();
+        let seqs: Vec<u64> = st
+            .index
+            .range(range.clone())
+            .map(|(s, _)| *s)
+            .filter(|s| which(*s))
+            .collect();
         if seqs.is_empty() {
             if removed > 0 {
                 self.publish(&st);
@@ -1146,7 +1169,7 @@ impl Spool {
         st: &mut WriteState,
         seqs: &[u64],
     ) -> std::result::Result<(), redb::Error> {
-        let (txn, durable) = self.begin_write(db, st)?;
+        let (txn, durable) = self.begin_write(db, st, false)?;
         {
             let mut table = txn.open_table(RECORDS)?;
             for seq in seqs {
@@ -1167,12 +1190,14 @@ impl Spool {
         &self,
         db: &Database,
         st: &WriteState,
+        force_durable: bool,
     ) -> std::result::Result<(WriteTransaction, bool), redb::Error> {
         let mut txn = db.begin_write()?;
-        let durable = match self.config.durability {
-            Durability::Immediate => true,
-            Durability::Batched { every } => st.pending + 1 >= every.get(),
-        };
+        let durable = force_durable
+            || match self.config.durability {
+                Durability::Immediate => true,
+                Durability::Batched { every } => st.pending + 1 >= every.get(),
+            };
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
@@ -1761,13 +1786,9 @@ impl Spool {
             }
         }
         if self.current_db().is_some() {
-            // An fsynced commit of what memory holds (the state, and any held records).
-            let pending = st.pending;
-            st.pending = u32::MAX / 2;
-            let written = self.write_through(&mut st, &[]);
-            if written.is_none() {
-                st.pending = pending;
-            }
+            // One commit of what memory holds (the state, and any held records); a commit
+            // with sink state in it is always fsynced.
+            self.write_through(&mut st, &[]);
         }
         Ok(())
     }
