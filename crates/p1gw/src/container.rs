@@ -623,42 +623,35 @@ mod tests {
         assert_eq!(valid.origin_name(), "gen.toml");
     }
 
+    /// What the user is told about `options_json`, one line per problem.
+    fn told(options_json: &str) -> Vec<String> {
+        let o = options(options_json).expect("types are fine");
+        let g = generate(
+            &o,
+            &broker(),
+            Path::new("/data/spool"),
+            Path::new("/tmp/mqtt.pass"),
+            LISTEN,
+        );
+        let errors = config::parse_str("gen.toml", g.text.clone(), &|_| None)
+            .and_then(|c| c.validate())
+            .expect_err("a bad option");
+        errors.iter().map(|e| g.locate("options.json", e)).collect()
+    }
+
     #[test]
     fn a_bad_value_is_reported_as_its_option() {
-        let o = options(r#"{"device":"/dev/ttyUSB0","timezone":"Mars/Olympus","preset":"dsmr9"}"#)
-            .expect("types are fine");
-        let g = generate(
-            &o,
-            &broker(),
-            Path::new("/data/spool"),
-            Path::new("/tmp/mqtt.pass"),
-            LISTEN,
-        );
-        let errors = config::parse_str("gen.toml", g.text.clone(), &|_| None)
-            .and_then(|c| c.validate())
-            .expect_err("bad timezone and preset");
-        let told: Vec<String> = errors.iter().map(|e| g.locate("options.json", e)).collect();
+        let both = told(r#"{"device":"/dev/ttyUSB0","timezone":"Mars/Olympus","preset":"dsmr9"}"#);
         assert!(
-            told.iter()
+            both.iter()
                 .any(|t| t.starts_with("options.json: option `preset`:")),
-            "{told:?}"
+            "{both:?}"
         );
-        let o = options(r#"{"device":"/dev/ttyUSB0","timezone":"Mars/Olympus"}"#).expect("types");
-        let g = generate(
-            &o,
-            &broker(),
-            Path::new("/data/spool"),
-            Path::new("/tmp/mqtt.pass"),
-            LISTEN,
-        );
-        let errors = config::parse_str("gen.toml", g.text.clone(), &|_| None)
-            .and_then(|c| c.validate())
-            .expect_err("bad timezone");
-        let told: Vec<String> = errors.iter().map(|e| g.locate("options.json", e)).collect();
+        let zone = told(r#"{"device":"/dev/ttyUSB0","timezone":"Mars/Olympus"}"#);
         assert!(
-            told.iter()
+            zone.iter()
                 .any(|t| t.starts_with("options.json: option `timezone`:")),
-            "{told:?}"
+            "{zone:?}"
         );
     }
 
